@@ -1,0 +1,3 @@
+from swin_cli.main import main
+
+main()

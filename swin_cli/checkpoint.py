@@ -1,0 +1,118 @@
+"""Checkpoints that survive crashes: atomic writes and loads that explain what is wrong.
+
+A checkpoint is written to a temporary file in the same folder, fsynced, then renamed over the
+old one, so at every instant `last.pt` is either the previous complete checkpoint or the new
+complete one — never a truncated mix, whatever kills the process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from swin_cli.errors import SwinCliError
+
+# Bumped when the checkpoint layout changes incompatibly.
+FORMAT_VERSION = 1
+# Config keys that decide the model's parameter shapes; a checkpoint that differs in any of
+# them cannot be loaded into this run's model.
+SHAPE_KEYS = ("model.patch_size", "model.embed_dim", "model.depths", "model.num_heads",
+              "model.window_size", "model.mlp_ratio", "model.qkv_bias", "model.patch_norm",
+              "data.image_size", "in_chans", "num_classes")
+
+
+class CheckpointError(SwinCliError):
+    pass
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """torch.save `state` to `path` so that a crash mid-write leaves the old file intact."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise CheckpointError(f"could not write checkpoint {path}: {why}; "
+                                  f"the previous checkpoint there is untouched") from None
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def resolve(path_or_dir: str | Path) -> Path:
+    """A checkpoint path, or a run dir meaning its last.pt."""
+    path = Path(os.path.expanduser(str(path_or_dir)))
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load(path_or_dir: str | Path) -> dict[str, Any]:
+    path = resolve(path_or_dir)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
+    if not isinstance(state, dict) or state.get("format") != "swin-cli":
+        raise CheckpointError(f"{path} is not a swin-cli checkpoint (for torchvision weights use model.pretrained=)")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {state.get('format_version')}, "
+                              f"this swin-cli reads format {FORMAT_VERSION}")
+    state["path"] = str(path)
+    return state
+
+
+def shape_signature(cfg: Any, in_chans: int, num_classes: int) -> dict[str, Any]:
+    """The values of SHAPE_KEYS for a run, stored in its checkpoints."""
+    values = {}
+    for key in SHAPE_KEYS:
+        if key == "in_chans":
+            values[key] = in_chans
+        elif key == "num_classes":
+            values[key] = num_classes
+        else:
+            group, name = key.split(".")
+            value = cfg[group][name]
+            values[key] = list(value) if not isinstance(value, (int, float, bool, str)) else value
+    return values
+
+
+def check_compatible(state: dict[str, Any], signature: dict[str, Any]) -> None:
+    """Raise a one-line error naming every shape-deciding value that differs."""
+    saved = state.get("signature", {})
+    diffs = [f"{k}={saved.get(k)!r} in the checkpoint vs {v!r} here"
+             for k, v in signature.items() if saved.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"checkpoint {state['path']} does not fit this model: " + "; ".join(diffs))

@@ -1,0 +1,242 @@
+"""The config schema: every knob of swin-train, its type and its allowed values, in one place.
+
+The YAML files in conf/ fill these dataclasses. Because the primary config starts from the
+`base_config` schema stored here, Hydra rejects unknown keys and wrong types at start-up;
+`validate` then checks ranges and cross-field rules that types cannot express.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from swin_cli.errors import SwinCliError
+
+
+class ConfigError(SwinCliError):
+    """A config value that cannot work; the message is one line naming the key."""
+
+
+class DataSource(str, Enum):
+    digits = "digits"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    imagefolder = "imagefolder"
+
+
+class OptimizerName(str, Enum):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+
+
+class SchedulerName(str, Enum):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class AttnImpl(str, Enum):
+    sdpa = "sdpa"
+    math = "math"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Mode(str, Enum):
+    train = "train"
+    eval = "eval"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    patch_size: int = 2
+    embed_dim: int = 24
+    depths: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_heads: list[int] = field(default_factory=lambda: [4, 4, 4])
+    window_size: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    patch_norm: bool = True
+    attn_impl: AttnImpl = AttnImpl.sdpa
+    # A torchvision Swin (or swin-cli) state_dict file to start from; the head is dropped when
+    # the number of classes differs.
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    name: DataSource = MISSING
+    # Where the data lives (imagefolder: a folder with train/ and test/, optional val/;
+    # cifar: where torchvision keeps or downloads it). None means the source's default.
+    root: Optional[str] = None
+    image_size: int = 32
+    # Channels fed to the model; None keeps the source's own (1 for digits, 3 for RGB).
+    channels: Optional[int] = None
+    # Held-out part of train used for validation when the source has no val split.
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    download: bool = True
+    # Decoded images are cached here as uint8 tensors so later runs skip JPEG decoding.
+    cache_dir: str = "~/.cache/swin-cli"
+    # Per-channel normalisation; None computes it from the training split.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+
+@dataclass
+class AugConfig:
+    name: str = MISSING
+    # Zero-pad by this many pixels, then crop back to image_size at a random offset (0: off).
+    crop_padding: int = 0
+    hflip: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    name: SchedulerName = MISSING
+    # Linear warmup from warmup_start_factor*lr, counted in epochs (fractions allowed).
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.01
+    # Cosine decays to min_lr_factor*lr at the last step.
+    min_lr_factor: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    label_smoothing: float = 0.0
+    # Clip the global gradient norm to this value; None disables clipping.
+    grad_clip: Optional[float] = None
+    # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
+    max_steps_per_epoch: Optional[int] = None
+
+
+@dataclass
+class LogConfig:
+    # A live progress bar when stdout is a terminal; plain epoch lines otherwise.
+    progress: bool = True
+    # How often (in steps) the bar refreshes and the loss is checked for NaN/inf.
+    interval: int = 10
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    aug: AugConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    mode: Mode = Mode.train
+    epochs: int = 10
+    seed: int = 0
+    device: Device = Device.auto
+    # CPU threads for torch; None leaves torch's default (one per core).
+    threads: Optional[int] = None
+    # Continue a run: a run dir or a .pt checkpoint, or "auto" for the newest run under
+    # outputs/ with the same config.
+    resume: Optional[str] = None
+    # mode=eval: the checkpoint to evaluate, and which split.
+    ckpt: Optional[str] = None
+    eval_split: str = "test"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Any) -> None:
+    """Range and cross-field checks that the schema's types cannot express."""
+    known = set(Config.__dataclass_fields__)
+    unknown = sorted(set(cfg.keys()) - known - {"hydra"})
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r} (top-level keys: {', '.join(sorted(known))})")
+    m, d, o, s, t = cfg.model, cfg.data, cfg.optimizer, cfg.scheduler, cfg.train
+    _check(cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs})")
+    _check(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1 (got {cfg.threads})")
+    _check(cfg.eval_split in ("train", "val", "test"),
+           f"eval_split must be one of train, val, test (got {cfg.eval_split!r})")
+
+    _check(m.patch_size >= 1, f"model.patch_size must be >= 1 (got {m.patch_size})")
+    _check(m.window_size >= 1, f"model.window_size must be >= 1 (got {m.window_size})")
+    _check(m.embed_dim >= 1, f"model.embed_dim must be >= 1 (got {m.embed_dim})")
+    _check(len(m.depths) >= 1 and all(n >= 1 for n in m.depths),
+           f"model.depths must be a non-empty list of positive ints (got {list(m.depths)})")
+    _check(len(m.depths) == len(m.num_heads),
+           f"model.depths and model.num_heads must have the same length "
+           f"(got {len(m.depths)} stages of depth and {len(m.num_heads)} of heads)")
+    for i, heads in enumerate(m.num_heads):
+        width = m.embed_dim * 2**i
+        _check(heads >= 1 and width % heads == 0,
+               f"model.num_heads[{i}]={heads} must divide the stage {i} width "
+               f"{width} (model.embed_dim={m.embed_dim} * 2^{i})")
+    _check(m.mlp_ratio > 0, f"model.mlp_ratio must be > 0 (got {m.mlp_ratio})")
+    for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+        value = getattr(m, key)
+        _check(0.0 <= value < 1.0, f"model.{key} must be in [0, 1) (got {value})")
+
+    _check(d.image_size >= 1, f"data.image_size must be >= 1 (got {d.image_size})")
+    _check(d.image_size % m.patch_size == 0,
+           f"data.image_size={d.image_size} is not divisible by model.patch_size={m.patch_size}")
+    _check(d.channels is None or d.channels in (1, 3),
+           f"data.channels must be 1, 3 or null (got {d.channels})")
+    _check(0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1) (got {d.val_fraction})")
+    _check(d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})")
+    _check(d.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1 (got {d.eval_batch_size})")
+    if d.name == DataSource.imagefolder:
+        _check(d.root is not None, "data=imagefolder needs data.root=/path/with/train_and_test_folders")
+    for key in ("mean", "std"):
+        value = getattr(d, key)
+        _check(value is None or len(value) in (1, 3), f"data.{key} must list 1 or 3 values (got {value})")
+    _check(d.std is None or all(v > 0 for v in d.std), f"data.std values must be > 0 (got {d.std})")
+
+    _check(cfg.aug.crop_padding >= 0, f"aug.crop_padding must be >= 0 (got {cfg.aug.crop_padding})")
+
+    _check(o.lr > 0 and math.isfinite(o.lr), f"optimizer.lr must be > 0 (got {o.lr})")
+    _check(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0 (got {o.weight_decay})")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+           f"optimizer.betas must be two values in [0, 1) (got {list(o.betas)})")
+    _check(0 <= o.momentum < 1, f"optimizer.momentum must be in [0, 1) (got {o.momentum})")
+
+    _check(s.warmup_epochs >= 0, f"scheduler.warmup_epochs must be >= 0 (got {s.warmup_epochs})")
+    _check(0 < s.warmup_start_factor <= 1,
+           f"scheduler.warmup_start_factor must be in (0, 1] (got {s.warmup_start_factor})")
+    _check(0 <= s.min_lr_factor <= 1, f"scheduler.min_lr_factor must be in [0, 1] (got {s.min_lr_factor})")
+
+    _check(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1) (got {t.label_smoothing})")
+    _check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null (got {t.grad_clip})")
+    _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
+           f"train.max_steps_per_epoch must be >= 1 or null (got {t.max_steps_per_epoch})")
+    _check(cfg.log.interval >= 1, f"log.interval must be >= 1 (got {cfg.log.interval})")

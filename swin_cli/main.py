@@ -1,0 +1,119 @@
+"""Entry point of `swin-train` and `python -m swin_cli`: Hydra composes the config, we run it.
+
+Errors a user can fix end as one `swin-train: error: ...` line on stderr and a non-zero exit:
+2 for a bad config value, 1 for other problems (data, checkpoint, NaN loss, disk), and
+128+signal after Ctrl-C/SIGTERM (130/143) once a resumable checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import hydra
+import hydra._internal.utils as hydra_utils
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from swin_cli.config import ConfigError, register_configs, validate
+from swin_cli.errors import SwinCliError
+
+log = logging.getLogger("swin_cli")
+
+register_configs()
+
+
+def run(cfg: DictConfig) -> Optional[float]:
+    """Train (or evaluate) as `cfg` says; returns the best validation accuracy for sweepers."""
+    # Imported here so `swin-train --help` and config errors do not wait for torch.
+    from swin_cli.train import Trainer, TrainingInterrupted, evaluate_checkpoint
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        validate(cfg)
+        if cfg.mode.value == "eval":
+            return evaluate_checkpoint(cfg, run_dir)["acc"]
+        return Trainer(cfg, run_dir).fit()["best_val_acc"]
+    except SwinCliError as exc:
+        print(f"swin-train: error: {exc}", file=sys.stderr, flush=True)
+        if multirun:  # let Hydra record this job as failed and carry on with the others
+            raise
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    except TrainingInterrupted as exc:
+        sys.exit(exc.exit_code)
+
+
+# Lines of Hydra/OmegaConf error text that describe internals rather than the user's mistake.
+_NOISE = ("full_key:", "reference_type=", "object_type=", "Set the environment variable HYDRA_FULL_ERROR",
+          "Config search path", "provider=", "To append to your config use")
+
+
+def one_line(message: str) -> str:
+    """Fold Hydra's multi-line composition error into one line that keeps every useful fact."""
+    parts: list[str] = []
+    items: list[str] = []
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(_NOISE):
+            continue
+        if raw.startswith("\t"):  # an option listed under "Available options in 'model':"
+            items.append(line)
+            continue
+        if items:
+            parts[-1] += " " + ", ".join(items)
+            items = []
+        parts.append(line)
+    if items and parts:
+        parts[-1] += " " + ", ".join(items)
+    return " ".join(p if p.endswith((":", ".")) else p + ";" for p in parts).rstrip(";")
+
+
+def _report_config_errors(run_and_report: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap Hydra's error reporter so config composition errors become one `swin-train: error:`
+    line with exit code 2. Anything else (a bug) keeps Hydra's traceback."""
+
+    def guarded(func: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            try:
+                return func()
+            except (HydraException, OmegaConfBaseException) as exc:
+                message = str(exc)
+                cause = exc.__cause__ or exc.__context__
+                if cause is not None and str(cause) not in message:
+                    message += "\n" + str(cause)
+                print(f"swin-train: error: {one_line(message)}", file=sys.stderr, flush=True)
+                sys.exit(2)
+
+        return call
+
+    def report(func: Callable[[], Any]) -> Any:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return run_and_report(func)
+        return run_and_report(guarded(func))
+
+    return report
+
+
+if hasattr(hydra_utils, "run_and_report"):  # Hydra 1.3's reporter; elsewhere keep Hydra's own
+    hydra_utils.run_and_report = _report_config_errors(hydra_utils.run_and_report)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://swin_cli.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> Any:
+    return run(cfg)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

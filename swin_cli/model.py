@@ -1,0 +1,557 @@
+"""Swin Transformer v1 (Liu et al. 2021) for image classification.
+
+Numerically interchangeable with torchvision.models.swin_t/s/b: same maths, same parameter shapes,
+and a key mapping (`torchvision_to_ours` / `ours_to_torchvision`) between the two state_dicts.
+
+Tensors inside the network are channels-last, (B, H, W, C), so LayerNorm / Linear act on the last
+dim with no transposes. Everything that depends only on geometry (window size, shift, padding,
+the shifted-window mask, the relative-position index) is computed once at construction from
+image_size / patch_size; forward only does tensor work.
+
+One deliberate difference from torchvision: when a stage's feature map fits inside one window
+(H <= M and W <= M) the window is clamped to the map (M_eff = max(H, W)) and the stage never
+shifts. torchvision instead pads the map up to M, so padded zero tokens take part in attention.
+At 224px / window 7 (maps 56, 28, 14, 7) the two agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import Enum
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "SwinTransformer",
+    "count_parameters",
+    "torchvision_to_ours",
+    "ours_to_torchvision",
+    "load_pretrained",
+]
+
+# torchvision (and the official code) use -100 rather than -inf; keep it so softmax outputs match.
+MASK_VALUE = -100.0
+
+
+# ----------------------------------------------------------------------------- geometry helpers
+
+
+def relative_position_index(window: int) -> Tensor:
+    """(N*N,) index into a (2M-1)^2 table for every (query, key) pair of an M x M window.
+
+    Row-major over (dh, dw) offsets shifted to start at 0; must stay in this order because it is
+    the layout of torchvision's (and the official) pretrained bias tables.
+    """
+    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, N)
+    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), each in [0, 2M-2]
+    return (rel[0] * (2 * window - 1) + rel[1]).flatten()
+
+
+def window_geometry(height: int, width: int, window: int, shift: int) -> tuple[int, int, int, int]:
+    """(pad_bottom, pad_right, shift_h, shift_w) for an H x W map.
+
+    A dim that fits in a single (padded) window has nothing to shift across, so its shift is zero.
+    """
+    pad_b = (window - height % window) % window
+    pad_r = (window - width % window) % window
+    shift_h = shift if height + pad_b > window else 0
+    shift_w = shift if width + pad_r > window else 0
+    return pad_b, pad_r, shift_h, shift_w
+
+
+def _region_ids(length: int, window: int, shift: int) -> Tensor:
+    # After rolling by -shift, the last window along this axis holds two pieces that were not
+    # neighbours in the image: [L-M, L-s) and the wrapped-around [L-s, L).
+    ids = torch.zeros(length, dtype=torch.long)
+    if shift > 0:
+        ids[length - window : length - shift] = 1
+        ids[length - shift :] = 2
+    return ids
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift_h: int, shift_w: int) -> Optional[Tensor]:
+    """Additive (nW, N, N) mask (0 / MASK_VALUE) for a padded, rolled H x W map; None if no shift.
+
+    Tokens may attend to each other only if they came from the same region of the unrolled map.
+    """
+    if shift_h == 0 and shift_w == 0:
+        return None
+    regions = _region_ids(height, window, shift_h)[:, None] * 3 + _region_ids(width, window, shift_w)[None, :]
+    regions = regions.view(height // window, window, width // window, window).transpose(1, 2)
+    regions = regions.reshape(-1, window * window)  # (nW, N)
+    differ = regions[:, :, None] != regions[:, None, :]
+    return torch.zeros(differ.shape).masked_fill_(differ, MASK_VALUE)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole sample's residual branch, rescale the survivors."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.4f}"
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, patch_norm: bool):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim) if patch_norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))  # (B, H, W, C)
+
+
+class WindowAttention(nn.Module):
+    """(Shifted) window multi-head self-attention with a relative position bias.
+
+    Owns the block's geometry: pads to a multiple of the window, rolls, partitions, attends,
+    and undoes all of it, so the block around it stays a plain pre-norm residual.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int, resolution: tuple[int, int],
+                 qkv_bias: bool, attn_drop: float, proj_drop: float, attn_impl: str):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.window, self.shift = window, shift
+        self.tokens = window * window
+        self.scale = self.head_dim ** -0.5
+        self.attn_drop, self.attn_impl = attn_drop, attn_impl
+
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.relative_position_bias_table = nn.Parameter(torch.empty((2 * window - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        # Pure function of the window; rebuilt on load, so it stays out of the state_dict.
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+
+        # The configured resolution is the one every training step sees: precompute it all.
+        self.resolution = resolution
+        self.geometry = window_geometry(*resolution, window, shift)
+        pad_b, pad_r, shift_h, shift_w = self.geometry
+        mask = shifted_window_mask(resolution[0] + pad_b, resolution[1] + pad_r, window, shift_h, shift_w)
+        self.register_buffer("attn_mask", mask, persistent=False)
+        # Other resolutions (e.g. evaluating at a different size) are computed once and kept.
+        self._other: dict[tuple, tuple[int, int, int, int, Optional[Tensor]]] = {}
+
+    def _geometry_for(self, height: int, width: int, device: torch.device, dtype: torch.dtype):
+        key = (height, width, device, dtype)
+        if key not in self._other:
+            pad_b, pad_r, shift_h, shift_w = window_geometry(height, width, self.window, self.shift)
+            mask = shifted_window_mask(height + pad_b, width + pad_r, self.window, shift_h, shift_w)
+            if mask is not None:
+                mask = mask.to(device=device, dtype=dtype)
+            self._other[key] = (pad_b, pad_r, shift_h, shift_w, mask)
+        return self._other[key]
+
+    def relative_position_bias(self) -> Tensor:
+        """(heads, N, N) bias gathered from the table (a parameter, so gathered every call)."""
+        bias = self.relative_position_bias_table[self.relative_position_index]  # (N*N, heads)
+        return bias.t().reshape(self.num_heads, self.tokens, self.tokens)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, H, W, C = x.shape
+        if (H, W) == self.resolution:
+            pad_b, pad_r, shift_h, shift_w = self.geometry
+            mask = self.attn_mask
+        else:
+            pad_b, pad_r, shift_h, shift_w, mask = self._geometry_for(H, W, x.device, x.dtype)
+        M, N, heads, hd = self.window, self.tokens, self.num_heads, self.head_dim
+
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        if shift_h or shift_w:
+            x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
+        nW = (Hp // M) * (Wp // M)
+        x = x.view(B, Hp // M, M, Wp // M, M, C).transpose(2, 3).reshape(B * nW, N, C)
+
+        # Memory order is (B, nW, heads, N, hd) either way. Without a mask windows and batch share
+        # one bias, so fold windows into the batch; with a mask fold them into the heads so a
+        # (nW*heads, N, N) additive term broadcasts over the batch alone.
+        bias = self.relative_position_bias()
+        if mask is None:
+            lead, attn_bias = B * nW, bias
+        else:
+            lead, attn_bias = B, (bias[None] + mask[:, None]).reshape(nW * heads, N, N)
+        qkv = self.qkv(x).view(B * nW, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = (t.reshape(lead, -1, N, hd) for t in qkv.unbind(0))
+        attn_bias = attn_bias.to(q.dtype)  # autocast: q is bf16/fp16 while the table stays fp32
+        drop = self.attn_drop if self.training else 0.0
+
+        if self.attn_impl == "sdpa":
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1) + attn_bias
+            attn = F.dropout(attn.softmax(dim=-1), p=drop, training=self.training)
+            x = attn @ v
+
+        x = x.view(B * nW, heads, N, hd).transpose(1, 2).reshape(B * nW, N, C)
+        x = self.proj_drop(self.proj(x))
+        x = x.view(B, Hp // M, Wp // M, M, M, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        if shift_h or shift_w:
+            x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
+        if pad_b or pad_r:
+            x = x[:, :H, :W, :]
+        return x
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, window: int, shift: int, resolution: tuple[int, int],
+                 mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float, drop_path: float,
+                 attn_impl: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window, shift, resolution, qkv_bias, attn_drop, drop, attn_impl)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """Halve H and W, double C: concat each 2x2 neighbourhood, norm, project 4C -> 2C."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[1], x.shape[2]
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        # Order (top-left, bottom-left, top-right, bottom-right) is what pretrained weights expect.
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class Stage(nn.Module):
+    def __init__(self, blocks: list[SwinBlock], downsample: Optional[PatchMerging]):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class SwinTransformer(nn.Module):
+    def __init__(self, *, image_size: int, patch_size: int, in_chans: int, num_classes: int,
+                 embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, patch_norm: bool = True,
+                 attn_impl: str = "sdpa"):
+        super().__init__()
+        depths, num_heads = list(depths), list(num_heads)
+        attn_impl = attn_impl.value if isinstance(attn_impl, Enum) else str(attn_impl)
+        _validate(image_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
+                  window_size, attn_impl)
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
+        total = sum(depths)
+        res = image_size // patch_size
+        stages, k = [], 0
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            dim = embed_dim * 2**i
+            # A map that fits in one window gets a window exactly its size and no shift.
+            window = min(window_size, res)
+            shift = window // 2 if res > window_size else 0
+            blocks = []
+            for j in range(depth):
+                blocks.append(SwinBlock(
+                    dim, heads, window, shift if j % 2 else 0, (res, res), mlp_ratio, qkv_bias,
+                    drop_rate, attn_drop_rate, drop_path_rate * k / max(total - 1, 1), attn_impl))
+                k += 1
+            last = i == len(depths) - 1
+            stages.append(Stage(blocks, None if last else PatchMerging(dim)))
+            res = (res + 1) // 2  # merging pads odd maps by one
+        self.stages = nn.ModuleList(stages)
+
+        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(self.norm(x).mean(dim=(1, 2)))
+
+    def stage_summary(self) -> list[dict]:
+        """Per stage: input resolution (h, w), effective window, shift of its odd blocks, heads,
+        width, depth, and parameter count (its blocks plus the patch merging that follows it)."""
+        summary = []
+        for stage in self.stages:
+            attns = [b.attn for b in stage.blocks]
+            summary.append({
+                "resolution": attns[0].resolution,
+                "window": attns[0].window,
+                "shift": max(a.shift for a in attns),
+                "heads": attns[0].num_heads,
+                "dim": attns[0].num_heads * attns[0].head_dim,
+                "depth": len(attns),
+                "params": count_parameters(stage),
+            })
+        return summary
+
+
+def _validate(image_size: int, patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
+              depths: list[int], num_heads: list[int], window_size: int, attn_impl: str) -> None:
+    def check(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ValueError(msg)
+
+    check(patch_size >= 1, f"patch_size must be >= 1 (got {patch_size})")
+    check(window_size >= 1, f"window_size must be >= 1 (got {window_size})")
+    check(image_size >= 1 and image_size % patch_size == 0,
+          f"image_size {image_size} is not divisible by patch_size {patch_size}")
+    check(in_chans >= 1, f"in_chans must be >= 1 (got {in_chans})")
+    check(num_classes >= 0, f"num_classes must be >= 0 (got {num_classes})")
+    check(embed_dim >= 1, f"embed_dim must be >= 1 (got {embed_dim})")
+    check(len(depths) == len(num_heads),
+          f"depths {depths} and num_heads {num_heads} must have the same length")
+    check(len(depths) >= 1 and all(d >= 1 for d in depths), f"depths must be positive ints (got {depths})")
+    for i, heads in enumerate(num_heads):
+        width = embed_dim * 2**i
+        check(heads >= 1 and width % heads == 0,
+              f"stage {i} width {width} (embed_dim {embed_dim} * 2^{i}) is not divisible by num_heads {heads}")
+    check(attn_impl in ("sdpa", "math"), f"attn_impl must be 'sdpa' or 'math' (got {attn_impl!r})")
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+_TV_BLOCK_RENAMES = {"mlp.0.": "mlp.fc1.", "mlp.3.": "mlp.fc2."}
+_TV_BLOCK = re.compile(r"features\.(\d+)\.(\d+)\.(.+)")
+_TV_MERGE = re.compile(r"features\.(\d+)\.((?:norm|reduction)\..+)")
+_OUR_BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(.+)")
+_OUR_MERGE = re.compile(r"stages\.(\d+)\.downsample\.(.+)")
+
+
+def torchvision_to_ours(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a torchvision Swin v1 state_dict (swin_t / swin_s / swin_b) to this module's keys.
+
+        torchvision                                    ours
+        features.0.0.{weight,bias}                     patch_embed.proj.{weight,bias}
+        features.0.2.{weight,bias}                     patch_embed.norm.{weight,bias}
+        features.{2i+1}.{j}.norm1.* / norm2.*          stages.{i}.blocks.{j}.norm1.* / norm2.*
+        features.{2i+1}.{j}.attn.qkv.* / proj.*        stages.{i}.blocks.{j}.attn.qkv.* / proj.*
+        features.{2i+1}.{j}.attn.relative_position_bias_table
+                                                       stages.{i}.blocks.{j}.attn.relative_position_bias_table
+        features.{2i+1}.{j}.attn.relative_position_index
+                                                       dropped (ours is rebuilt from the window size)
+        features.{2i+1}.{j}.mlp.0.*                    stages.{i}.blocks.{j}.mlp.fc1.*
+        features.{2i+1}.{j}.mlp.3.*                    stages.{i}.blocks.{j}.mlp.fc2.*
+        features.{2i+2}.norm.*                         stages.{i}.downsample.norm.*
+        features.{2i+2}.reduction.weight               stages.{i}.downsample.reduction.weight
+        norm.*, head.*                                 unchanged
+
+    Raises ValueError on keys that fit none of these (e.g. a Swin v2 checkpoint).
+    """
+    out: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        new = _tv_key_to_ours(key)
+        if new is None:
+            if not key.endswith("attn.relative_position_index"):
+                unknown.append(key)
+            continue
+        out[new] = value
+    if unknown:
+        raise ValueError(f"not a torchvision Swin v1 state_dict; unrecognised keys: {_preview(unknown)}")
+    return out
+
+
+def _tv_key_to_ours(key: str) -> Optional[str]:
+    if key.startswith(("norm.", "head.")):
+        return key
+    if key.startswith("features.0.0."):
+        return "patch_embed.proj." + key[len("features.0.0."):]
+    if key.startswith("features.0.2."):
+        return "patch_embed.norm." + key[len("features.0.2."):]
+    m = _TV_BLOCK.fullmatch(key)
+    if m and int(m[1]) % 2 == 1:
+        if m[3] == "attn.relative_position_index":
+            return None
+        rest = m[3]
+        for old, new in _TV_BLOCK_RENAMES.items():
+            if rest.startswith(old):
+                rest = new + rest[len(old):]
+                break
+        if not rest.startswith(("norm1.", "norm2.", "attn.qkv.", "attn.proj.", "mlp.fc1.", "mlp.fc2.")) \
+                and rest != "attn.relative_position_bias_table":
+            return None
+        return f"stages.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.{rest}"
+    m = _TV_MERGE.fullmatch(key)
+    if m and int(m[1]) % 2 == 0 and int(m[1]) >= 2:
+        return f"stages.{(int(m[1]) - 2) // 2}.downsample.{m[2]}"
+    return None
+
+
+def ours_to_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of `torchvision_to_ours` (see its table). torchvision keeps the relative
+    position index as a persistent buffer, so it is regenerated here from each bias table's size;
+    the result then loads with strict=True into the matching torchvision.models.swin_* (which
+    needs in_chans=3 and patch_norm=True, as torchvision has no other variant)."""
+    out: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        if key.startswith(("norm.", "head.")):
+            out[key] = value
+        elif key.startswith("patch_embed.proj."):
+            out["features.0.0." + key[len("patch_embed.proj."):]] = value
+        elif key.startswith("patch_embed.norm."):
+            out["features.0.2." + key[len("patch_embed.norm."):]] = value
+        elif m := _OUR_BLOCK.fullmatch(key):
+            rest = m[3]
+            for tv, ours in _TV_BLOCK_RENAMES.items():
+                if rest.startswith(ours):
+                    rest = tv + rest[len(ours):]
+                    break
+            prefix = f"features.{2 * int(m[1]) + 1}.{m[2]}."
+            out[prefix + rest] = value
+            if rest == "attn.relative_position_bias_table":
+                window = (math.isqrt(value.shape[0]) + 1) // 2
+                out[prefix + "attn.relative_position_index"] = relative_position_index(window)
+        elif m := _OUR_MERGE.fullmatch(key):
+            out[f"features.{2 * int(m[1]) + 2}.{m[2]}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"not a swin_cli SwinTransformer state_dict; unrecognised keys: {_preview(unknown)}")
+    return out
+
+
+def _preview(keys: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _crop_bias_table(table: Tensor, window: int) -> Optional[Tensor]:
+    """Central (2M-1)^2 part of a bigger relative-position table: exactly the offsets an M window
+    can see, so a pretrained window-7 table transfers losslessly to a clamped, smaller window."""
+    side = math.isqrt(table.shape[0])
+    want = 2 * window - 1
+    if side * side != table.shape[0] or side < want:
+        return None
+    start = (side - want) // 2
+    grid = table.view(side, side, -1)[start:start + want, start:start + want]
+    return grid.reshape(want * want, -1).clone()
+
+
+def load_pretrained(model: SwinTransformer, path: str) -> None:
+    """Load a torchvision Swin v1 state_dict file or one of ours into `model`, in place.
+
+    Accepts a bare state_dict or one wrapped as {"model": ...} / {"state_dict": ...} /
+    {"model_state_dict": ...}, with optional "module." / "_orig_mod." prefixes (DDP / compile).
+    The classifier head is skipped (left at its fresh init) when its shape differs or the model
+    has none; relative
+    position tables larger than the model's window are centre-cropped (exact). Anything else
+    missing, unexpected or mis-shaped raises ValueError naming the keys. Prints nothing.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable files of any kind become one clear error
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    for wrapper in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+
+    source: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        source[key] = value
+    if any(k.startswith("features.") for k in source):
+        source = torchvision_to_ours(source)
+
+    target = model.state_dict()
+    loaded: dict[str, Tensor] = {}
+    skipped_head: list[str] = []
+    mismatched: list[str] = []
+    for key, value in source.items():
+        if key not in target:
+            continue  # reported as unexpected below
+        want = target[key].shape
+        if value.shape == want:
+            loaded[key] = value
+        elif key.startswith("head."):
+            skipped_head.append(key)
+        elif key.endswith("relative_position_bias_table") and (
+                cropped := _crop_bias_table(value, (math.isqrt(want[0]) + 1) // 2)) is not None \
+                and cropped.shape == want:
+            loaded[key] = cropped
+        else:
+            mismatched.append(f"{key} {tuple(value.shape)} vs model {tuple(want)}")
+
+    # a head-less model (num_classes=0) simply has no use for the source's classifier
+    skipped_head += [k for k in source if k.startswith("head.") and k not in target]
+    unexpected = sorted(set(source) - set(target) - set(skipped_head))
+    missing = sorted(set(target) - set(loaded) - set(skipped_head))
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch: {_preview(mismatched)}")
+    if missing:
+        problems.append(f"missing keys: {_preview(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_preview(unexpected)}")
+    if problems:
+        raise ValueError(f"checkpoint {path} does not fit this model; " + "; ".join(problems))
+    model.load_state_dict(loaded, strict=False)

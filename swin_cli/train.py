@@ -1,0 +1,551 @@
+"""The training loop: train, validate every epoch, test once with the best weights.
+
+Reproducibility is by construction rather than by saving every RNG: the shuffling order of an
+epoch comes from a generator seeded with (seed, epoch), and the global RNG (augmentation,
+dropout, stochastic depth) is reseeded from (seed, step) before every step. A run resumed from
+any checkpoint, even one written mid-epoch by Ctrl-C, therefore replays exactly the batches and
+random draws the uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from swin_cli import __version__, checkpoint
+from swin_cli.augment import BatchAugment, Normalize
+from swin_cli.data import DataBundle, ImageSplit, load_data
+from swin_cli.errors import SwinCliError
+from swin_cli.model import SwinTransformer, count_parameters, load_pretrained
+
+log = logging.getLogger("swin_cli")
+
+METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                 "epoch_time_s", "train_img_per_s"]
+# Fields that depend on wall-clock time; everything else is reproducible bit for bit on CPU.
+TIMING_FIELDS = ("epoch_time_s", "train_img_per_s")
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a resumable checkpoint was saved because of SIGINT/SIGTERM."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+class NonFiniteLoss(SwinCliError):
+    pass
+
+
+# ------------------------------------------------------------------------------ building blocks
+
+
+def select_device(requested: str) -> torch.device:
+    cuda, mps = torch.cuda.is_available(), getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    if requested == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if requested == "cuda" and not cuda:
+        raise SwinCliError("device=cuda was requested but no CUDA GPU is available (use device=auto or device=cpu)")
+    if requested == "mps" and not mps:
+        raise SwinCliError("device=mps was requested but Apple MPS is not available (use device=auto or device=cpu)")
+    return torch.device(requested)
+
+
+def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int) -> SwinTransformer:
+    try:
+        model = SwinTransformer(
+            image_size=image_size, patch_size=model_cfg.patch_size, in_chans=in_chans,
+            num_classes=num_classes, embed_dim=model_cfg.embed_dim, depths=list(model_cfg.depths),
+            num_heads=list(model_cfg.num_heads), window_size=model_cfg.window_size,
+            mlp_ratio=model_cfg.mlp_ratio, qkv_bias=model_cfg.qkv_bias, drop_rate=model_cfg.drop_rate,
+            attn_drop_rate=model_cfg.attn_drop_rate, drop_path_rate=model_cfg.drop_path_rate,
+            patch_norm=model_cfg.patch_norm, attn_impl=_value(model_cfg.attn_impl),
+        )
+        if model_cfg.pretrained:
+            load_pretrained(model, os.path.expanduser(model_cfg.pretrained))
+    except (ValueError, FileNotFoundError) as exc:
+        raise SwinCliError(str(exc)) from None
+    return model
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: norms, biases and bias tables are not shrunk."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or "relative_position_bias_table" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    name = _value(opt_cfg.name)
+    groups = param_groups(model, opt_cfg.weight_decay)
+    # foreach kernels batch the per-parameter updates; they exist on every device we target.
+    fast = {"foreach": True}
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **fast)
+    if name == "adam":
+        # Adam's weight decay is L2 added to the gradient, applied to the same groups.
+        return torch.optim.Adam(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **fast)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=opt_cfg.momentum,
+                               nesterov=opt_cfg.nesterov and opt_cfg.momentum > 0, **fast)
+    raise SwinCliError(f"optimizer.name must be one of adamw, adam, sgd (got {name!r})")
+
+
+def lr_factor(step: int, sched_cfg: Any, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr after `step` optimizer steps (warmup, then the schedule)."""
+    warmup = min(int(round(sched_cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+    if step < warmup:
+        start = sched_cfg.warmup_start_factor
+        return start + (1.0 - start) * step / warmup
+    if _value(sched_cfg.name) == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    floor = sched_cfg.min_lr_factor
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def step_seed(seed: int, step: int) -> int:
+    # Distinct, well-spread seeds per (run seed, step); 2^61-1 is prime.
+    return (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9) % (2**61 - 1)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed + 7919, epoch)))
+
+
+# ---------------------------------------------------------------------------------- signals
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag checked between steps; a second one exits now."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            print(f"\n{signal.Signals(signum).name} again: exiting now without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a resumable checkpoint "
+              f"(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------ progress
+
+
+class EpochProgress:
+    """A live rich bar on a terminal; nothing on a pipe (the epoch line says it all there)."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, total_steps: int, done_steps: int):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True)
+        self.task = self.bar.add_task("train", total=total_steps, completed=done_steps, stats="")
+        self.bar.start()
+
+    def update(self, done_steps: int, stats: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done_steps, stats=stats)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ------------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    def __init__(self, cfg: Any, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.start_time = time.time()
+        check_writable(self.run_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = select_device(_value(cfg.device))
+        torch.manual_seed(cfg.seed)
+
+        self.data: DataBundle = load_data(cfg.data)
+        self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
+        self.model.to(self.device)
+        self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
+        self.batch_size = min(cfg.data.batch_size, len(self.data.train))
+        self.steps_per_epoch = len(self.data.train) // self.batch_size
+        if cfg.train.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg.scheduler, self.total_steps, self.steps_per_epoch))
+        self.augment = BatchAugment(cfg.aug)
+        self.normalize = Normalize(self.data.mean, self.data.std, self.device)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+
+        # Where the loop stands; all of it is saved in checkpoints and restored by resume.
+        self.epoch = 0  # epochs completed
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.running = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        self.history: list[dict[str, Any]] = []
+        self.best_val_acc, self.best_epoch = -1.0, 0
+        self.resumed_from: Optional[str] = None
+        if cfg.resume:
+            self._resume(cfg.resume)
+
+    # ----------------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": "swin-cli", "format_version": checkpoint.FORMAT_VERSION, "version": __version__,
+            "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+            "signature": self.signature, "classes": self.data.classes,
+            "mean": self.data.mean, "std": self.data.std,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "running": dict(self.running), "history": list(self.history),
+            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def _resume(self, target: str) -> None:
+        source = find_auto_resume(self.cfg, self.run_dir) if target == "auto" else target
+        if source is None:
+            log.info("resume=auto: no earlier run with this config under outputs/; starting fresh")
+            return
+        state = checkpoint.load(source)
+        checkpoint.check_compatible(state, self.signature)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise checkpoint.CheckpointError(
+                f"checkpoint {state['path']} does not fit this run: {str(exc).splitlines()[0]}") from None
+        saved_epochs = state["config"]["epochs"]
+        if saved_epochs != self.cfg.epochs:
+            log.info(f"note: the checkpoint's run had epochs={saved_epochs}; continuing to epochs={self.cfg.epochs}")
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.running = state["global_step"], dict(state["running"])
+        self.history = list(state["history"])
+        self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        # Bring the best weights along so the final test uses them, and the metrics so far.
+        source_dir = Path(state["path"]).parent
+        if (source_dir / "best.pt").is_file() and source_dir.resolve() != self.run_dir.resolve():
+            shutil.copyfile(source_dir / "best.pt", self.run_dir / "best.pt")
+        self.resumed_from = state["path"]
+        self._write_metrics()
+        where = f"epoch {self.epoch + 1}" + (f", step {self.step_in_epoch}" if self.step_in_epoch else "")
+        log.info(f"resumed from {state['path']} at {where}")
+
+    def _write_metrics(self) -> None:
+        _write_metrics_files(self.run_dir, self.history)
+
+    def save(self, name: str) -> Path:
+        path = self.run_dir / name
+        checkpoint.save_atomic(self.state(), path)
+        return path
+
+    # ------------------------------------------------------------------------------ loop
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._log_start()
+        stop = StopRequest()
+        with stop.installed():
+            while self.epoch < cfg.epochs:
+                self._train_epoch(stop)
+                if stop.signum is not None:
+                    self._interrupted(stop.signum)
+                self._end_epoch()
+        return self._finish()
+
+    def _train_epoch(self, stop: StopRequest) -> None:
+        cfg, model, train = self.cfg, self.model, self.data.train
+        model.train()
+        order = epoch_order(len(train), cfg.seed, self.epoch)
+        # Device-side accumulators: no host sync per step.
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        recent: list[torch.Tensor] = []
+        progress = EpochProgress(cfg.log.progress and sys.stdout.isatty(), self.epoch + 1, cfg.epochs,
+                                 self.steps_per_epoch, self.step_in_epoch)
+        started = time.perf_counter()
+        try:
+            while self.step_in_epoch < self.steps_per_epoch:
+                index = order[self.step_in_epoch * self.batch_size:(self.step_in_epoch + 1) * self.batch_size]
+                torch.manual_seed(step_seed(cfg.seed, self.global_step))
+                images = train.images[index].to(self.device, non_blocking=True)
+                labels = train.labels[index].to(self.device, non_blocking=True)
+                loss, logits = self._train_step(images, labels)
+                loss_sum += loss.detach().double() * len(labels)
+                correct += (logits.argmax(1) == labels).sum()
+                recent.append(loss.detach())
+                self.step_in_epoch += 1
+                self.global_step += 1
+                self.running["seen"] += len(labels)
+                last_of_epoch = self.step_in_epoch == self.steps_per_epoch
+                if len(recent) >= cfg.log.interval or last_of_epoch or stop.signum is not None:
+                    self._check_finite(recent)
+                    recent = []
+                    seen = self.running["seen"]
+                    progress.update(self.step_in_epoch, f"loss {(self.running['loss'] + loss_sum.item()) / seen:.4f}")
+                if stop.signum is not None:
+                    break
+        finally:
+            progress.close()
+            self.running["loss"] += loss_sum.item()
+            self.running["correct"] += int(correct.item())
+            self.running["time"] += time.perf_counter() - started
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.augment.active:
+            images = self.augment(images)
+        logits = self.model(self.normalize(images))
+        loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, logits
+
+    def _check_finite(self, recent: list[torch.Tensor]) -> None:
+        losses = torch.stack(recent)
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            step = self.global_step - len(recent) + int(bad[0]) + 1
+            last = self.run_dir / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+            raise NonFiniteLoss(f"the loss became {losses[bad[0]].item()} at step {step} (epoch {self.epoch + 1}); "
+                                f"stopped, {kept}. Try a lower optimizer.lr or train.grad_clip=1.0")
+
+    def _end_epoch(self) -> None:
+        seen = max(1, self.running["seen"])
+        train_loss, train_acc = self.running["loss"] / seen, 100.0 * self.running["correct"] / seen
+        train_time = self.running["time"]
+        val_loss, val_acc = self.evaluate(self.data.val) if len(self.data.val) else (float("nan"), float("nan"))
+        self.epoch += 1
+        row = {"epoch": self.epoch, "step": self.global_step, "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": val_loss, "val_acc": val_acc, "lr": self.scheduler.get_last_lr()[0],
+               "epoch_time_s": train_time, "train_img_per_s": self.running["seen"] / max(train_time, 1e-9)}
+        self.history.append(row)
+        self.step_in_epoch = 0
+        self.running = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        # Without a validation split, the latest weights count as the best.
+        improved = math.isnan(val_acc) or val_acc > self.best_val_acc
+        if improved:
+            self.best_val_acc, self.best_epoch = (val_acc if not math.isnan(val_acc) else self.best_val_acc), self.epoch
+        self.save("last.pt")
+        if improved:
+            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
+            os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
+        self._write_metrics()
+        log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and not math.isnan(val_acc) else ""))
+
+    @torch.no_grad()
+    def evaluate(self, split: ImageSplit) -> tuple[float, float]:
+        """Mean loss and accuracy (%) over a split, without augmentation."""
+        return evaluate(self.model, split, self.normalize, self.device, self.cfg.data.eval_batch_size)
+
+    def _interrupted(self, signum: int) -> None:
+        path = self.save("last.pt")
+        log.info(f"saved a resumable checkpoint to {path} "
+                 f"(epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch})")
+        log.info(f"resume with: swin-train {resume_command(self.run_dir)}")
+        raise TrainingInterrupted(signum)
+
+    def _finish(self) -> dict[str, Any]:
+        best_path = self.run_dir / "best.pt"
+        if best_path.is_file():
+            self.model.load_state_dict(checkpoint.load(best_path)["model"])
+        test_loss, test_acc = self.evaluate(self.data.test)
+        wall = time.time() - self.start_time
+        results = {
+            "best_val_acc": self.best_val_acc if self.best_val_acc >= 0 else None,
+            "best_epoch": self.best_epoch, "test_acc": test_acc, "test_loss": test_loss,
+            "epochs": self.epoch, "steps": self.global_step, "wall_time_s": round(wall, 2),
+            "train_img_per_s": _mean([r["train_img_per_s"] for r in self.history]),
+            "params": count_parameters(self.model), "device": str(self.device),
+            "model": self.cfg.model.name, "data": _value(self.cfg.data.name),
+            "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
+        }
+        _write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        best = f"{self.best_val_acc:.2f}% (epoch {self.best_epoch})" if self.best_val_acc >= 0 else "n/a"
+        log.info(f"best val acc {best} | test acc {test_acc:.2f}% (loss {test_loss:.4f}) | {wall:.1f}s | {self.run_dir}")
+        return results
+
+    def _log_start(self) -> None:
+        d, m = self.data, self.cfg.model
+        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
+        log.info(f"run dir  {self.run_dir}")
+        log.info(f"device   {device}{threads}")
+        log.info(f"data     {_value(self.cfg.data.name)}: {d.sizes()}, {d.num_classes} classes, "
+                 f"{d.in_chans}x{self.cfg.data.image_size}x{self.cfg.data.image_size}")
+        log.info(f"model    swin-{m.name}: {count_parameters(self.model):,} params, patch {m.patch_size}, "
+                 f"embed {m.embed_dim}, depths {list(m.depths)}, heads {list(m.num_heads)}, window {m.window_size}")
+        log.info(f"train    {self.cfg.epochs} epochs x {self.steps_per_epoch} steps of {self.batch_size}, "
+                 f"{_value(self.cfg.optimizer.name)} lr {self.cfg.optimizer.lr:g}, {_value(self.cfg.scheduler.name)} schedule")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, device: torch.device,
+             batch_size: int) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for start in range(0, len(split), batch_size):
+        images = split.images[start:start + batch_size].to(device, non_blocking=True)
+        labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
+        logits = model(normalize(images))
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        correct += (logits.argmax(1) == labels).sum()
+    model.train(was_training)
+    n = max(1, len(split))
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def format_row(row: dict[str, Any], epochs: int) -> str:
+    width = len(str(epochs))
+    val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%" if not math.isnan(row["val_acc"])
+           else "val n/a")
+    return (f"epoch {row['epoch']:>{width}}/{epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}% | "
+            f"{val} | lr {row['lr']:.2e} | {row['epoch_time_s']:.1f}s {row['train_img_per_s']:.0f} img/s")
+
+
+def _mean(values: list[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before training when the run dir cannot take files (read-only, full disk)."""
+    probe = run_dir / ".write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        probe.unlink(missing_ok=True) if run_dir.is_dir() else None
+        raise SwinCliError(f"cannot write to the run dir {run_dir}: {exc.strerror or exc}") from None
+
+
+def find_auto_resume(cfg: Any, run_dir: Path, outputs: Path = Path("outputs")) -> Optional[Path]:
+    """The newest last.pt under outputs/ whose run had this config (ignoring resume itself)."""
+    wanted = _comparable(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    candidates = sorted(outputs.glob("**/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if path.parent.resolve() == run_dir.resolve():
+            continue
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)["config"]
+        except Exception:
+            continue
+        if _comparable(saved) == wanted:
+            return path
+    return None
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in ("resume", "epochs")}
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"resume={run_dir}"
+
+
+def _write_metrics_files(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.csv and metrics.jsonl whole (a resumed run carries the earlier rows)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    _write_text_atomic(run_dir / "metrics.csv", buffer.getvalue())
+    _write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+
+
+def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """mode=eval: accuracy of a saved checkpoint on one split of the configured data."""
+    if not cfg.ckpt:
+        raise SwinCliError("mode=eval needs ckpt=/path/to/run_dir_or_checkpoint.pt")
+    state = checkpoint.load(cfg.ckpt)
+    saved = OmegaConf.create(state["config"])
+    data_cfg = OmegaConf.merge(cfg.data, {"image_size": saved.data.image_size, "channels": state["signature"]["in_chans"],
+                                          "mean": state["mean"], "std": state["std"]})
+    data = load_data(data_cfg)
+    if data.classes != state["classes"]:
+        raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
+                           f"but data={_value(cfg.data.name)} has {data.classes[:5]}...")
+    device = select_device(_value(cfg.device))
+    model = build_model(OmegaConf.merge(saved.model, {"pretrained": None}), saved.data.image_size,
+                        data.in_chans, data.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
+    loss, acc = evaluate(model, split, Normalize(state["mean"], state["std"], device), device, cfg.data.eval_batch_size)
+    result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc}
+    _write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
+    log.info(f"{state['path']}: {cfg.eval_split} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images")
+    return result

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpg"
+
+# A model small enough that a training step takes milliseconds on one CPU core.
+TINY_MODEL = ["model.embed_dim=8", "model.depths=[1,1]", "model.num_heads=[2,2]", "model.window_size=4",
+              "data.image_size=16", "model.patch_size=2"]
+
+
+def make_config(*overrides: str) -> DictConfig:
+    from swin_cli.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real swin-train console script (installed by `pip install -e .`)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    exe = Path(sys.executable).with_name("swin-train")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "swin_cli"]
+    return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+

@@ -1,0 +1,72 @@
+"""The config tree composes, presets match the paper, and bad values fail with a named key."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from conftest import make_config
+from swin_cli.config import ConfigError, validate
+
+PAPER = {  # Liu et al. 2021, Table 1 (embed dim C, layer numbers, heads)
+    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
+    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
+    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
+}
+
+
+@pytest.mark.parametrize("name", list(PAPER))
+def test_paper_presets(name):
+    cfg = make_config(f"model={name}")
+    embed, depths, heads = PAPER[name]
+    assert (cfg.model.embed_dim, list(cfg.model.depths), list(cfg.model.num_heads)) == (embed, depths, heads)
+    assert (cfg.model.patch_size, cfg.model.window_size) == (4, 7)
+    validate(cfg)
+
+
+def test_nano_is_the_notebook_model():
+    cfg = make_config()
+    m = cfg.model
+    assert (m.patch_size, m.embed_dim, list(m.depths), list(m.num_heads), m.window_size) == (2, 24, [2, 2, 2], [4, 4, 4], 4)
+    assert cfg.data.image_size == 32
+
+
+def test_every_model_field_overridable():
+    cfg = make_config("model.window_size=2", "model.depths=[2,2,6,2]", "model.num_heads=[3,6,12,24]",
+                      "model.embed_dim=48", "model.drop_path_rate=0.1")
+    assert list(cfg.model.depths) == [2, 2, 6, 2] and cfg.model.embed_dim == 48 and cfg.model.window_size == 2
+    validate(cfg)
+
+
+def test_digits_picks_crop_only_but_command_line_wins():
+    assert make_config("data=digits").aug.hflip is False
+    assert make_config("data=digits", "aug=basic").aug.hflip is True
+    assert make_config("data=cifar10").aug.hflip is True
+
+
+def test_unknown_key_and_wrong_type_rejected_by_schema():
+    with pytest.raises(Exception, match="foo"):
+        make_config("model.foo=1")
+    with pytest.raises(Exception, match="window_size"):
+        make_config("model.window_size=big")
+    with pytest.raises(Exception, match="adamw"):  # the enum lists the allowed values
+        make_config("optimizer.name=lion")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["epochs=0"], "epochs must be >= 1"),
+    (["optimizer.lr=0"], "optimizer.lr must be > 0"),
+    (["model.window_size=0"], "model.window_size must be >= 1"),
+    (["model.num_heads=[5,4,4]"], "model.num_heads[0]=5 must divide the stage 0 width 24"),
+    (["data.image_size=33"], "data.image_size=33 is not divisible by model.patch_size=2"),
+    (["model.depths=[2,2]"], "model.depths and model.num_heads must have the same length"),
+    (["model.drop_path_rate=1.5"], "model.drop_path_rate must be in [0, 1)"),
+    (["data=imagefolder"], "data=imagefolder needs data.root"),
+    (["data.val_fraction=1.0"], "data.val_fraction must be in [0, 1)"),
+])
+def test_out_of_range_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        validate(make_config(*overrides))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,135 @@
+"""Data sources: digits offline, image folders (layout errors, corrupt files, cache), splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_config
+from swin_cli.augment import BatchAugment, Normalize
+from swin_cli.data import DataError, channel_stats, load_data
+
+
+def write_folder(root: Path, splits=("train", "test"), classes=("cat", "dog"), per_class=6, size=(20, 12),
+                 mode="RGB") -> Path:
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+                pixels = rng.integers(0, 256, shape, dtype=np.uint8) // (label + 1)
+                Image.fromarray(pixels, mode).save(folder / f"{i}.png")
+    return root
+
+
+def folder_config(root: Path, tmp_path: Path, *extra: str):
+    return make_config("data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+                       "data.image_size=16", *extra).data
+
+
+def test_digits_offline_splits_are_fixed_and_disjoint():
+    cfg = make_config("data=digits").data
+    a, b = load_data(cfg), load_data(cfg)
+    assert a.in_chans == 1 and a.num_classes == 10 and a.train.images.shape[-2:] == (32, 32)
+    assert len(a.train) + len(a.val) + len(a.test) == 1797
+    assert len(a.test) == 359 and len(a.val) == round(0.1 * 1438)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.val.labels, b.val.labels)
+    assert a.train.images.dtype == torch.uint8 and a.train.images.max() > 200
+
+
+def test_imagefolder_reads_classes_resizes_and_holds_out_val(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    data = load_data(folder_config(root, tmp_path, "data.val_fraction=0.25"))
+    assert data.classes == ["cat", "dog"]
+    assert data.train.images.shape == (9, 3, 16, 16) and len(data.val) == 3 and len(data.test) == 12
+    assert sorted(data.test.labels.tolist()) == [0] * 6 + [1] * 6
+
+
+def test_imagefolder_uses_val_folder_and_grey_images(tmp_path):
+    root = write_folder(tmp_path / "imgs", splits=("train", "val", "test"), mode="L")
+    data = load_data(folder_config(root, tmp_path))
+    assert data.in_chans == 1 and len(data.val) == 12 and len(data.train) == 12
+
+
+def test_imagefolder_cache_is_reused_and_invalidated(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    cfg = folder_config(root, tmp_path)
+    first = load_data(cfg)
+    caches = sorted((tmp_path / "cache").glob("imagefolder-*.pt"))
+    assert len(caches) == 2  # train and test
+    assert torch.equal(load_data(cfg).test.images, first.test.images)
+    # A new image changes the key: the train cache is rebuilt, not served stale.
+    Image.new("RGB", (8, 8)).save(root / "train" / "cat" / "new.png")
+    assert len(load_data(cfg).train) + len(load_data(cfg).val) == 13
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 3
+
+
+def test_corrupt_image_is_skipped_with_a_warning(tmp_path, caplog):
+    root = write_folder(tmp_path / "imgs")
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    data = load_data(folder_config(root, tmp_path, "data.val_fraction=0"))
+    assert len(data.train) == 12
+    assert "skipped 1 unreadable image(s)" in caplog.text and "broken.jpg" in caplog.text
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "does not exist"),
+    ("empty", "has no train/ folder"),
+    ("no_classes", "has no class folders"),
+    ("empty_class", "class folders with no images: dog"),
+    ("class_mismatch", "have different classes"),
+])
+def test_bad_folder_layouts_name_the_problem(tmp_path, layout, message):
+    root = tmp_path / "imgs"
+    if layout == "empty":
+        root.mkdir()
+    elif layout == "no_classes":
+        (root / "train").mkdir(parents=True)
+        (root / "test").mkdir()
+    elif layout == "empty_class":
+        write_folder(root)
+        for f in (root / "train" / "dog").iterdir():
+            f.unlink()
+    elif layout == "class_mismatch":
+        write_folder(root, splits=("train",))
+        write_folder(root, splits=("test",), classes=("cat", "cow"))
+    with pytest.raises(DataError, match=message):
+        load_data(folder_config(root, tmp_path))
+
+
+def test_cifar_offline_failure_is_one_clear_line(tmp_path):
+    cfg = make_config("data=cifar10", f"data.root={tmp_path}", "data.download=false").data
+    with pytest.raises(DataError) as info:
+        load_data(cfg)
+    assert "could not find CIFAR-10" in str(info.value) and "data=imagefolder" in str(info.value)
+
+
+def test_channel_stats_match_float_computation():
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(images, chunk=7)
+    x = images.double() / 255
+    assert np.allclose(mean, x.mean(dim=(0, 2, 3)).tolist())
+    assert np.allclose(std, x.std(dim=(0, 2, 3), unbiased=False).tolist())
+
+
+def test_batch_augment_crops_and_flips_each_image_independently():
+    images = torch.arange(16 * 3 * 8 * 8, dtype=torch.int64).remainder(251).to(torch.uint8).view(16, 3, 8, 8)
+    aug = BatchAugment(make_config("aug=basic").aug)
+    out = aug(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, images)
+    none = BatchAugment(make_config("aug=none").aug)
+    assert not none.active
+
+
+def test_normalize_matches_reference():
+    images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    mean, std = [0.1, 0.2, 0.3], [0.5, 0.25, 0.2]
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(Normalize(mean, std, torch.device("cpu"))(images), expected, atol=1e-6)
