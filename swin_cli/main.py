@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> Optional[float]:
         validate(cfg)
         if cfg.mode.value == "eval":
             return evaluate_checkpoint(cfg, run_dir)["acc"]
-        return Trainer(cfg, run_dir).fit()["best_val_acc"]
+        return Trainer(cfg, run_dir, hydra_cfg.overrides.task).fit()["best_val_acc"]
     except SwinCliError as exc:
         print(f"swin-train: error: {exc}", file=sys.stderr, flush=True)
         if multirun:  # let Hydra record this job as failed and carry on with the others

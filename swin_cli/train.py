@@ -15,13 +15,14 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -202,8 +203,9 @@ class EpochProgress:
 
 
 class Trainer:
-    def __init__(self, cfg: Any, run_dir: Path):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    def __init__(self, cfg: Any, run_dir: Path, overrides: Sequence[str] = ()):
+        # overrides: the command line that made this run, to print a complete resume command.
+        self.cfg, self.run_dir, self.overrides = cfg, Path(run_dir), list(overrides)
         self.start_time = time.time()
         check_writable(self.run_dir)
         if cfg.threads:
@@ -403,7 +405,7 @@ class Trainer:
         path = self.save("last.pt")
         log.info(f"saved a resumable checkpoint to {path} "
                  f"(epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch})")
-        log.info(f"resume with: swin-train {resume_command(self.run_dir)}")
+        log.info(f"resume with: {resume_command(self.overrides, self.run_dir)}")
         raise TrainingInterrupted(signum)
 
     def _finish(self) -> dict[str, Any]:
@@ -511,8 +513,9 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("resume", "epochs")}
 
 
-def resume_command(run_dir: Path) -> str:
-    return f"resume={run_dir}"
+def resume_command(overrides: Sequence[str], run_dir: Path) -> str:
+    kept = [shlex.quote(o) for o in overrides if not o.startswith(("resume=", "hydra."))]
+    return " ".join(["swin-train", *kept, f"resume={shlex.quote(str(run_dir))}"])
 
 
 def _write_metrics_files(run_dir: Path, history: list[dict[str, Any]]) -> None:

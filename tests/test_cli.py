@@ -1,0 +1,106 @@
+"""End to end through the real `swin-train` console script, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SHARED_CIFAR, TINY_MODEL, run_cli
+
+
+def test_digits_nano_trains_end_to_end(tmp_path):
+    proc = run_cli("data=digits", "model=nano", "epochs=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 1/1 | train loss" in proc.stdout and "val loss" in proc.stdout and "test acc" in proc.stdout
+    run_dirs = [p.parent for p in (tmp_path / "outputs").glob("*/*/results.json")]
+    assert len(run_dirs) == 1
+    run_dir = run_dirs[0]
+    for name in ("metrics.csv", "metrics.jsonl", "results.json", "last.pt", "best.pt", ".hydra/config.yaml"):
+        assert (run_dir / name).is_file(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs"] == 1 and results["params"] > 100_000 and 0 <= results["test_acc"] <= 100
+
+    # mode=eval on the best checkpoint reproduces the test accuracy of the run.
+    proc = run_cli("mode=eval", f"ckpt={run_dir / 'best.pt'}", "data=digits", f"hydra.run.dir={tmp_path / 'eval'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert evaluated["acc"] == pytest.approx(results["test_acc"])
+
+
+def test_python_dash_m_and_cfg_job(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "swin_cli", "--cfg", "job", "model=tiny", "optimizer.lr=3e-4"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "embed_dim: 96" in proc.stdout and "lr: 0.0003" in proc.stdout
+
+
+def test_multirun_makes_one_run_dir_per_job(tmp_path):
+    proc = run_cli("-m", "model=nano", "optimizer.lr=1e-3,3e-4", "epochs=1", "data=digits",
+                   "train.max_steps_per_epoch=3", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert [p.parent.name for p in results] == ["0", "1"]
+    configs = [(p.parent / ".hydra" / "config.yaml").read_text() for p in results]
+    assert "lr: 0.001\n" in configs[0] and "lr: 0.0003\n" in configs[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=huge"], "Could not find 'model/huge'; Available options in 'model': base, large, nano, small, tiny"),
+    (["model.window_size=0"], "model.window_size must be >= 1 (got 0)"),
+    (["data=imagefolder", "data.root=/nope"], "data.root=/nope does not exist"),
+    (["model.windowsize=4"], "Key 'windowsize' not in 'ModelConfig'"),
+    (["optimizer.name=lion"], "expected one of [adamw, adam, sgd]"),
+    (["data.image_size=30", "model.patch_size=4"], "data.image_size=30 is not divisible by model.patch_size=4"),
+    (["device=cuda"], "device=cuda was requested but no CUDA GPU is available"),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+    if args == ["device=cuda"]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    proc = run_cli(*args, "epochs=1", cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("swin-train: error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_sigterm_saves_then_resume_finishes(tmp_path):
+    args = [*TINY_MODEL, "data=digits", "data.batch_size=16", "epochs=40", "threads=1", "log.interval=1"]
+    run_dir = tmp_path / "run"
+    exe = Path(sys.executable).with_name("swin-train")
+    proc = subprocess.Popen([str(exe), *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("epoch  1/40"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert f"resume with: swin-train {shlex.join(args)} resume={run_dir}" in out
+    assert (run_dir / "last.pt").is_file()
+
+    resumed = run_cli(*args, f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "epoch 40/40" in resumed.stdout
+    assert (tmp_path / "resumed" / "metrics.csv").read_text().count("\n") == 41
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="../shared/data/cifar10-jpg is not present")
+def test_one_epoch_of_real_cifar10_beats_chance(tmp_path):
+    proc = run_cli("data=imagefolder", f"data.root={SHARED_CIFAR}", "model=nano", "epochs=1",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test_acc"] >= 35.0

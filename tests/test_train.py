@@ -1,0 +1,206 @@
+"""The training loop, in process: learning, exact resume, faults that must not lose data."""
+
+from __future__ import annotations
+
+import errno
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, make_config
+from swin_cli import checkpoint
+from swin_cli.errors import SwinCliError
+from swin_cli.train import TIMING_FIELDS, NonFiniteLoss, Trainer, TrainingInterrupted, lr_factor, select_device
+
+FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
+
+
+def config(*overrides: str):
+    return make_config(*FAST, *overrides)
+
+
+def comparable(history):
+    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in history]
+
+
+def stop_at(trainer: Trainer, global_step: int, signum=signal.SIGTERM) -> None:
+    """Make the trainer receive `signum` during the step that ends at `global_step`."""
+    original = trainer._train_step
+
+    def step(images, labels):
+        out = original(images, labels)
+        if trainer.global_step + 1 == global_step:
+            signal.raise_signal(signum)
+        return out
+
+    trainer._train_step = step
+
+
+def test_loss_falls_and_accuracy_beats_chance(tmp_path):
+    cfg = make_config("data=digits", "epochs=4", "optimizer.lr=3e-3", "threads=2")
+    results = Trainer(cfg, tmp_path).fit()
+    rows = [line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    losses = [float(r[2]) for r in rows]
+    assert len(rows) == 4 and losses[-1] < 0.8 * losses[0]
+    assert results["test_acc"] > 40.0 and results["best_val_acc"] > 40.0
+    for name in ("metrics.csv", "metrics.jsonl", "results.json", "last.pt", "best.pt"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_same_seed_same_run(tmp_path):
+    a = Trainer(config("epochs=2"), tmp_path / "a")
+    b = Trainer(config("epochs=2"), tmp_path / "b")
+    a.fit(), b.fit()
+    assert comparable(a.history) == comparable(b.history)
+    c = Trainer(config("epochs=2", "seed=1"), tmp_path / "c")
+    c.fit()
+    assert comparable(c.history) != comparable(a.history)
+
+
+@pytest.mark.parametrize("stop_step", [4, 6], ids=["epoch-boundary", "mid-epoch"])
+def test_resume_is_exact(tmp_path, stop_step):
+    whole = Trainer(config("epochs=3"), tmp_path / "whole")
+    whole.fit()
+
+    first = Trainer(config("epochs=3"), tmp_path / "first")
+    stop_at(first, stop_step)
+    with pytest.raises(TrainingInterrupted) as info:
+        first.fit()
+    assert info.value.exit_code == 143
+    saved = checkpoint.load(tmp_path / "first")
+    assert saved["global_step"] == stop_step
+
+    second = Trainer(config("epochs=3", f"resume={tmp_path / 'first'}"), tmp_path / "second")
+    second.fit()
+    assert comparable(second.history) == comparable(whole.history)
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[name]), name
+    assert (tmp_path / "second" / "metrics.csv").read_text().count("\n") == 4
+
+
+def test_sigint_exit_code_is_130(tmp_path):
+    trainer = Trainer(config("epochs=2"), tmp_path)
+    stop_at(trainer, 2, signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit()
+    assert info.value.exit_code == 130 and (tmp_path / "last.pt").is_file()
+
+
+def test_resume_auto_finds_the_run_with_the_same_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = Trainer(config("epochs=2"), Path("outputs/a"))
+    stop_at(first, 5)
+    with pytest.raises(TrainingInterrupted):
+        first.fit()
+    Trainer(config("epochs=2", "seed=5"), Path("outputs/other")).fit()  # a different config
+    resumed = Trainer(config("epochs=2", "resume=auto"), Path("outputs/b"))
+    assert resumed.resumed_from == str(Path("outputs/a/last.pt")) and resumed.global_step == 5
+
+
+def test_resume_refuses_missing_truncated_and_incompatible(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint not found"):
+        Trainer(config(f"resume={tmp_path / 'nope'}"), tmp_path / "r1")
+
+    Trainer(config("epochs=1"), tmp_path / "src").fit()
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.embed_dim=8 in the checkpoint vs 16 here"):
+        Trainer(config("model.embed_dim=16", f"resume={tmp_path / 'src'}"), tmp_path / "r2")
+
+    data = (tmp_path / "src" / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupt"):
+        Trainer(config(f"resume={tmp_path / 'cut.pt'}"), tmp_path / "r3")
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = Trainer(config("epochs=3", "log.interval=100"), tmp_path)
+    original = trainer.criterion
+
+    def criterion(logits, labels):
+        loss = original(logits, labels)
+        return loss * float("nan") if trainer.global_step == 6 else loss
+
+    trainer.criterion = criterion
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan at step 7 \(epoch 2\)") as info:
+        trainer.fit()
+    assert "last good checkpoint" in str(info.value)
+    kept = checkpoint.load(tmp_path / "last.pt")
+    assert kept["epoch"] == 1 and all(torch.isfinite(t).all() for t in kept["model"].values())
+
+
+def test_full_disk_on_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    checkpoint.save_atomic({"format": "swin-cli", "format_version": 1, "value": 1}, tmp_path / "last.pt")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+    with pytest.raises(checkpoint.CheckpointError, match="the disk is full"):
+        checkpoint.save_atomic({"format": "swin-cli", "format_version": 1, "value": 2}, tmp_path / "last.pt")
+    monkeypatch.undo()
+    assert checkpoint.load(tmp_path / "last.pt")["value"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp files left behind
+
+
+KILL_DURING_SAVE = """
+import sys, torch
+from swin_cli.checkpoint import save_atomic
+state = {"format": "swin-cli", "format_version": 1, "blob": torch.randn(4_000_000)}
+save_atomic({**state, "i": -1}, sys.argv[1])
+print("ready", flush=True)
+i = 0
+while True:
+    save_atomic({**state, "i": i}, sys.argv[1])
+    i += 1
+"""
+
+
+def test_kill_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = checkpoint.load(path)
+    assert state["blob"].shape == (4_000_000,)
+
+
+def test_unwritable_run_dir_fails_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SwinCliError, match="cannot write to the run dir"):
+        Trainer(config(), tmp_path / "file" / "run")
+
+
+def test_cuda_requested_without_gpu_is_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SwinCliError, match="device=cuda was requested but no CUDA GPU is available"):
+        select_device("cuda")
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    sched = make_config("scheduler=cosine", "scheduler.warmup_epochs=1").scheduler
+    factors = [lr_factor(s, sched, total_steps=100, steps_per_epoch=10) for s in range(101)]
+    assert factors[0] == pytest.approx(0.01) and factors[10] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(factors[:10], factors[1:11]))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[100] == pytest.approx(0.01)
+    constant = make_config("scheduler=constant").scheduler
+    assert {lr_factor(s, constant, 100, 10) for s in range(100)} == {1.0}
+
+
+def test_adamw_does_not_decay_norms_biases_or_bias_tables(tmp_path):
+    trainer = Trainer(config(), tmp_path)
+    decay, no_decay = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all("relative_position_bias_table" not in names[id(p)] and p.ndim > 1 for p in decay["params"])
+    assert any("relative_position_bias_table" in names[id(p)] for p in no_decay["params"])
+    assert math.isclose(sum(p.numel() for g in (decay, no_decay) for p in g["params"]),
+                        sum(p.numel() for p in trainer.model.parameters()))
