@@ -37,7 +37,21 @@ class OptimizerName(str, Enum):
 
 class SchedulerName(str, Enum):
     cosine = "cosine"
+    step = "step"
+    onecycle = "onecycle"
     constant = "constant"
+
+
+class AutoAugment(str, Enum):
+    none = "none"
+    randaugment = "randaugment"
+    trivialaugment = "trivialaugment"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 class AttnImpl(str, Enum):
@@ -55,6 +69,7 @@ class Device(str, Enum):
 class Mode(str, Enum):
     train = "train"
     eval = "eval"
+    predict = "predict"
 
 
 @dataclass
@@ -105,6 +120,18 @@ class AugConfig:
     # Zero-pad by this many pixels, then crop back to image_size at a random offset (0: off).
     crop_padding: int = 0
     hflip: bool = False
+    # Per-image policy applied after crop/flip (torchvision's RandAugment / TrivialAugmentWide).
+    auto_augment: AutoAugment = AutoAugment.none
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    # Probability per image of erasing one random rectangle (filled with noise).
+    random_erasing: float = 0.0
+    # Beta(alpha, alpha) mixing of image pairs and their labels; 0 turns each off.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    # Probability that a batch is mixed at all, and of cutmix rather than mixup when both are on.
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
 
 
 @dataclass
@@ -124,8 +151,20 @@ class SchedulerConfig:
     # Linear warmup from warmup_start_factor*lr, counted in epochs (fractions allowed).
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.01
-    # Cosine decays to min_lr_factor*lr at the last step.
+    # cosine and onecycle decay to min_lr_factor*lr at the last step.
     min_lr_factor: float = 0.01
+    # step: multiply the lr by decay_rate every decay_epochs epochs.
+    decay_epochs: float = 30.0
+    decay_rate: float = 0.1
+    # onecycle: the fraction of all steps spent rising to the peak lr.
+    pct_start: float = 0.3
+
+
+@dataclass
+class EmaConfig:
+    # Exponential moving average of the weights, updated every optimizer step; None: off.
+    # The EMA weights are validated beside the raw ones and kept in checkpoints.
+    decay: Optional[float] = None
 
 
 @dataclass
@@ -133,6 +172,15 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # Clip the global gradient norm to this value; None disables clipping.
     grad_clip: Optional[float] = None
+    # Sum gradients over this many batches per optimizer step (same update as a k-times batch).
+    accumulate: int = 1
+    # Autocast dtype for forward/backward; fp16 adds a GradScaler. Weights stay fp32.
+    precision: Precision = Precision.fp32
+    # torch.compile the model (compile time is paid in the first steps).
+    compile: bool = False
+    # Feed the patch embedding channels-last images (faster convolutions on GPUs).
+    channels_last: bool = False
+    ema: EmaConfig = field(default_factory=EmaConfig)
     # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
     max_steps_per_epoch: Optional[int] = None
 
@@ -163,9 +211,11 @@ class Config:
     # Continue a run: a run dir or a .pt checkpoint, or "auto" for the newest run under
     # outputs/ with the same config.
     resume: Optional[str] = None
-    # mode=eval: the checkpoint to evaluate, and which split.
+    # mode=eval / mode=predict: the checkpoint (or its run dir: best.pt) to use, and the split
+    # to evaluate; mode=predict classifies every image under predict_dir into predictions.csv.
     ckpt: Optional[str] = None
     eval_split: str = "test"
+    predict_dir: Optional[str] = None
 
 
 def register_configs() -> None:
@@ -222,7 +272,15 @@ def validate(cfg: Any) -> None:
         _check(value is None or len(value) in (1, 3), f"data.{key} must list 1 or 3 values (got {value})")
     _check(d.std is None or all(v > 0 for v in d.std), f"data.std values must be > 0 (got {d.std})")
 
-    _check(cfg.aug.crop_padding >= 0, f"aug.crop_padding must be >= 0 (got {cfg.aug.crop_padding})")
+    a = cfg.aug
+    _check(a.crop_padding >= 0, f"aug.crop_padding must be >= 0 (got {a.crop_padding})")
+    _check(a.randaugment_ops >= 1, f"aug.randaugment_ops must be >= 1 (got {a.randaugment_ops})")
+    _check(0 <= a.randaugment_magnitude <= 30,
+           f"aug.randaugment_magnitude must be in [0, 30] (got {a.randaugment_magnitude})")
+    for key in ("random_erasing", "mix_prob", "mix_switch_prob"):
+        _check(0.0 <= getattr(a, key) <= 1.0, f"aug.{key} must be in [0, 1] (got {getattr(a, key)})")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _check(getattr(a, key) >= 0.0, f"aug.{key} must be >= 0 (got {getattr(a, key)})")
 
     _check(o.lr > 0 and math.isfinite(o.lr), f"optimizer.lr must be > 0 (got {o.lr})")
     _check(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0 (got {o.weight_decay})")
@@ -234,9 +292,14 @@ def validate(cfg: Any) -> None:
     _check(0 < s.warmup_start_factor <= 1,
            f"scheduler.warmup_start_factor must be in (0, 1] (got {s.warmup_start_factor})")
     _check(0 <= s.min_lr_factor <= 1, f"scheduler.min_lr_factor must be in [0, 1] (got {s.min_lr_factor})")
+    _check(s.decay_epochs > 0, f"scheduler.decay_epochs must be > 0 (got {s.decay_epochs})")
+    _check(0 < s.decay_rate <= 1, f"scheduler.decay_rate must be in (0, 1] (got {s.decay_rate})")
+    _check(0 < s.pct_start < 1, f"scheduler.pct_start must be in (0, 1) (got {s.pct_start})")
 
     _check(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1) (got {t.label_smoothing})")
     _check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null (got {t.grad_clip})")
+    _check(t.accumulate >= 1, f"train.accumulate must be >= 1 (got {t.accumulate})")
+    _check(t.ema.decay is None or 0 < t.ema.decay < 1, f"train.ema.decay must be in (0, 1) or null (got {t.ema.decay})")
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
            f"train.max_steps_per_epoch must be >= 1 or null (got {t.max_steps_per_epoch})")
     _check(cfg.log.interval >= 1, f"log.interval must be >= 1 (got {cfg.log.interval})")

@@ -46,6 +46,13 @@ class ImageSplit:
     def subset(self, index: Tensor) -> "ImageSplit":
         return ImageSplit(self.images[index], self.labels[index])
 
+    @classmethod
+    def from_bytes(cls, images: list[bytes], size: int, channels: int, labels: list[int]) -> "ImageSplit":
+        """From decode_image's HWC uint8 buffers to one (N, C, H, W) tensor."""
+        pixels = np.frombuffer(b"".join(images), dtype=np.uint8).copy()
+        hwc = torch.from_numpy(pixels).view(len(images), size, size, channels)
+        return cls(hwc.permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64))
+
 
 @dataclass
 class DataBundle:
@@ -234,10 +241,13 @@ def _guess_channels(scan: dict[str, list[Path]]) -> int:
 
 
 def _decode(args: tuple[str, int, int]) -> Optional[bytes]:
+    return decode_image(*args)
+
+
+def decode_image(path: str, size: int, channels: int) -> Optional[bytes]:
     """Decode one image to size x size x channels uint8 bytes; None when it cannot be read."""
     from PIL import Image
 
-    path, size, channels = args
     try:
         with Image.open(path) as im:
             im = im.convert("L" if channels == 1 else "RGB")
@@ -297,9 +307,7 @@ class ImageFolderCache:
         good = [(data, label) for (_, label), data in zip(files, decoded) if data is not None]
         if not good:
             raise DataError(f"no readable images in {self.root / split}")
-        pixels = np.frombuffer(b"".join(d for d, _ in good), dtype=np.uint8)
-        images = torch.from_numpy(pixels.copy()).view(len(good), self.size, self.size, self.channels)
-        return ImageSplit(images.permute(0, 3, 1, 2).contiguous(), torch.tensor([lbl for _, lbl in good]))
+        return ImageSplit.from_bytes([d for d, _ in good], self.size, self.channels, [lbl for _, lbl in good])
 
     def _store(self, path: Path, split: ImageSplit) -> None:
         try:

@@ -32,7 +32,8 @@ register_configs()
 def run(cfg: DictConfig) -> Optional[float]:
     """Train (or evaluate) as `cfg` says; returns the best validation accuracy for sweepers."""
     # Imported here so `swin-train --help` and config errors do not wait for torch.
-    from swin_cli.train import Trainer, TrainingInterrupted, evaluate_checkpoint
+    from swin_cli.evaluate import evaluate_checkpoint, predict_folder
+    from swin_cli.train import Trainer, TrainingInterrupted
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -41,6 +42,9 @@ def run(cfg: DictConfig) -> Optional[float]:
         validate(cfg)
         if cfg.mode.value == "eval":
             return evaluate_checkpoint(cfg, run_dir)["acc"]
+        if cfg.mode.value == "predict":
+            predict_folder(cfg, run_dir)
+            return None
         return Trainer(cfg, run_dir, hydra_cfg.overrides.task).fit()["best_val_acc"]
     except SwinCliError as exc:
         print(f"swin-train: error: {exc}", file=sys.stderr, flush=True)
@@ -112,6 +116,13 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 
 def main() -> None:
+    _hydra_main()
+
+
+def eval_main() -> None:
+    """`swin-eval ckpt=...`: swin-train with mode=eval unless another mode is given."""
+    if not any(arg.startswith("mode=") for arg in sys.argv[1:]):
+        sys.argv.insert(1, "mode=eval")
     _hydra_main()
 
 

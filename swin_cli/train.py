@@ -9,6 +9,7 @@ random draws the uninterrupted run would have made.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -30,14 +31,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from swin_cli import __version__, checkpoint
-from swin_cli.augment import BatchAugment, Normalize
+from swin_cli.augment import BatchAugment, MixBatch, Normalize
 from swin_cli.data import DataBundle, ImageSplit, load_data
 from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer, count_parameters, load_pretrained
 
 log = logging.getLogger("swin_cli")
 
-METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc", "lr",
                  "epoch_time_s", "train_img_per_s"]
 # Fields that depend on wall-clock time; everything else is reproducible bit for bit on CPU.
 TIMING_FIELDS = ("epoch_time_s", "train_img_per_s")
@@ -119,14 +120,24 @@ def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device) -> tor
 
 def lr_factor(step: int, sched_cfg: Any, total_steps: int, steps_per_epoch: int) -> float:
     """Multiplier of the base lr after `step` optimizer steps (warmup, then the schedule)."""
+    name, floor = _value(sched_cfg.name), sched_cfg.min_lr_factor
+    if name == "onecycle":
+        # Cosine up from warmup_start_factor to 1 over pct_start of training, cosine down after.
+        peak = max(1, int(round(sched_cfg.pct_start * total_steps)))
+        if step < peak:
+            start = sched_cfg.warmup_start_factor
+            return start + (1.0 - start) * 0.5 * (1.0 - math.cos(math.pi * step / peak))
+        progress = min(1.0, (step - peak) / max(1, total_steps - peak))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     warmup = min(int(round(sched_cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
     if step < warmup:
         start = sched_cfg.warmup_start_factor
         return start + (1.0 - start) * step / warmup
-    if _value(sched_cfg.name) == "constant":
+    if name == "constant":
         return 1.0
+    if name == "step":
+        return sched_cfg.decay_rate ** math.floor(step / (sched_cfg.decay_epochs * steps_per_epoch))
     progress = (step - warmup) / max(1, total_steps - warmup)
-    floor = sched_cfg.min_lr_factor
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -137,6 +148,26 @@ def step_seed(seed: int, step: int) -> int:
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed + 7919, epoch)))
+
+
+class EMA:
+    """Exponential moving average of a model's weights (buffers are copied as they are)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - self.decay)
+        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for `precision` (a no-op for fp32)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 # ---------------------------------------------------------------------------------- signals
@@ -216,18 +247,26 @@ class Trainer:
         self.data: DataBundle = load_data(cfg.data)
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
+        # The module that runs forward: compiled or not, it shares the parameters of self.model.
+        self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
+        self.precision = _value(cfg.train.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.ema = EMA(self.model, cfg.train.ema.decay) if cfg.train.ema.decay else None
+        self.accumulate = cfg.train.accumulate
         self.batch_size = min(cfg.data.batch_size, len(self.data.train))
-        self.steps_per_epoch = len(self.data.train) // self.batch_size
+        self.steps_per_epoch = max(1, len(self.data.train) // (self.batch_size * self.accumulate))
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.scheduler, self.total_steps, self.steps_per_epoch))
         self.augment = BatchAugment(cfg.aug)
+        self.mix = MixBatch(cfg.aug, self.data.num_classes, cfg.train.label_smoothing)
         self.normalize = Normalize(self.data.mean, self.data.std, self.device)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        # With mixing, targets arrive as class probabilities (smoothing already folded in).
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if self.mix.active else cfg.train.label_smoothing)
 
         # Where the loop stands; all of it is saved in checkpoints and restored by resume.
         self.epoch = 0  # epochs completed
@@ -235,7 +274,7 @@ class Trainer:
         self.global_step = 0
         self.running = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
         self.history: list[dict[str, Any]] = []
-        self.best_val_acc, self.best_epoch = -1.0, 0
+        self.best_val_acc, self.best_epoch, self.best_source = -1.0, 0, "model"
         self.resumed_from: Optional[str] = None
         if cfg.resume:
             self._resume(cfg.resume)
@@ -249,10 +288,11 @@ class Trainer:
             "signature": self.signature, "classes": self.data.classes,
             "mean": self.data.mean, "std": self.data.std,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "running": dict(self.running), "history": list(self.history),
-            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+            "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "best_source": self.best_source,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -268,6 +308,10 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["ema"] if state.get("ema") else state["model"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise checkpoint.CheckpointError(
                 f"checkpoint {state['path']} does not fit this run: {str(exc).splitlines()[0]}") from None
@@ -278,6 +322,7 @@ class Trainer:
         self.global_step, self.running = state["global_step"], dict(state["running"])
         self.history = list(state["history"])
         self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+        self.best_source = state["best_source"]
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -313,9 +358,10 @@ class Trainer:
         return self._finish()
 
     def _train_epoch(self, stop: StopRequest) -> None:
-        cfg, model, train = self.cfg, self.model, self.data.train
-        model.train()
+        cfg, train = self.cfg, self.data.train
+        self.model.train()
         order = epoch_order(len(train), cfg.seed, self.epoch)
+        step_images = self.batch_size * self.accumulate
         # Device-side accumulators: no host sync per step.
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -325,17 +371,15 @@ class Trainer:
         started = time.perf_counter()
         try:
             while self.step_in_epoch < self.steps_per_epoch:
-                index = order[self.step_in_epoch * self.batch_size:(self.step_in_epoch + 1) * self.batch_size]
+                index = order[self.step_in_epoch * step_images:(self.step_in_epoch + 1) * step_images]
                 torch.manual_seed(step_seed(cfg.seed, self.global_step))
-                images = train.images[index].to(self.device, non_blocking=True)
-                labels = train.labels[index].to(self.device, non_blocking=True)
-                loss, logits = self._train_step(images, labels)
-                loss_sum += loss.detach().double() * len(labels)
-                correct += (logits.argmax(1) == labels).sum()
-                recent.append(loss.detach())
+                loss, step_correct = self._train_step(train.images[index], train.labels[index])
+                loss_sum += loss.double() * len(index)
+                correct += step_correct
+                recent.append(loss)
                 self.step_in_epoch += 1
                 self.global_step += 1
-                self.running["seen"] += len(labels)
+                self.running["seen"] += len(index)
                 last_of_epoch = self.step_in_epoch == self.steps_per_epoch
                 if len(recent) >= cfg.log.interval or last_of_epoch or stop.signum is not None:
                     self._check_finite(recent)
@@ -351,17 +395,37 @@ class Trainer:
             self.running["time"] += time.perf_counter() - started
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.augment.active:
-            images = self.augment(images)
-        logits = self.model(self.normalize(images))
-        loss = self.criterion(logits, labels)
+        """One optimizer step over `accumulate` micro-batches; returns (mean loss, #correct)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        for micro_images, micro_labels in zip(images.split(self.batch_size), labels.split(self.batch_size)):
+            x = micro_images.to(self.device, non_blocking=True)
+            y = micro_labels.to(self.device, non_blocking=True)
+            if self.augment.active:
+                x = self.augment(x)
+            x = self.augment.erase(self.normalize(x))
+            target = y
+            if self.mix.active:
+                x, target = self.mix(x, y)
+            if self.cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.precision):
+                logits = self.forward_model(x)
+                loss = self.criterion(logits.float(), target)
+            # Weighted so that k micro-batches give the gradient of one k-times batch.
+            self.scaler.scale(loss * (len(y) / len(labels))).backward()
+            total_loss += loss.detach() * (len(y) / len(labels))
+            correct += (logits.argmax(1) == y).sum()
         if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
-        return loss, logits
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return total_loss, correct
 
     def _check_finite(self, recent: list[torch.Tensor]) -> None:
         losses = torch.stack(recent)
@@ -375,31 +439,38 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         seen = max(1, self.running["seen"])
-        train_loss, train_acc = self.running["loss"] / seen, 100.0 * self.running["correct"] / seen
         train_time = self.running["time"]
-        val_loss, val_acc = self.evaluate(self.data.val) if len(self.data.val) else (float("nan"), float("nan"))
+        # None (an empty CSV cell, JSON null) where there is nothing to measure.
+        has_val = len(self.data.val) > 0
+        val_loss, val_acc = self.evaluate(self.data.val, self.model) if has_val else (None, None)
+        ema_loss, ema_acc = self.evaluate(self.data.val, self.ema.module) if has_val and self.ema else (None, None)
         self.epoch += 1
-        row = {"epoch": self.epoch, "step": self.global_step, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": val_loss, "val_acc": val_acc, "lr": self.scheduler.get_last_lr()[0],
+        row = {"epoch": self.epoch, "step": self.global_step, "train_loss": self.running["loss"] / seen,
+               "train_acc": 100.0 * self.running["correct"] / seen, "val_loss": val_loss, "val_acc": val_acc,
+               "ema_val_loss": ema_loss, "ema_val_acc": ema_acc, "lr": self.scheduler.get_last_lr()[0],
                "epoch_time_s": train_time, "train_img_per_s": self.running["seen"] / max(train_time, 1e-9)}
         self.history.append(row)
         self.step_in_epoch = 0
         self.running = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-        # Without a validation split, the latest weights count as the best.
-        improved = math.isnan(val_acc) or val_acc > self.best_val_acc
+        # The best of the raw and EMA weights counts; without a validation split, the latest.
+        source, score = ("ema", ema_acc) if ema_acc is not None and ema_acc > val_acc else ("model", val_acc)
+        improved = not has_val or score > self.best_val_acc
         if improved:
-            self.best_val_acc, self.best_epoch = (val_acc if not math.isnan(val_acc) else self.best_val_acc), self.epoch
+            self.best_epoch, self.best_source = self.epoch, source
+            if has_val:
+                self.best_val_acc = score
         self.save("last.pt")
         if improved:
             shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
             os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
         self._write_metrics()
-        log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and not math.isnan(val_acc) else ""))
+        log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and has_val else ""))
 
     @torch.no_grad()
-    def evaluate(self, split: ImageSplit) -> tuple[float, float]:
+    def evaluate(self, split: ImageSplit, model: nn.Module) -> tuple[float, float]:
         """Mean loss and accuracy (%) over a split, without augmentation."""
-        return evaluate(self.model, split, self.normalize, self.device, self.cfg.data.eval_batch_size)
+        with autocast(self.device, self.precision):
+            return evaluate(model, split, self.normalize, self.device, self.cfg.data.eval_batch_size)
 
     def _interrupted(self, signum: int) -> None:
         path = self.save("last.pt")
@@ -410,13 +481,18 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         best_path = self.run_dir / "best.pt"
+        tested = self.model
         if best_path.is_file():
-            self.model.load_state_dict(checkpoint.load(best_path)["model"])
-        test_loss, test_acc = self.evaluate(self.data.test)
+            best = checkpoint.load(best_path)
+            self.model.load_state_dict(best["model"])
+            if self.ema is not None and best["ema"] is not None:
+                self.ema.module.load_state_dict(best["ema"])
+            tested = self.ema.module if self.best_source == "ema" and self.ema else self.model
+        test_loss, test_acc = self.evaluate(self.data.test, tested)
         wall = time.time() - self.start_time
         results = {
             "best_val_acc": self.best_val_acc if self.best_val_acc >= 0 else None,
-            "best_epoch": self.best_epoch, "test_acc": test_acc, "test_loss": test_loss,
+            "best_epoch": self.best_epoch, "best_weights": self.best_source, "test_acc": test_acc, "test_loss": test_loss,
             "epochs": self.epoch, "steps": self.global_step, "wall_time_s": round(wall, 2),
             "train_img_per_s": _mean([r["train_img_per_s"] for r in self.history]),
             "params": count_parameters(self.model), "device": str(self.device),
@@ -452,7 +528,7 @@ def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, device: 
     for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size].to(device, non_blocking=True)
         labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
-        logits = model(normalize(images))
+        logits = model(normalize(images)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()
     model.train(was_training)
@@ -462,8 +538,10 @@ def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, device: 
 
 def format_row(row: dict[str, Any], epochs: int) -> str:
     width = len(str(epochs))
-    val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%" if not math.isnan(row["val_acc"])
+    val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%" if row["val_acc"] is not None
            else "val n/a")
+    if row["ema_val_acc"] is not None:
+        val += f" (ema {row['ema_val_acc']:6.2f}%)"
     return (f"epoch {row['epoch']:>{width}}/{epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}% | "
             f"{val} | lr {row['lr']:.2e} | {row['epoch_time_s']:.1f}s {row['train_img_per_s']:.0f} img/s")
 
@@ -528,27 +606,3 @@ def _write_metrics_files(run_dir: Path, history: list[dict[str, Any]]) -> None:
     _write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
 
-
-def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """mode=eval: accuracy of a saved checkpoint on one split of the configured data."""
-    if not cfg.ckpt:
-        raise SwinCliError("mode=eval needs ckpt=/path/to/run_dir_or_checkpoint.pt")
-    state = checkpoint.load(cfg.ckpt)
-    saved = OmegaConf.create(state["config"])
-    data_cfg = OmegaConf.merge(cfg.data, {"image_size": saved.data.image_size, "channels": state["signature"]["in_chans"],
-                                          "mean": state["mean"], "std": state["std"]})
-    data = load_data(data_cfg)
-    if data.classes != state["classes"]:
-        raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
-                           f"but data={_value(cfg.data.name)} has {data.classes[:5]}...")
-    device = select_device(_value(cfg.device))
-    model = build_model(OmegaConf.merge(saved.model, {"pretrained": None}), saved.data.image_size,
-                        data.in_chans, data.num_classes)
-    model.load_state_dict(state["model"])
-    model.to(device)
-    split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
-    loss, acc = evaluate(model, split, Normalize(state["mean"], state["std"], device), device, cfg.data.eval_batch_size)
-    result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc}
-    _write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
-    log.info(f"{state['path']}: {cfg.eval_split} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images")
-    return result

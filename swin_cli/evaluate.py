@@ -1,0 +1,100 @@
+"""Using a trained checkpoint: accuracy on a split (mode=eval) and labels for new images
+(mode=predict). The model is rebuilt from the config saved inside the checkpoint, so only
+the checkpoint and the data are needed, not the command line that trained it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from swin_cli import checkpoint
+from swin_cli.augment import Normalize
+from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, decode_image, load_data
+from swin_cli.errors import SwinCliError
+from swin_cli.model import SwinTransformer
+from swin_cli.train import _value, _write_text_atomic, build_model, evaluate, select_device
+
+log = logging.getLogger("swin_cli")
+
+
+def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device]:
+    if not cfg.ckpt:
+        raise SwinCliError(f"mode={_value(cfg.mode)} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
+    path = Path(cfg.ckpt).expanduser()
+    state = checkpoint.load(path / "best.pt" if path.is_dir() else path)
+    saved = OmegaConf.create(state["config"])
+    signature = state["signature"]
+    model = build_model(OmegaConf.merge(saved.model, {"pretrained": None}), saved.data.image_size,
+                        signature["in_chans"], signature["num_classes"])
+    # The EMA weights when they were the better ones on validation.
+    weights = state["ema"] if state.get("best_source") == "ema" and state.get("ema") else state["model"]
+    model.load_state_dict(weights)
+    device = select_device(_value(cfg.device))
+    return model.to(device).eval(), state, device
+
+
+def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """mode=eval: loss and accuracy of a checkpoint on one split of the configured data."""
+    model, state, device = _load_model(cfg)
+    signature = state["signature"]
+    data_cfg = OmegaConf.merge(cfg.data, {"image_size": signature["data.image_size"],
+                                          "channels": signature["in_chans"],
+                                          "mean": state["mean"], "std": state["std"]})
+    data = load_data(data_cfg)
+    if data.classes != state["classes"]:
+        raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
+                           f"but data={_value(cfg.data.name)} has {data.classes[:5]}...")
+    split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
+    loss, acc = evaluate(model, split, Normalize(state["mean"], state["std"], device), device,
+                         cfg.data.eval_batch_size)
+    result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc}
+    _write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
+    log.info(f"{state['path']}: {cfg.eval_split} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images")
+    return result
+
+
+@torch.no_grad()
+def predict_folder(cfg: Any, run_dir: Path) -> Path:
+    """mode=predict: classify every image under predict_dir; write predictions.csv."""
+    if not cfg.predict_dir:
+        raise SwinCliError("mode=predict needs predict_dir=/folder/of/images")
+    folder = Path(cfg.predict_dir).expanduser()
+    if not folder.is_dir():
+        raise SwinCliError(f"predict_dir={cfg.predict_dir} does not exist or is not a folder")
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+    if not files:
+        raise SwinCliError(f"predict_dir={cfg.predict_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    model, state, device = _load_model(cfg)
+    size, channels = state["signature"]["data.image_size"], state["signature"]["in_chans"]
+    normalize = Normalize(state["mean"], state["std"], device)
+    classes = state["classes"]
+    top = min(5, len(classes))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "prediction", "confidence"] + [f"top{k + 1}" for k in range(top)])
+    unreadable = 0
+    batch = cfg.data.eval_batch_size
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        decoded = [decode_image(str(f), size, channels) for f in chunk]
+        good = [(f, d) for f, d in zip(chunk, decoded) if d is not None]
+        unreadable += len(chunk) - len(good)
+        if not good:
+            continue
+        images = ImageSplit.from_bytes([d for _, d in good], size, channels, labels=[0] * len(good)).images
+        probs = model(normalize(images.to(device))).float().softmax(1)
+        conf, idx = probs.topk(top, dim=1)
+        for (f, _), c, i in zip(good, conf.tolist(), idx.tolist()):
+            writer.writerow([str(f), classes[i[0]], f"{c[0]:.4f}"] + [classes[k] for k in i])
+    out = Path(run_dir) / "predictions.csv"
+    _write_text_atomic(out, buffer.getvalue())
+    skipped = f" ({unreadable} unreadable skipped)" if unreadable else ""
+    log.info(f"wrote {len(files) - unreadable:,} predictions to {out}{skipped}")
+    return out
