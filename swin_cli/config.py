@@ -104,7 +104,7 @@ class DataConfig:
     # Held-out part of train used for validation when the source has no val split.
     val_fraction: float = 0.1
     split_seed: int = 0
-    batch_size: int = 128
+    batch_size: int = 64
     eval_batch_size: int = 512
     download: bool = True
     # Decoded images are cached here as uint8 tensors so later runs skip JPEG decoding.
@@ -137,7 +137,7 @@ class AugConfig:
 @dataclass
 class OptimizerConfig:
     name: OptimizerName = MISSING
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8

@@ -82,7 +82,8 @@ def one_line(message: str) -> str:
 
 def _report_config_errors(run_and_report: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap Hydra's error reporter so config composition errors become one `swin-train: error:`
-    line with exit code 2. Anything else (a bug) keeps Hydra's traceback."""
+    line with exit code 2, and file-system errors one line with exit code 1. Anything else (a
+    bug) keeps Hydra's traceback."""
 
     def guarded(func: Callable[[], Any]) -> Callable[[], Any]:
         def call() -> Any:
@@ -95,6 +96,10 @@ def _report_config_errors(run_and_report: Callable[..., Any]) -> Callable[..., A
                     message += "\n" + str(cause)
                 print(f"swin-train: error: {one_line(message)}", file=sys.stderr, flush=True)
                 sys.exit(2)
+            except OSError as exc:  # e.g. Hydra cannot create the run dir: read-only, full disk
+                where = f" {exc.filename}" if exc.filename else ""
+                print(f"swin-train: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+                sys.exit(1)
 
         return call
 

@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ROOT, SHARED_CIFAR, TINY_MODEL, run_cli
 
@@ -27,12 +29,27 @@ def test_digits_nano_trains_end_to_end(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epochs"] == 1 and results["params"] > 100_000 and 0 <= results["test_acc"] <= 100
 
-    # mode=eval on the best checkpoint reproduces the test accuracy of the run.
-    proc = run_cli("mode=eval", f"ckpt={run_dir / 'best.pt'}", "data=digits", f"hydra.run.dir={tmp_path / 'eval'}",
-                   cwd=tmp_path)
+    # swin-eval (mode=eval) on the run dir's best checkpoint reproduces the run's test accuracy.
+    exe = Path(sys.executable).with_name("swin-eval")
+    proc = subprocess.run([str(exe), f"ckpt={run_dir}", "data=digits", f"hydra.run.dir={tmp_path / 'eval'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert evaluated["acc"] == pytest.approx(results["test_acc"])
+
+    # mode=predict labels a folder of images into predictions.csv.
+    images = tmp_path / "new"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(images / f"{i}.png")
+    (images / "bad.png").write_bytes(b"junk")
+    proc = run_cli("mode=predict", f"ckpt={run_dir / 'best.pt'}", f"predict_dir={images}",
+                   f"hydra.run.dir={tmp_path / 'pred'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "pred" / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,prediction,confidence,top1") and len(rows) == 4
+    assert all(r.split(",")[1] in [str(d) for d in range(10)] for r in rows[1:])
+    assert "1 unreadable skipped" in proc.stdout
 
 
 def test_python_dash_m_and_cfg_job(tmp_path):
@@ -73,6 +90,26 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("swin-train: error: "), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_runtime_faults_are_one_line_with_exit_code_1(tmp_path):
+    """Data, checkpoint, NaN and disk problems: one line naming the problem, exit code 1."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    cases = [
+        (["data=imagefolder", f"data.root={empty}"], "has no train/ folder"),
+        ([f"resume={truncated}"], "is truncated or corrupt"),
+        ([f"resume={tmp_path / 'missing'}"], "checkpoint not found"),
+        (["optimizer.lr=1e30"], "the loss became nan at step"),
+        (["hydra.run.dir=/dev/null/run"], "cannot write /dev/null/run"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args, *TINY_MODEL, "epochs=1", cwd=tmp_path, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("swin-train: error: ") and message in lines[0], proc.stderr
 
 
 def test_sigterm_saves_then_resume_finishes(tmp_path):

@@ -69,3 +69,18 @@ def test_out_of_range_values_name_the_key(overrides, message):
         validate(make_config(*overrides))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_experiment_seed_pins_the_notebook_recipe_and_data_can_be_swapped():
+    cfg = make_config("experiment=cifar10_seed", "data=imagefolder", "data.root=/somewhere")
+    assert cfg.model.name == "nano" and cfg.model.drop_path_rate == 0.0
+    assert (cfg.optimizer.name.value, cfg.optimizer.lr, cfg.data.batch_size, cfg.epochs) == ("adam", 1e-4, 16, 10)
+    assert list(cfg.data.mean) == [0.5] * 3 and cfg.data.val_fraction == 0.2 and cfg.aug.name == "none"
+    assert cfg.data.name.value == "imagefolder" and cfg.scheduler.name.value == "constant"
+    validate(cfg)
+
+
+def test_experiment_nano_composes():
+    cfg = make_config("experiment=cifar10_nano")
+    assert cfg.data.name.value == "cifar10" and cfg.aug.hflip and cfg.train.label_smoothing > 0
+    validate(cfg)

@@ -63,12 +63,18 @@ def test_same_seed_same_run(tmp_path):
     assert comparable(c.history) != comparable(a.history)
 
 
-@pytest.mark.parametrize("stop_step", [4, 6], ids=["epoch-boundary", "mid-epoch"])
-def test_resume_is_exact(tmp_path, stop_step):
-    whole = Trainer(config("epochs=3"), tmp_path / "whole")
+FULL_RECIPE = ("train.ema.decay=0.9", "aug=basic", "aug.auto_augment=randaugment", "aug.random_erasing=0.25",
+               "aug.mixup_alpha=0.2", "aug.cutmix_alpha=1.0", "train.label_smoothing=0.1", "model.drop_path_rate=0.2",
+               "train.accumulate=2", "data.batch_size=16")
+
+
+@pytest.mark.parametrize("stop_step, recipe", [(4, ()), (6, ()), (6, FULL_RECIPE)],
+                         ids=["epoch-boundary", "mid-epoch", "mid-epoch-full-recipe"])
+def test_resume_is_exact(tmp_path, stop_step, recipe):
+    whole = Trainer(config("epochs=3", *recipe), tmp_path / "whole")
     whole.fit()
 
-    first = Trainer(config("epochs=3"), tmp_path / "first")
+    first = Trainer(config("epochs=3", *recipe), tmp_path / "first")
     stop_at(first, stop_step)
     with pytest.raises(TrainingInterrupted) as info:
         first.fit()
@@ -76,11 +82,14 @@ def test_resume_is_exact(tmp_path, stop_step):
     saved = checkpoint.load(tmp_path / "first")
     assert saved["global_step"] == stop_step
 
-    second = Trainer(config("epochs=3", f"resume={tmp_path / 'first'}"), tmp_path / "second")
+    second = Trainer(config("epochs=3", *recipe, f"resume={tmp_path / 'first'}"), tmp_path / "second")
     second.fit()
     assert comparable(second.history) == comparable(whole.history)
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, second.model.state_dict()[name]), name
+    if whole.ema is not None:
+        for name, tensor in whole.ema.module.state_dict().items():
+            assert torch.equal(tensor, second.ema.module.state_dict()[name]), name
     assert (tmp_path / "second" / "metrics.csv").read_text().count("\n") == 4
 
 
@@ -204,3 +213,43 @@ def test_adamw_does_not_decay_norms_biases_or_bias_tables(tmp_path):
     assert any("relative_position_bias_table" in names[id(p)] for p in no_decay["params"])
     assert math.isclose(sum(p.numel() for g in (decay, no_decay) for p in g["params"]),
                         sum(p.numel() for p in trainer.model.parameters()))
+
+
+def test_accumulation_gives_the_update_of_a_bigger_batch(tmp_path):
+    common = ("epochs=1", "train.max_steps_per_epoch=2", "model.drop_path_rate=0", "aug=none")
+    big = Trainer(config(*common, "data.batch_size=32"), tmp_path / "big")
+    small = Trainer(config(*common, "data.batch_size=8", "train.accumulate=4"), tmp_path / "small")
+    big.fit(), small.fit()
+    assert big.global_step == small.global_step == 2
+    for name, tensor in big.model.state_dict().items():
+        torch.testing.assert_close(small.model.state_dict()[name], tensor, atol=2e-6, rtol=1e-5, msg=name)
+    assert big.history[0]["train_loss"] == pytest.approx(small.history[0]["train_loss"], abs=1e-5)
+
+
+def test_ema_is_validated_checkpointed_and_used_when_better(tmp_path):
+    trainer = Trainer(config("epochs=2", "train.ema.decay=0.5"), tmp_path)
+    results = trainer.fit()
+    row = trainer.history[-1]
+    assert row["ema_val_acc"] is not None and row["val_acc"] is not None
+    assert results["best_weights"] in ("model", "ema")
+    saved = checkpoint.load(tmp_path / "last.pt")
+    assert saved["ema"] is not None
+    assert any(not torch.equal(saved["ema"][k], saved["model"][k]) for k in saved["model"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_this_device(tmp_path, precision):
+    trainer = Trainer(config("epochs=1", f"train.precision={precision}"), tmp_path)
+    results = trainer.fit()
+    assert math.isfinite(trainer.history[0]["train_loss"]) and results["test_acc"] >= 0
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+
+
+def test_step_and_onecycle_schedules():
+    step = make_config("scheduler=cosine", "scheduler.name=step", "scheduler.warmup_epochs=0",
+                       "scheduler.decay_epochs=2", "scheduler.decay_rate=0.5").scheduler
+    assert [lr_factor(s, step, 100, 10) for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+    cycle = make_config("scheduler=cosine", "scheduler.name=onecycle", "scheduler.pct_start=0.25").scheduler
+    factors = [lr_factor(s, cycle, 100, 10) for s in range(101)]
+    assert factors.index(max(factors)) == 25 and factors[0] == pytest.approx(0.01)
+    assert factors[100] == pytest.approx(0.01)
