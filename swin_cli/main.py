@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from swin_cli.config import ConfigError, register_configs, validate
+from swin_cli import sweep
 from swin_cli.errors import SwinCliError
 
 log = logging.getLogger("swin_cli")
@@ -48,11 +49,19 @@ def run(cfg: DictConfig) -> Optional[float]:
         return Trainer(cfg, run_dir, hydra_cfg.overrides.task).fit()["best_val_acc"]
     except SwinCliError as exc:
         print(f"swin-train: error: {exc}", file=sys.stderr, flush=True)
-        if multirun:  # let Hydra record this job as failed and carry on with the others
-            raise
+        if multirun:  # the sweep goes on; its summary shows this job as failed
+            sweep.record_failure(run_dir, str(exc))
+            return None
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
     except TrainingInterrupted as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        if not multirun:
+            raise
+        # A bug in one job should not cost the other jobs of a sweep their results.
+        log.exception(f"job failed: {type(exc).__name__}: {exc}")
+        sweep.record_failure(run_dir, f"{type(exc).__name__}: {exc}")
+        return None
 
 
 # Lines of Hydra/OmegaConf error text that describe internals rather than the user's mistake.
@@ -122,13 +131,18 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     _hydra_main()
+    code = sweep.exit_code_after_sweep()
+    if code:
+        print(f"swin-train: error: {len(sweep.failed_jobs)} sweep job(s) failed (see the summary above)",
+              file=sys.stderr)
+        sys.exit(code)
 
 
 def eval_main() -> None:
     """`swin-eval ckpt=...`: swin-train with mode=eval unless another mode is given."""
     if not any(arg.startswith("mode=") for arg in sys.argv[1:]):
         sys.argv.insert(1, "mode=eval")
-    _hydra_main()
+    main()
 
 
 if __name__ == "__main__":

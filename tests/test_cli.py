@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shlex
 import signal
@@ -59,14 +60,25 @@ def test_python_dash_m_and_cfg_job(tmp_path):
     assert "embed_dim: 96" in proc.stdout and "lr: 0.0003" in proc.stdout
 
 
-def test_multirun_makes_one_run_dir_per_job(tmp_path):
-    proc = run_cli("-m", "model=nano", "optimizer.lr=1e-3,3e-4", "epochs=1", "data=digits",
+def test_multirun_makes_one_run_dir_per_job_and_a_summary(tmp_path):
+    # Four jobs, two of which fail validation: the others still finish and all four are reported.
+    proc = run_cli("-m", "model=nano", "model.window_size=4,0", "optimizer.lr=1e-3,3e-4", "epochs=1", "data=digits",
                    "train.max_steps_per_epoch=3", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1 and "2 sweep job(s) failed" in proc.stderr
     results = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert [p.parent.name for p in results] == ["0", "1"]
     configs = [(p.parent / ".hydra" / "config.yaml").read_text() for p in results]
     assert "lr: 0.001\n" in configs[0] and "lr: 0.0003\n" in configs[1]
+
+    with open(tmp_path / "sweep" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
+    assert float(rows[0]["best_val_acc"]) >= float(rows[1]["best_val_acc"])
+    assert rows[2]["error"] == "model.window_size must be >= 1 (got 0)"
+    assert all("model=nano" not in r["overrides"] for r in rows)  # shared overrides left out
+    assert "model.window_size=0 optimizer.lr=0.0003" in {r["overrides"] for r in rows}
+    assert (tmp_path / "sweep" / "summary.md").read_text().count("\n") == 6
+    assert "best validation accuracy first" in proc.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -85,7 +97,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")
     proc = run_cli(*args, "epochs=1", cwd=tmp_path, timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == (1 if args == ["device=cuda"] else 2)  # 2: a bad config
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("swin-train: error: "), proc.stderr
     assert message in lines[0]
