@@ -52,8 +52,8 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
         raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
                            f"but data={_value(cfg.data.name)} has {data.classes[:5]}...")
     split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
-    loss, acc = evaluate(model, split, Normalize(state["mean"], state["std"], device), device,
-                         cfg.data.eval_batch_size)
+    loss, acc, _ = evaluate(model, split, Normalize(state["mean"], state["std"], device), device,
+                            cfg.data.eval_batch_size)
     result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc}
     _write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
     log.info(f"{state['path']}: {cfg.eval_split} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images")

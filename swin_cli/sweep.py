@@ -26,16 +26,25 @@ COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "epochs", "
 failed_jobs: list[str] = []
 
 
-def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job dir under sweep_dir (a dir holding .hydra/overrides.yaml)."""
-    jobs = sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")),
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The run dirs of a sweep (each holds .hydra/overrides.yaml), in job order."""
+    return sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")),
                   key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name))
-    overrides = {job: yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [] for job in jobs}
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    return run_rows(job_dirs(sweep_dir))
+
+
+def run_rows(jobs: list[Path]) -> list[dict[str, Any]]:
+    """One row per run dir, best validation accuracy first, failed and unfinished runs last."""
+    overrides = {job: _overrides(job) for job in jobs}
     # Only what tells the jobs apart: overrides shared by every job are left out.
     shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     rows = []
     for job in jobs:
-        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in overrides[job] if o not in shared)}
+        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in overrides[job] if o not in shared),
+                               "run_dir": str(job)}
         results, error = job / "results.json", job / ERROR_FILE
         if results.is_file():
             data = json.loads(results.read_text())
@@ -46,6 +55,11 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             row.update(status="unfinished")
         rows.append(row)
     return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get("best_val_acc") or -1.0)))
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
 
 
 def _cell(value: Any) -> str:

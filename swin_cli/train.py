@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from swin_cli import __version__, checkpoint
+from swin_cli import __version__, checkpoint, plots
 from swin_cli.augment import BatchAugment, MixBatch, Normalize
 from swin_cli.data import DataBundle, ImageSplit, load_data
 from swin_cli.errors import SwinCliError
@@ -473,13 +473,16 @@ class Trainer:
             shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
             os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
         self._write_metrics()
+        plots.plot_curves(self.history, self.run_dir / "curves.png")
         log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and has_val else ""))
 
     @torch.no_grad()
-    def evaluate(self, split: ImageSplit, model: nn.Module) -> tuple[float, float]:
-        """Mean loss and accuracy (%) over a split, without augmentation."""
+    def evaluate(self, split: ImageSplit, model: nn.Module, confusion: bool = False):
+        """Mean loss and accuracy (%) over a split without augmentation (+ confusion matrix)."""
         with autocast(self.device, self.precision):
-            return evaluate(model, split, self.normalize, self.device, self.cfg.data.eval_batch_size)
+            loss, acc, matrix = evaluate(model, split, self.normalize, self.device, self.cfg.data.eval_batch_size,
+                                         self.data.num_classes if confusion else None)
+        return (loss, acc, matrix) if confusion else (loss, acc)
 
     def _interrupted(self, signum: int) -> None:
         path = self.save("last.pt")
@@ -497,7 +500,7 @@ class Trainer:
             if self.ema is not None and best["ema"] is not None:
                 self.ema.module.load_state_dict(best["ema"])
             tested = self.ema.module if self.best_source == "ema" and self.ema else self.model
-        test_loss, test_acc = self.evaluate(self.data.test, tested)
+        test_loss, test_acc, confusion = self.evaluate(self.data.test, tested, confusion=True)
         wall = time.time() - self.start_time
         results = {
             "best_val_acc": self.best_val_acc if self.best_val_acc >= 0 else None,
@@ -507,11 +510,19 @@ class Trainer:
             "params": count_parameters(self.model), "device": str(self.device),
             "model": self.cfg.model.name, "data": _value(self.cfg.data.name),
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
+            "test_confusion": confusion.tolist(),
         }
+        self._write_final_plots(confusion)
         _write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         best = f"{self.best_val_acc:.2f}% (epoch {self.best_epoch})" if self.best_val_acc >= 0 else "n/a"
         log.info(f"best val acc {best} | test acc {test_acc:.2f}% (loss {test_loss:.4f}) | {wall:.1f}s | {self.run_dir}")
         return results
+
+    def _write_final_plots(self, confusion: torch.Tensor) -> None:
+        lrs = [self.cfg.optimizer.lr * lr_factor(s, self.cfg.scheduler, self.total_steps, self.steps_per_epoch)
+               for s in range(self.total_steps)]
+        plots.plot_lr(lrs, self.steps_per_epoch, self.run_dir / "lr.png")
+        plots.plot_confusion(confusion.tolist(), self.data.classes, self.run_dir / "confusion.png")
 
     def _log_start(self) -> None:
         d, m = self.data, self.cfg.model
@@ -529,20 +540,26 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, device: torch.device,
-             batch_size: int) -> tuple[float, float]:
+             batch_size: int, num_classes: Optional[int] = None) -> tuple[float, float, Optional[torch.Tensor]]:
+    """Mean loss, accuracy (%) and, given num_classes, the confusion matrix (rows: true class)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64) if num_classes else None
     for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size].to(device, non_blocking=True)
         labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
         logits = model(normalize(images)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-        correct += (logits.argmax(1) == labels).sum()
+        predicted = logits.argmax(1)
+        correct += (predicted == labels).sum()
+        if confusion is not None:
+            confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
     model.train(was_training)
     n = max(1, len(split))
-    return loss_sum.item() / n, 100.0 * correct.item() / n
+    matrix = confusion.view(num_classes, num_classes).cpu() if confusion is not None else None
+    return loss_sum.item() / n, 100.0 * correct.item() / n, matrix
 
 
 def format_row(row: dict[str, Any], epochs: int) -> str:

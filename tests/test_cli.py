@@ -80,6 +80,14 @@ def test_multirun_makes_one_run_dir_per_job_and_a_summary(tmp_path):
     assert (tmp_path / "sweep" / "summary.md").read_text().count("\n") == 6
     assert "best validation accuracy first" in proc.stdout
 
+    # swin-report reads the sweep back: the same table, and a comparison plot of the curves.
+    report = subprocess.run([str(Path(sys.executable).with_name("swin-report")), str(tmp_path / "sweep")],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "4 run(s)" in report.stdout and "model.window_size=0 optimizer.lr=0.0003" in report.stdout
+    with Image.open(tmp_path / "sweep" / "val_acc_comparison.png") as png:
+        assert png.size[0] > 300 and png.size[1] > 200
+
 
 @pytest.mark.parametrize("args, message", [
     (["model=huge"], "Could not find 'model/huge'; Available options in 'model': base, large, nano, small, tiny"),

@@ -253,3 +253,17 @@ def test_step_and_onecycle_schedules():
     factors = [lr_factor(s, cycle, 100, 10) for s in range(101)]
     assert factors.index(max(factors)) == 25 and factors[0] == pytest.approx(0.01)
     assert factors[100] == pytest.approx(0.01)
+
+
+def test_run_dir_gets_plots_of_curves_lr_and_confusion(tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    results = Trainer(config("epochs=2"), tmp_path).fit()
+    for name in ("curves.png", "lr.png", "confusion.png"):
+        with Image.open(tmp_path / name) as png:
+            png.verify()
+            assert png.format == "PNG" and png.size[0] >= 300, name
+    confusion = torch.tensor(results["test_confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 359
+    assert confusion.trace().item() / 359 * 100 == pytest.approx(results["test_acc"])
