@@ -70,6 +70,7 @@ class Mode(str, Enum):
     train = "train"
     eval = "eval"
     predict = "predict"
+    summary = "summary"
 
 
 @dataclass

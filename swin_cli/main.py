@@ -43,6 +43,9 @@ def run(cfg: DictConfig) -> Optional[float]:
         validate(cfg)
         if cfg.mode.value == "eval":
             return evaluate_checkpoint(cfg, run_dir)["acc"]
+        if cfg.mode.value == "summary":  # describe the model and data, train nothing
+            Trainer(cfg, run_dir).describe()
+            return None
         if cfg.mode.value == "predict":
             predict_folder(cfg, run_dir)
             return None

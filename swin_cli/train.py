@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from swin_cli import __version__, checkpoint, plots
+from swin_cli import __version__, checkpoint, plots, summary
 from swin_cli.augment import BatchAugment, MixBatch, Normalize
 from swin_cli.data import DataBundle, ImageSplit, load_data
 from swin_cli.errors import SwinCliError
@@ -352,7 +352,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self._log_start()
+        self.describe()
         stop = StopRequest()
         with stop.installed():
             while self.epoch < cfg.epochs:
@@ -524,18 +524,14 @@ class Trainer:
         plots.plot_lr(lrs, self.steps_per_epoch, self.run_dir / "lr.png")
         plots.plot_confusion(confusion.tolist(), self.data.classes, self.run_dir / "confusion.png")
 
-    def _log_start(self) -> None:
-        d, m = self.data, self.cfg.model
-        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
-        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
-        log.info(f"run dir  {self.run_dir}")
-        log.info(f"device   {device}{threads}")
-        log.info(f"data     {_value(self.cfg.data.name)}: {d.sizes()}, {d.num_classes} classes, "
-                 f"{d.in_chans}x{self.cfg.data.image_size}x{self.cfg.data.image_size}")
-        log.info(f"model    swin-{m.name}: {count_parameters(self.model):,} params, patch {m.patch_size}, "
-                 f"embed {m.embed_dim}, depths {list(m.depths)}, heads {list(m.num_heads)}, window {m.window_size}")
-        log.info(f"train    {self.cfg.epochs} epochs x {self.steps_per_epoch} steps of {self.batch_size}, "
-                 f"{_value(self.cfg.optimizer.name)} lr {self.cfg.optimizer.lr:g}, {_value(self.cfg.scheduler.name)} schedule")
+    def describe(self) -> None:
+        """Log the start panel: run dir, device, data, model stage by stage, recipe."""
+        if self.device.type == "cuda":
+            device = torch.cuda.get_device_name(self.device)
+        else:
+            device = self.device.type + (f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else "")
+        log.info(summary.start_panel(self.cfg, self.model, self.data, self.run_dir, device,
+                                     self.steps_per_epoch, self.batch_size))
 
 
 @torch.no_grad()

@@ -53,6 +53,13 @@ def test_digits_nano_trains_end_to_end(tmp_path):
     assert "1 unreadable skipped" in proc.stdout
 
 
+def test_mode_summary_shows_stages_without_training(tmp_path):
+    proc = run_cli("mode=summary", "model=tiny", "data=digits", "data.image_size=64", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "MFLOPs/image forward" in proc.stdout and "16x16" in proc.stdout and "2x2" in proc.stdout
+    assert "epoch" not in proc.stdout.replace("epochs", "")
+
+
 def test_python_dash_m_and_cfg_job(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "swin_cli", "--cfg", "job", "model=tiny", "optimizer.lr=3e-4"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -1,0 +1,91 @@
+"""What a run shows before it starts: the model stage by stage (with FLOPs), data and recipe.
+
+Rendered with rich into plain text, so the same panel goes to the terminal and to the run's
+log file. `swin-train mode=summary` prints it and exits without training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from swin_cli.model import SwinTransformer, count_parameters
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+@torch.no_grad()
+def forward_flops(model: SwinTransformer, image_size: int, in_chans: int) -> tuple[int, list[int]]:
+    """FLOPs of one image's forward pass (matmuls, convs, attention), in total and per stage."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, in_chans, image_size, image_size, device=device))
+    model.train(was_training)
+    by_module = counter.get_flop_counts()
+    stages = [sum(by_module.get(f"SwinTransformer.stages.{i}", {}).values()) for i in range(len(model.stages))]
+    return counter.get_total_flops(), stages
+
+
+def stage_table(model: SwinTransformer, stage_flops: list[int]) -> Any:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("stage", "resolution", "window", "shift", "heads", "dim", "depth", "params", "MFLOPs"):
+        table.add_column(column, justify="right")
+    for i, (stage, flops) in enumerate(zip(model.stage_summary(), stage_flops)):
+        h, w = stage["resolution"]
+        table.add_row(str(i), f"{h}x{w}", str(stage["window"]), str(stage["shift"]), str(stage["heads"]),
+                      str(stage["dim"]), str(stage["depth"]), f"{stage['params']:,}", f"{flops / 1e6:.1f}")
+    return table
+
+
+def render(renderable: Any, width: int = 110) -> str:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=None, force_terminal=False, color_system=None)
+    with console.capture() as capture:
+        console.print(renderable)
+    return capture.get().rstrip()
+
+
+def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, device_name: str,
+                steps_per_epoch: int, batch_size: int) -> str:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
+    m, o, s, t, a = cfg.model, cfg.optimizer, cfg.scheduler, cfg.train, cfg.aug
+    total, per_stage = forward_flops(model, cfg.data.image_size, data.in_chans)
+    augment = [f"crop pad {a.crop_padding}" if a.crop_padding else "", "hflip" if a.hflip else "",
+               _value(a.auto_augment) if _value(a.auto_augment) != "none" else "",
+               f"erase {a.random_erasing}" if a.random_erasing else "",
+               f"mixup {a.mixup_alpha}" if a.mixup_alpha else "", f"cutmix {a.cutmix_alpha}" if a.cutmix_alpha else ""]
+    lines = [
+        ("run dir", str(run_dir)),
+        ("device", device_name),
+        ("data", f"{_value(cfg.data.name)}: {data.sizes()}, {data.num_classes} classes, "
+                 f"{data.in_chans}x{cfg.data.image_size}x{cfg.data.image_size}"),
+        ("model", f"swin-{m.name}: {count_parameters(model):,} params, {total / 1e6:,.1f} MFLOPs/image forward, "
+                  f"patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, attention {_value(m.attn_impl)}"),
+        ("optimizer", f"{_value(o.name)} lr {o.lr:g} weight decay {o.weight_decay:g}, {_value(s.name)} schedule"
+                      + (f", warmup {s.warmup_epochs:g} epochs" if s.warmup_epochs else "")),
+        ("training", f"{cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}"
+                     + (f" x {t.accumulate} accumulated" if t.accumulate > 1 else "")
+                     + f", {_value(t.precision)}" + (", compiled" if t.compile else "")
+                     + (f", EMA {t.ema.decay}" if t.ema.decay else "")
+                     + (f", label smoothing {t.label_smoothing}" if t.label_smoothing else "")
+                     + f", seed {cfg.seed}"),
+        ("augment", ", ".join(x for x in augment if x) or "none"),
+    ]
+    text = Text()
+    for key, value in lines:
+        text.append(f"{key:<10}", style="bold")
+        text.append(value + "\n")
+    return render(Panel(Group(text, stage_table(model, per_stage)), title="swin-train", expand=False))
