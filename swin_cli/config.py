@@ -186,6 +186,11 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None
 
 
+class Logger(str, Enum):
+    none = "none"
+    tensorboard = "tensorboard"
+
+
 @dataclass
 class LogConfig:
     # A live progress bar when stdout is a terminal; plain epoch lines otherwise.
@@ -207,6 +212,8 @@ class Config:
     epochs: int = 10
     seed: int = 0
     device: Device = Device.auto
+    # Besides metrics.csv/metrics.jsonl (always written): TensorBoard scalars under <run dir>/tb.
+    logger: Logger = Logger.none
     # CPU threads for torch; None leaves torch's default (one per core).
     threads: Optional[int] = None
     # Continue a run: a run dir or a .pt checkpoint, or "auto" for the newest run under

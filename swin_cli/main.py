@@ -30,6 +30,22 @@ log = logging.getLogger("swin_cli")
 register_configs()
 
 
+def share_machine(cfg: DictConfig, hydra_cfg: Any) -> None:
+    """Under a parallel launcher (joblib), give each job its share of the cores and, on a
+    multi-GPU host, its own GPU, instead of every job grabbing everything."""
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if "Joblib" not in launcher:
+        return
+    n_jobs = hydra_cfg.launcher.get("n_jobs") or 1
+    n_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+    if cfg.threads is None:
+        cfg.threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    import torch
+
+    if torch.cuda.device_count() > 1:
+        torch.cuda.set_device(hydra_cfg.job.num % torch.cuda.device_count())
+
+
 def run(cfg: DictConfig) -> Optional[float]:
     """Train (or evaluate) as `cfg` says; returns the best validation accuracy for sweepers."""
     # Imported here so `swin-train --help` and config errors do not wait for torch.
@@ -39,6 +55,8 @@ def run(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:
+        share_machine(cfg, hydra_cfg)
     try:
         validate(cfg)
         if cfg.mode.value == "eval":
@@ -72,6 +90,11 @@ _NOISE = ("full_key:", "reference_type=", "object_type=", "Set the environment v
           "Config search path", "provider=", "To append to your config use")
 
 
+# Hydra plugins that are optional extras: the missing config names the extra to install.
+_PLUGIN_EXTRAS = {"hydra/launcher/joblib": "sweep", "hydra/sweeper/optuna": "sweep",
+                  "hydra/launcher/submitit": "sweep", "hparams_search/": "sweep"}
+
+
 def one_line(message: str) -> str:
     """Fold Hydra's multi-line composition error into one line that keeps every useful fact."""
     parts: list[str] = []
@@ -89,7 +112,12 @@ def one_line(message: str) -> str:
         parts.append(line)
     if items and parts:
         parts[-1] += " " + ", ".join(items)
-    return " ".join(p if p.endswith((":", ".")) else p + ";" for p in parts).rstrip(";")
+    line = " ".join(p if p.endswith((":", ".")) else p + ";" for p in parts).rstrip(";")
+    for config_name, extra in _PLUGIN_EXTRAS.items():
+        if f"Could not find '{config_name}" in line or (f"'{config_name}" in line and "Could not" in line):
+            line += f" (a Hydra plugin from an optional extra: pip install \"swin-cli[{extra}]\")"
+            break
+    return line
 
 
 def _report_config_errors(run_and_report: Callable[..., Any]) -> Callable[..., Any]:

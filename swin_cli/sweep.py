@@ -121,7 +121,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            write_summary(sweep_dir)
+            rows = write_summary(sweep_dir)
+            # Jobs may have run in other processes (joblib, submitit): count failures from disk.
+            failed_jobs[:] = [r["run_dir"] for r in rows if r["status"] == "failed"]
 
 
 def exit_code_after_sweep() -> Optional[int]:

@@ -283,6 +283,10 @@ class Trainer:
         self.resumed_from: Optional[str] = None
         if cfg.resume:
             self._resume(cfg.resume)
+        elif requeued_job() and (self.run_dir / "last.pt").is_file():
+            # SLURM requeued this job after preemption: carry on from its own last checkpoint.
+            self._resume(str(self.run_dir))
+        self.tensorboard = open_tensorboard(self.run_dir) if _value(cfg.logger) == "tensorboard" else None
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -473,6 +477,11 @@ class Trainer:
             shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
             os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
         self._write_metrics()
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "epoch" and value is not None:
+                    self.tensorboard.add_scalar(key, value, self.epoch)
+            self.tensorboard.flush()
         plots.plot_curves(self.history, self.run_dir / "curves.png")
         log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and has_val else ""))
 
@@ -578,6 +587,18 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def requeued_job() -> bool:
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def open_tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SwinCliError('logger=tensorboard needs TensorBoard: pip install "swin-cli[tensorboard]"') from None
+    return SummaryWriter(str(run_dir / "tb"))
 
 
 def check_writable(run_dir: Path) -> None:

@@ -267,3 +267,29 @@ def test_run_dir_gets_plots_of_curves_lr_and_confusion(tmp_path):
     confusion = torch.tensor(results["test_confusion"])
     assert confusion.shape == (10, 10) and confusion.sum() == 359
     assert confusion.trace().item() / 359 * 100 == pytest.approx(results["test_acc"])
+
+
+def test_tensorboard_logger_writes_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(config("epochs=2", "logger=tensorboard"), tmp_path).fit()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
+    assert "train_loss" in events.Tags()["scalars"]
+
+
+def test_requeued_slurm_job_resumes_from_its_own_last_checkpoint(tmp_path, monkeypatch):
+    first = Trainer(config("epochs=2"), tmp_path)
+    stop_at(first, 3)
+    with pytest.raises(TrainingInterrupted):
+        first.fit()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    again = Trainer(config("epochs=2"), tmp_path)
+    assert again.global_step == 3 and again.resumed_from == str(tmp_path / "last.pt")
+    again.fit()
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    whole = Trainer(config("epochs=2"), tmp_path / "whole")
+    whole.fit()
+    assert comparable(again.history) == comparable(whole.history)
