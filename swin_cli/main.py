@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from swin_cli.config import ConfigError, register_configs, validate
-from swin_cli import sweep
+from swin_cli import distributed, sweep
 from swin_cli.errors import SwinCliError
 
 log = logging.getLogger("swin_cli")
@@ -161,7 +161,14 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 
 def main() -> None:
-    _hydra_main()
+    distributed.setup()
+    if not distributed.is_main():
+        # One run dir, one log: the other ranks write neither Hydra's files nor log lines.
+        sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[]"]
+    try:
+        _hydra_main()
+    finally:
+        distributed.teardown()
     code = sweep.exit_code_after_sweep()
     if code:
         print(f"swin-train: error: {len(sweep.failed_jobs)} sweep job(s) failed (see the summary above)",

@@ -21,7 +21,7 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from swin_cli import __version__, checkpoint, plots, summary
+from swin_cli import __version__, checkpoint, distributed, plots, summary
 from swin_cli.augment import BatchAugment, MixBatch, Normalize
 from swin_cli.data import DataBundle, ImageSplit, load_data
 from swin_cli.errors import SwinCliError
@@ -243,17 +243,25 @@ class Trainer:
         # overrides: the command line that made this run, to print a complete resume command.
         self.cfg, self.run_dir, self.overrides = cfg, Path(run_dir), list(overrides)
         self.start_time = time.time()
-        check_writable(self.run_dir)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        if self.is_main:
+            check_writable(self.run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = select_device(_value(cfg.device))
+        self.device = distributed.local_device() or select_device(_value(cfg.device))
         torch.manual_seed(cfg.seed)
 
         self.data: DataBundle = load_data(cfg.data)
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
         # The module that runs forward: compiled or not, it shares the parameters of self.model.
-        self.forward_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.forward_model = self.model
+        if self.world > 1:  # gradients are averaged over ranks during backward
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.forward_model = torch.compile(self.forward_model)
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
         self.precision = _value(cfg.train.precision)
@@ -261,7 +269,8 @@ class Trainer:
         self.ema = EMA(self.model, cfg.train.ema.decay) if cfg.train.ema.decay else None
         self.accumulate = cfg.train.accumulate
         self.batch_size = min(cfg.data.batch_size, len(self.data.train))
-        self.steps_per_epoch = max(1, len(self.data.train) // (self.batch_size * self.accumulate))
+        # data.batch_size is per process: under torchrun a step consumes batch x accumulate x ranks.
+        self.steps_per_epoch = max(1, len(self.data.train) // (self.batch_size * self.accumulate * self.world))
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -337,10 +346,12 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         # Bring the best weights along so the final test uses them, and the metrics so far.
         source_dir = Path(state["path"]).parent
-        if (source_dir / "best.pt").is_file() and source_dir.resolve() != self.run_dir.resolve():
-            shutil.copyfile(source_dir / "best.pt", self.run_dir / "best.pt")
+        if self.is_main:
+            if (source_dir / "best.pt").is_file() and source_dir.resolve() != self.run_dir.resolve():
+                shutil.copyfile(source_dir / "best.pt", self.run_dir / "best.pt")
+            self._write_metrics()
+        distributed.barrier()
         self.resumed_from = state["path"]
-        self._write_metrics()
         where = f"epoch {self.epoch + 1}" + (f", step {self.step_in_epoch}" if self.step_in_epoch else "")
         log.info(f"resumed from {state['path']} at {where}")
 
@@ -370,37 +381,47 @@ class Trainer:
         cfg, train = self.cfg, self.data.train
         self.model.train()
         order = epoch_order(len(train), cfg.seed, self.epoch)
-        step_images = self.batch_size * self.accumulate
-        # Device-side accumulators: no host sync per step.
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        rank_images = self.batch_size * self.accumulate
+        step_images = rank_images * self.world
+        # Each rank draws its own augmentation / stochastic-depth randomness (rank 0 = 1 process).
+        rank_seed = cfg.seed + 7_919_093 * self.rank
+        # Device-side accumulators: no host sync per step. [loss sum, correct, images]
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)
         recent: list[torch.Tensor] = []
-        progress = EpochProgress(cfg.log.progress and sys.stdout.isatty(), self.epoch + 1, cfg.epochs,
-                                 self.steps_per_epoch, self.step_in_epoch)
+        progress = EpochProgress(self.is_main and cfg.log.progress and sys.stdout.isatty(), self.epoch + 1,
+                                 cfg.epochs, self.steps_per_epoch, self.step_in_epoch)
         started = time.perf_counter()
         try:
             while self.step_in_epoch < self.steps_per_epoch:
-                index = order[self.step_in_epoch * step_images:(self.step_in_epoch + 1) * step_images]
-                torch.manual_seed(step_seed(cfg.seed, self.global_step))
+                start = self.step_in_epoch * step_images + self.rank * rank_images
+                index = order[start:start + rank_images]
+                torch.manual_seed(step_seed(rank_seed, self.global_step))
                 loss, step_correct = self._train_step(train.images[index], train.labels[index])
-                loss_sum += loss.double() * len(index)
-                correct += step_correct
+                sums[0] += loss.double() * len(index)
+                sums[1] += step_correct
+                sums[2] += len(index)
                 recent.append(loss)
                 self.step_in_epoch += 1
                 self.global_step += 1
-                self.running["seen"] += len(index)
+                # All ranks must stop at the same step, or DDP's next all-reduce would hang.
+                stopping = distributed.any_rank(stop.signum is not None, self.device) if self.world > 1 \
+                    else stop.signum is not None
                 last_of_epoch = self.step_in_epoch == self.steps_per_epoch
-                if len(recent) >= cfg.log.interval or last_of_epoch or stop.signum is not None:
+                if len(recent) >= cfg.log.interval or last_of_epoch or stopping:
                     self._check_finite(recent)
                     recent = []
-                    seen = self.running["seen"]
-                    progress.update(self.step_in_epoch, f"loss {(self.running['loss'] + loss_sum.item()) / seen:.4f}")
-                if stop.signum is not None:
+                    done = sums.tolist()
+                    mean_loss = (self.running["loss"] + done[0]) / max(1, self.running["seen"] + done[2])
+                    progress.update(self.step_in_epoch, f"loss {mean_loss:.4f}")
+                if stopping:
+                    stop.signum = stop.signum or signal.SIGTERM
                     break
         finally:
             progress.close()
-            self.running["loss"] += loss_sum.item()
-            self.running["correct"] += int(correct.item())
+            loss_total, correct_total, seen_total = distributed.sum_(sums).tolist()
+            self.running["loss"] += loss_total
+            self.running["correct"] += int(correct_total)
+            self.running["seen"] += int(seen_total)
             self.running["time"] += time.perf_counter() - started
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,7 +429,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        for micro_images, micro_labels in zip(images.split(self.batch_size), labels.split(self.batch_size)):
+        micro_batches = list(zip(images.split(self.batch_size), labels.split(self.batch_size)))
+        for i, (micro_images, micro_labels) in enumerate(micro_batches):
             data_start = time.perf_counter()
             x = micro_images.to(self.device, non_blocking=True)
             y = micro_labels.to(self.device, non_blocking=True)
@@ -422,11 +444,15 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             # Batch preparation time (exact on CPU; on a GPU only the launch cost, as it is async).
             self.running["data_time"] += time.perf_counter() - data_start
-            with autocast(self.device, self.precision):
-                logits = self.forward_model(x)
-                loss = self.criterion(logits.float(), target)
-            # Weighted so that k micro-batches give the gradient of one k-times batch.
-            self.scaler.scale(loss * (len(y) / len(labels))).backward()
+            # Under DDP, average gradients over ranks once per step, not once per micro-batch.
+            last = i == len(micro_batches) - 1
+            sync = self.forward_model.no_sync() if self.world > 1 and not last else nullcontext()
+            with sync:
+                with autocast(self.device, self.precision):
+                    logits = self.forward_model(x)
+                    loss = self.criterion(logits.float(), target)
+                # Weighted so that k micro-batches give the gradient of one k-times batch.
+                self.scaler.scale(loss * (len(y) / len(labels))).backward()
             total_loss += loss.detach() * (len(y) / len(labels))
             correct += (logits.argmax(1) == y).sum()
         if self.cfg.train.grad_clip:
@@ -440,7 +466,8 @@ class Trainer:
         return total_loss, correct
 
     def _check_finite(self, recent: list[torch.Tensor]) -> None:
-        losses = torch.stack(recent)
+        # Summed over ranks so that every rank sees the same non-finite value and stops together.
+        losses = distributed.sum_(torch.stack(recent).float())
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             step = self.global_step - len(recent) + int(bad[0]) + 1
@@ -472,18 +499,20 @@ class Trainer:
             self.best_epoch, self.best_source = self.epoch, source
             if has_val:
                 self.best_val_acc = score
-        self.save("last.pt")
-        if improved:
-            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
-            os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
-        self._write_metrics()
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key != "epoch" and value is not None:
-                    self.tensorboard.add_scalar(key, value, self.epoch)
-            self.tensorboard.flush()
-        plots.plot_curves(self.history, self.run_dir / "curves.png")
-        log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and has_val else ""))
+        if self.is_main:
+            self.save("last.pt")
+            if improved:
+                shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
+                os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
+            self._write_metrics()
+            if self.tensorboard is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        self.tensorboard.add_scalar(key, value, self.epoch)
+                self.tensorboard.flush()
+            plots.plot_curves(self.history, self.run_dir / "curves.png")
+            log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and has_val else ""))
+        distributed.barrier()  # checkpoints are complete before any rank reads them
 
     @torch.no_grad()
     def evaluate(self, split: ImageSplit, model: nn.Module, confusion: bool = False):
@@ -494,7 +523,11 @@ class Trainer:
         return (loss, acc, matrix) if confusion else (loss, acc)
 
     def _interrupted(self, signum: int) -> None:
+        if not self.is_main:
+            distributed.barrier()
+            raise TrainingInterrupted(signum)
         path = self.save("last.pt")
+        distributed.barrier()
         log.info(f"saved a resumable checkpoint to {path} "
                  f"(epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch})")
         log.info(f"resume with: {resume_command(self.overrides, self.run_dir)}")
@@ -516,13 +549,14 @@ class Trainer:
             "best_epoch": self.best_epoch, "best_weights": self.best_source, "test_acc": test_acc, "test_loss": test_loss,
             "epochs": self.epoch, "steps": self.global_step, "wall_time_s": round(wall, 2),
             "train_img_per_s": _mean([r["train_img_per_s"] for r in self.history]),
-            "params": count_parameters(self.model), "device": str(self.device),
+            "params": count_parameters(self.model), "device": str(self.device), "processes": self.world,
             "model": self.cfg.model.name, "data": _value(self.cfg.data.name),
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
             "test_confusion": confusion.tolist(),
         }
-        self._write_final_plots(confusion)
-        _write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        if self.is_main:
+            self._write_final_plots(confusion)
+            _write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         best = f"{self.best_val_acc:.2f}% (epoch {self.best_epoch})" if self.best_val_acc >= 0 else "n/a"
         log.info(f"best val acc {best} | test acc {test_acc:.2f}% (loss {test_loss:.4f}) | {wall:.1f}s | {self.run_dir}")
         return results
@@ -549,22 +583,26 @@ def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, device: 
     """Mean loss, accuracy (%) and, given num_classes, the confusion matrix (rows: true class)."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    # Under torchrun each rank takes every world-th image; the sums are added over ranks.
+    rank, world = distributed.rank(), distributed.world_size()
+    if world > 1:
+        split = ImageSplit(split.images[rank::world], split.labels[rank::world])
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, images
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64) if num_classes else None
     for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size].to(device, non_blocking=True)
         labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
         logits = model(normalize(images)).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         predicted = logits.argmax(1)
-        correct += (predicted == labels).sum()
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+        sums[1] += (predicted == labels).sum()
+        sums[2] += len(labels)
         if confusion is not None:
             confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
     model.train(was_training)
-    n = max(1, len(split))
-    matrix = confusion.view(num_classes, num_classes).cpu() if confusion is not None else None
-    return loss_sum.item() / n, 100.0 * correct.item() / n, matrix
+    loss_sum, correct, n = distributed.sum_(sums).tolist()
+    matrix = distributed.sum_(confusion).view(num_classes, num_classes).cpu() if confusion is not None else None
+    return loss_sum / max(1, n), 100.0 * correct / max(1, n), matrix
 
 
 def format_row(row: dict[str, Any], epochs: int) -> str:

@@ -1,0 +1,84 @@
+"""Multi-process training under torchrun: one process per GPU (or CPU slot, with gloo).
+
+torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; with WORLD_SIZE > 1 swin-train joins the process
+group before Hydra starts, so that rank 0 can pick the run dir's timestamp and hand it to
+the others (one run dir per run, not one per rank). Every rank trains on its own slice of
+each global batch; only rank 0 writes logs, metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+# Read by conf/config.yaml's run dir, so every rank resolves the same folder.
+STAMP_VARIABLE = "SWIN_CLI_RUN_STAMP"
+
+
+def requested() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def initialised() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if initialised() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if initialised() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_device() -> Optional[torch.device]:
+    """This rank's GPU when running distributed on CUDA."""
+    if initialised() and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return None
+
+
+def setup() -> None:
+    """Join the process group and agree on the run dir's timestamp (rank 0's clock)."""
+    if not requested() or initialised():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    stamp = [time.strftime("%Y-%m-%d/%H-%M-%S")]
+    dist.broadcast_object_list(stamp, src=0)
+    os.environ[STAMP_VARIABLE] = stamp[0]
+
+
+def teardown() -> None:
+    if initialised():
+        dist.destroy_process_group()
+
+
+def sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (a no-op in a single process)."""
+    if initialised():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True if `flag` is true on any rank, so all ranks take the same branch."""
+    if not initialised():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def barrier() -> None:
+    if initialised():
+        dist.barrier()
