@@ -375,7 +375,9 @@ class Trainer:
                 if stop.signum is not None:
                     self._interrupted(stop.signum)
                 self._end_epoch()
-        return self._finish()
+        results = self._finish()
+        distributed.barrier()  # no rank tears the process group down while rank 0 still writes
+        return results
 
     def _train_epoch(self, stop: StopRequest) -> None:
         cfg, train = self.cfg, self.data.train
