@@ -21,8 +21,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from swin_cli.config import ConfigError, register_configs, validate
 from swin_cli import distributed, sweep
+from swin_cli.config import ConfigError, register_configs, validate
 from swin_cli.errors import SwinCliError
 
 log = logging.getLogger("swin_cli")
@@ -36,10 +36,11 @@ def share_machine(cfg: DictConfig, hydra_cfg: Any) -> None:
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
     if "Joblib" not in launcher:
         return
+    cores = os.cpu_count() or 1
     n_jobs = hydra_cfg.launcher.get("n_jobs") or 1
-    n_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+    n_jobs = cores if n_jobs < 0 else n_jobs  # joblib's -1: one job per core
     if cfg.threads is None:
-        cfg.threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        cfg.threads = max(1, cores // n_jobs)
     import torch
 
     if torch.cuda.device_count() > 1:
@@ -48,7 +49,7 @@ def share_machine(cfg: DictConfig, hydra_cfg: Any) -> None:
 
 def run(cfg: DictConfig) -> Optional[float]:
     """Train (or evaluate) as `cfg` says; returns the best validation accuracy for sweepers."""
-    # Imported here so `swin-train --help` and config errors do not wait for torch.
+    # Imported here: the training stack is only needed once a config has been composed.
     from swin_cli.evaluate import evaluate_checkpoint, predict_folder
     from swin_cli.train import Trainer, TrainingInterrupted
 
@@ -71,8 +72,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     except SwinCliError as exc:
         print(f"swin-train: error: {exc}", file=sys.stderr, flush=True)
         if multirun:  # the sweep goes on; its summary shows this job as failed
-            sweep.record_failure(run_dir, str(exc))
-            return None
+            return sweep.failed_job(run_dir, str(exc), hydra_cfg, exc)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
     except TrainingInterrupted as exc:
         sys.exit(exc.exit_code)
@@ -81,8 +81,7 @@ def run(cfg: DictConfig) -> Optional[float]:
             raise
         # A bug in one job should not cost the other jobs of a sweep their results.
         log.exception(f"job failed: {type(exc).__name__}: {exc}")
-        sweep.record_failure(run_dir, f"{type(exc).__name__}: {exc}")
-        return None
+        return sweep.failed_job(run_dir, f"{type(exc).__name__}: {exc}", hydra_cfg, exc)
 
 
 # Lines of Hydra/OmegaConf error text that describe internals rather than the user's mistake.

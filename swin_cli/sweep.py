@@ -108,13 +108,18 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def record_failure(run_dir: Path, message: str) -> None:
-    """Leave the job's error line where the summary will find it."""
+def failed_job(run_dir: Path, message: str, hydra_cfg: Any, exc: Exception) -> None:
+    """Leave the job's error line where the summary will find it, then end the job the way
+    the sweeper copes with: Optuna records a raised trial as FAIL and goes on, whereas
+    Hydra's basic sweeper would stop the whole sweep, so there the job just returns None."""
     try:
         (run_dir / ERROR_FILE).write_text(message + "\n")
     except OSError:
         pass
     failed_jobs.append(str(run_dir))
+    if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")).lower():
+        raise exc
+    return None
 
 
 class SweepSummary(Callback):

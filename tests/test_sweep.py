@@ -64,3 +64,18 @@ def test_slurm_launcher_config_composes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     launcher = proc.stdout.split("launcher:")[1]
     assert "SlurmLauncher" in launcher and "partition: gpu" in launcher and "max_num_timeout: 5" in launcher
+
+
+def test_failed_job_raises_for_optuna_and_returns_for_the_basic_sweeper(tmp_path):
+    from omegaconf import OmegaConf
+
+    from swin_cli import sweep
+
+    error = ValueError("model.window_size must be >= 1 (got 0)")
+    basic = OmegaConf.create({"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}})
+    assert sweep.failed_job(tmp_path, str(error), basic, error) is None
+    assert (tmp_path / "error.txt").read_text() == "model.window_size must be >= 1 (got 0)\n"
+    optuna = OmegaConf.create({"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}})
+    with pytest.raises(ValueError):  # Optuna records the trial as FAIL and carries on
+        sweep.failed_job(tmp_path, str(error), optuna, error)
+    sweep.failed_jobs.clear()
