@@ -664,7 +664,7 @@ def find_auto_resume(cfg: Any, run_dir: Path, outputs: Path = Path("outputs")) -
         if path.parent.resolve() == run_dir.resolve():
             continue
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)["config"]
+            saved = torch.load(path, map_location="cpu", weights_only=True)["config"]
         except Exception:
             continue
         if _comparable(saved) == wanted:
@@ -672,8 +672,12 @@ def find_auto_resume(cfg: Any, run_dir: Path, outputs: Path = Path("outputs")) -
     return None
 
 
+# Keys that do not change what a run computes, so resume=auto may differ in them.
+_NOT_COMPARED = ("resume", "epochs", "threads", "device", "log", "logger")
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("resume", "epochs")}
+    return {k: v for k, v in config.items() if k not in _NOT_COMPARED}
 
 
 def resume_command(overrides: Sequence[str], run_dir: Path) -> str:

@@ -82,5 +82,6 @@ def test_experiment_seed_pins_the_notebook_recipe_and_data_can_be_swapped():
 
 def test_experiment_nano_composes():
     cfg = make_config("experiment=cifar10_nano")
-    assert cfg.data.name.value == "cifar10" and cfg.aug.hflip and cfg.train.label_smoothing > 0
+    assert cfg.data.name.value == "cifar10" and cfg.aug.name == "none" and cfg.data.batch_size == 64
+    assert (cfg.optimizer.name.value, cfg.optimizer.lr, cfg.scheduler.warmup_epochs) == ("adamw", 2e-3, 0.5)
     validate(cfg)
