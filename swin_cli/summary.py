@@ -89,3 +89,26 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
         text.append(f"{key:<10}", style="bold")
         text.append(value + "\n")
     return render(Panel(Group(text, stage_table(model, per_stage)), title="swin-train", expand=False))
+
+
+# What a finished run dir holds, in the order a reader wants it.
+RUN_FILES = [("results.json", "best/test accuracy, epochs, time, params"), ("metrics.csv", "one row per epoch"),
+             ("metrics.jsonl", "the same rows as JSON lines"), ("best.pt", "checkpoint with the best val accuracy"),
+             ("last.pt", "checkpoint after the last epoch (resume=)"), ("curves.png", "loss and accuracy curves"),
+             ("lr.png", "learning-rate schedule"), ("confusion.png", "test confusion matrix"),
+             ("swin-train.log", "everything printed"), (".hydra/config.yaml", "the resolved config"),
+             ("tb", "TensorBoard scalars")]
+
+
+def end_panel(run_dir: Any) -> str:
+    """The files a run wrote, for the last thing on screen."""
+    from pathlib import Path
+
+    from rich.panel import Panel
+    from rich.table import Table
+
+    table = Table(box=None, show_header=False, pad_edge=False)
+    for name, what in RUN_FILES:
+        if (Path(run_dir) / name).exists():
+            table.add_row(name, what)
+    return render(Panel(table, title=f"written to {run_dir}", expand=False))

@@ -412,9 +412,12 @@ class Trainer:
                 if len(recent) >= cfg.log.interval or last_of_epoch or stopping:
                     self._check_finite(recent)
                     recent = []
-                    done = sums.tolist()
-                    mean_loss = (self.running["loss"] + done[0]) / max(1, self.running["seen"] + done[2])
-                    progress.update(self.step_in_epoch, f"loss {mean_loss:.4f}")
+                    if progress.bar is not None:
+                        done = sums.tolist()
+                        seen = max(1, self.running["seen"] + done[2])
+                        rate = done[2] / max(time.perf_counter() - started, 1e-9)
+                        progress.update(self.step_in_epoch, f"loss {(self.running['loss'] + done[0]) / seen:.4f} "
+                                        f"acc {100 * (self.running['correct'] + done[1]) / seen:5.2f}% {rate:.0f} img/s")
                 if stopping:
                     stop.signum = stop.signum or signal.SIGTERM
                     break
@@ -561,6 +564,8 @@ class Trainer:
             _write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         best = f"{self.best_val_acc:.2f}% (epoch {self.best_epoch})" if self.best_val_acc >= 0 else "n/a"
         log.info(f"best val acc {best} | test acc {test_acc:.2f}% (loss {test_loss:.4f}) | {wall:.1f}s | {self.run_dir}")
+        if self.is_main:
+            log.info(summary.end_panel(self.run_dir))
         return results
 
     def _write_final_plots(self, confusion: torch.Tensor) -> None:

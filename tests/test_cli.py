@@ -126,8 +126,24 @@ def test_runtime_faults_are_one_line_with_exit_code_1(tmp_path):
     empty.mkdir()
     truncated = tmp_path / "cut.pt"
     truncated.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    mismatch = tmp_path / "mismatch"
+    for split, classes in (("train", ("cat", "dog")), ("test", ("cat", "cow"))):
+        for name in classes:
+            (mismatch / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(mismatch / split / name / "0.png")
+    # A checkpoint of a wider model than the one asked for.
+    from conftest import make_config
+    from swin_cli import checkpoint
+
+    signature = checkpoint.shape_signature(make_config(*TINY_MODEL, "model.embed_dim=16"), 1, 10)
+    other = tmp_path / "other.pt"
+    checkpoint.save_atomic({"format": "swin-cli", "format_version": checkpoint.FORMAT_VERSION,
+                            "signature": signature}, other)
     cases = [
         (["data=imagefolder", f"data.root={empty}"], "has no train/ folder"),
+        (["data=imagefolder", f"data.root={mismatch}", f"data.cache_dir={tmp_path / 'cache'}"],
+         "have different classes (missing ['dog'])"),
+        ([f"resume={other}"], "does not fit this model: model.embed_dim=16 in the checkpoint vs 8 here"),
         ([f"resume={truncated}"], "is truncated or corrupt"),
         ([f"resume={tmp_path / 'missing'}"], "checkpoint not found"),
         (["optimizer.lr=1e30"], "the loss became nan at step"),
