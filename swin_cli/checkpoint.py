@@ -54,6 +54,14 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Small text files (metrics, results): a reader never sees a half-written one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _fsync_dir(folder: Path) -> None:
     # The rename is durable only once the directory entry is on disk.
     try:

@@ -226,6 +226,11 @@ class Config:
     predict_dir: Optional[str] = None
 
 
+def plain(value: Any) -> Any:
+    """A config value with enums turned into their string (`cfg.optimizer.name` -> "adamw")."""
+    return getattr(value, "value", value)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 

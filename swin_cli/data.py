@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from swin_cli.config import plain
 from swin_cli.errors import SwinCliError
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class DataBundle:
 
 def load_data(cfg: Any) -> DataBundle:
     """Build the train/val/test splits described by the `data` config group."""
-    name = _name(cfg.name)
+    name = plain(cfg.name)
     if name == "digits":
         train, test, classes, val = *_load_digits(), None
     elif name in ("cifar10", "cifar100"):
@@ -101,10 +102,6 @@ def load_data(cfg: Any) -> DataBundle:
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/data.std have {len(mean)}/{len(std)} values for {channels}-channel images")
     return DataBundle(train, val, test, classes, mean, std)
-
-
-def _name(value: Any) -> str:
-    return getattr(value, "value", value)
 
 
 def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:

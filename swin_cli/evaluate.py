@@ -19,14 +19,16 @@ from swin_cli.augment import Normalize
 from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, decode_image, load_data
 from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer
-from swin_cli.train import _value, _write_text_atomic, build_model, evaluate, select_device
+from swin_cli.checkpoint import write_text_atomic
+from swin_cli.config import plain
+from swin_cli.train import build_model, evaluate, select_device
 
 log = logging.getLogger("swin_cli")
 
 
 def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device]:
     if not cfg.ckpt:
-        raise SwinCliError(f"mode={_value(cfg.mode)} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
+        raise SwinCliError(f"mode={plain(cfg.mode)} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
     path = Path(cfg.ckpt).expanduser()
     state = checkpoint.load(path / "best.pt" if path.is_dir() else path)
     saved = OmegaConf.create(state["config"])
@@ -36,7 +38,7 @@ def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device
     # The EMA weights when they were the better ones on validation.
     weights = state["ema"] if state.get("best_source") == "ema" and state.get("ema") else state["model"]
     model.load_state_dict(weights)
-    device = select_device(_value(cfg.device))
+    device = select_device(plain(cfg.device))
     return model.to(device).eval(), state, device
 
 
@@ -50,12 +52,12 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
     data = load_data(data_cfg)
     if data.classes != state["classes"]:
         raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
-                           f"but data={_value(cfg.data.name)} has {data.classes[:5]}...")
+                           f"but data={plain(cfg.data.name)} has {data.classes[:5]}...")
     split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
     loss, acc, _ = evaluate(model, split, Normalize(state["mean"], state["std"], device), device,
                             cfg.data.eval_batch_size)
     result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc}
-    _write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
     log.info(f"{state['path']}: {cfg.eval_split} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images")
     return result
 
@@ -94,7 +96,7 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
         for (f, _), c, i in zip(good, conf.tolist(), idx.tolist()):
             writer.writerow([str(f), classes[i[0]], f"{c[0]:.4f}"] + [classes[k] for k in i])
     out = Path(run_dir) / "predictions.csv"
-    _write_text_atomic(out, buffer.getvalue())
+    write_text_atomic(out, buffer.getvalue())
     skipped = f" ({unreadable} unreadable skipped)" if unreadable else ""
     log.info(f"wrote {len(files) - unreadable:,} predictions to {out}{skipped}")
     return out

@@ -11,11 +11,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from swin_cli.config import plain
 from swin_cli.model import SwinTransformer, count_parameters
-
-
-def _value(x: Any) -> Any:
-    return getattr(x, "value", x)
 
 
 @torch.no_grad()
@@ -64,21 +61,21 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
     m, o, s, t, a = cfg.model, cfg.optimizer, cfg.scheduler, cfg.train, cfg.aug
     total, per_stage = forward_flops(model, cfg.data.image_size, data.in_chans)
     augment = [f"crop pad {a.crop_padding}" if a.crop_padding else "", "hflip" if a.hflip else "",
-               _value(a.auto_augment) if _value(a.auto_augment) != "none" else "",
+               plain(a.auto_augment) if plain(a.auto_augment) != "none" else "",
                f"erase {a.random_erasing}" if a.random_erasing else "",
                f"mixup {a.mixup_alpha}" if a.mixup_alpha else "", f"cutmix {a.cutmix_alpha}" if a.cutmix_alpha else ""]
     lines = [
         ("run dir", str(run_dir)),
         ("device", device_name),
-        ("data", f"{_value(cfg.data.name)}: {data.sizes()}, {data.num_classes} classes, "
+        ("data", f"{plain(cfg.data.name)}: {data.sizes()}, {data.num_classes} classes, "
                  f"{data.in_chans}x{cfg.data.image_size}x{cfg.data.image_size}"),
         ("model", f"swin-{m.name}: {count_parameters(model):,} params, {total / 1e6:,.1f} MFLOPs/image forward, "
-                  f"patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, attention {_value(m.attn_impl)}"),
-        ("optimizer", f"{_value(o.name)} lr {o.lr:g} weight decay {o.weight_decay:g}, {_value(s.name)} schedule"
+                  f"patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, attention {plain(m.attn_impl)}"),
+        ("optimizer", f"{plain(o.name)} lr {o.lr:g} weight decay {o.weight_decay:g}, {plain(s.name)} schedule"
                       + (f", warmup {s.warmup_epochs:g} epochs" if s.warmup_epochs else "")),
         ("training", f"{cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}"
                      + (f" x {t.accumulate} accumulated" if t.accumulate > 1 else "")
-                     + f", {_value(t.precision)}" + (", compiled" if t.compile else "")
+                     + f", {plain(t.precision)}" + (", compiled" if t.compile else "")
                      + (f", EMA {t.ema.decay}" if t.ema.decay else "")
                      + (f", label smoothing {t.label_smoothing}" if t.label_smoothing else "")
                      + f", seed {cfg.seed}"),

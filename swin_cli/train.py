@@ -32,6 +32,8 @@ from omegaconf import OmegaConf
 
 from swin_cli import __version__, checkpoint, distributed, plots, summary
 from swin_cli.augment import BatchAugment, MixBatch, Normalize
+from swin_cli.checkpoint import write_text_atomic
+from swin_cli.config import plain
 from swin_cli.data import DataBundle, ImageSplit, load_data
 from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer, count_parameters, load_pretrained
@@ -78,17 +80,13 @@ def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int
             num_heads=list(model_cfg.num_heads), window_size=model_cfg.window_size,
             mlp_ratio=model_cfg.mlp_ratio, qkv_bias=model_cfg.qkv_bias, drop_rate=model_cfg.drop_rate,
             attn_drop_rate=model_cfg.attn_drop_rate, drop_path_rate=model_cfg.drop_path_rate,
-            patch_norm=model_cfg.patch_norm, attn_impl=_value(model_cfg.attn_impl),
+            patch_norm=model_cfg.patch_norm, attn_impl=plain(model_cfg.attn_impl),
         )
         if model_cfg.pretrained:
             load_pretrained(model, os.path.expanduser(model_cfg.pretrained))
     except (ValueError, FileNotFoundError) as exc:
         raise SwinCliError(str(exc)) from None
     return model
-
-
-def _value(x: Any) -> Any:
-    return getattr(x, "value", x)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -103,7 +101,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    name = _value(opt_cfg.name)
+    name = plain(opt_cfg.name)
     groups = param_groups(model, opt_cfg.weight_decay)
     # One fused kernel for all parameters on CUDA; elsewhere foreach batches the updates.
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
@@ -120,7 +118,7 @@ def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device) -> tor
 
 def lr_factor(step: int, sched_cfg: Any, total_steps: int, steps_per_epoch: int) -> float:
     """Multiplier of the base lr after `step` optimizer steps (warmup, then the schedule)."""
-    name, floor = _value(sched_cfg.name), sched_cfg.min_lr_factor
+    name, floor = plain(sched_cfg.name), sched_cfg.min_lr_factor
     if name == "onecycle":
         # Cosine up from warmup_start_factor to 1 over pct_start of training, cosine down after.
         peak = max(1, int(round(sched_cfg.pct_start * total_steps)))
@@ -249,7 +247,7 @@ class Trainer:
             check_writable(self.run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = distributed.local_device() or select_device(_value(cfg.device))
+        self.device = distributed.local_device() or select_device(plain(cfg.device))
         torch.manual_seed(cfg.seed)
 
         self.data: DataBundle = load_data(cfg.data)
@@ -264,7 +262,7 @@ class Trainer:
             self.forward_model = torch.compile(self.forward_model)
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
-        self.precision = _value(cfg.train.precision)
+        self.precision = plain(cfg.train.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = EMA(self.model, cfg.train.ema.decay) if cfg.train.ema.decay else None
         self.accumulate = cfg.train.accumulate
@@ -295,7 +293,7 @@ class Trainer:
         elif requeued_job() and (self.run_dir / "last.pt").is_file():
             # SLURM requeued this job after preemption: carry on from its own last checkpoint.
             self._resume(str(self.run_dir))
-        self.tensorboard = open_tensorboard(self.run_dir) if _value(cfg.logger) == "tensorboard" else None
+        self.tensorboard = open_tensorboard(self.run_dir) if plain(cfg.logger) == "tensorboard" else None
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -555,13 +553,13 @@ class Trainer:
             "epochs": self.epoch, "steps": self.global_step, "wall_time_s": round(wall, 2),
             "train_img_per_s": _mean([r["train_img_per_s"] for r in self.history]),
             "params": count_parameters(self.model), "device": str(self.device), "processes": self.world,
-            "model": self.cfg.model.name, "data": _value(self.cfg.data.name),
+            "model": self.cfg.model.name, "data": plain(self.cfg.data.name),
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
             "test_confusion": confusion.tolist(),
         }
         if self.is_main:
             self._write_final_plots(confusion)
-            _write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+            write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         best = f"{self.best_val_acc:.2f}% (epoch {self.best_epoch})" if self.best_val_acc >= 0 else "n/a"
         log.info(f"best val acc {best} | test acc {test_acc:.2f}% (loss {test_loss:.4f}) | {wall:.1f}s | {self.run_dir}")
         if self.is_main:
@@ -628,12 +626,6 @@ def _mean(values: list[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def requeued_job() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
@@ -696,7 +688,7 @@ def _write_metrics_files(run_dir: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    _write_text_atomic(run_dir / "metrics.csv", buffer.getvalue())
-    _write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    write_text_atomic(run_dir / "metrics.csv", buffer.getvalue())
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
 
