@@ -33,12 +33,12 @@ def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device
     state = checkpoint.load(path / "best.pt" if path.is_dir() else path)
     saved = OmegaConf.create(state["config"])
     signature = state["signature"]
+    device = select_device(plain(cfg.device))
     model = build_model(OmegaConf.merge(saved.model, {"pretrained": None}), saved.data.image_size,
-                        signature["in_chans"], signature["num_classes"])
+                        signature["in_chans"], signature["num_classes"], device)
     # The EMA weights when they were the better ones on validation.
     weights = state["ema"] if state.get("best_source") == "ema" and state.get("ema") else state["model"]
     model.load_state_dict(weights)
-    device = select_device(plain(cfg.device))
     return model.to(device).eval(), state, device
 
 

@@ -72,7 +72,14 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int) -> SwinTransformer:
+def resolve_attn_impl(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    return "math" if device.type == "cpu" else "sdpa"
+
+
+def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int,
+                device: torch.device = torch.device("cpu")) -> SwinTransformer:
     try:
         model = SwinTransformer(
             image_size=image_size, patch_size=model_cfg.patch_size, in_chans=in_chans,
@@ -80,7 +87,7 @@ def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int
             num_heads=list(model_cfg.num_heads), window_size=model_cfg.window_size,
             mlp_ratio=model_cfg.mlp_ratio, qkv_bias=model_cfg.qkv_bias, drop_rate=model_cfg.drop_rate,
             attn_drop_rate=model_cfg.attn_drop_rate, drop_path_rate=model_cfg.drop_path_rate,
-            patch_norm=model_cfg.patch_norm, attn_impl=plain(model_cfg.attn_impl),
+            patch_norm=model_cfg.patch_norm, attn_impl=resolve_attn_impl(plain(model_cfg.attn_impl), device),
         )
         if model_cfg.pretrained:
             load_pretrained(model, os.path.expanduser(model_cfg.pretrained))
@@ -251,7 +258,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.data: DataBundle = load_data(cfg.data)
-        self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
+        self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes,
+                                 self.device)
         self.model.to(self.device)
         # The module that runs forward: compiled or not, it shares the parameters of self.model.
         self.forward_model = self.model

@@ -16,7 +16,8 @@ import torch
 from conftest import TINY_MODEL, make_config
 from swin_cli import checkpoint
 from swin_cli.errors import SwinCliError
-from swin_cli.train import TIMING_FIELDS, NonFiniteLoss, Trainer, TrainingInterrupted, lr_factor, select_device
+from swin_cli.train import (TIMING_FIELDS, NonFiniteLoss, Trainer, TrainingInterrupted, lr_factor,
+                            resolve_attn_impl, select_device)
 
 FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
 
@@ -293,3 +294,10 @@ def test_requeued_slurm_job_resumes_from_its_own_last_checkpoint(tmp_path, monke
     whole = Trainer(config("epochs=2"), tmp_path / "whole")
     whole.fit()
     assert comparable(again.history) == comparable(whole.history)
+
+
+def test_attn_impl_auto_picks_the_faster_path_per_device(tmp_path):
+    trainer = Trainer(config("epochs=1"), tmp_path)
+    assert trainer.device.type != "cpu" or trainer.model.stages[0].blocks[0].attn.attn_impl == "math"
+    assert resolve_attn_impl("auto", torch.device("cuda")) == "sdpa"
+    assert resolve_attn_impl("sdpa", torch.device("cpu")) == "sdpa"
