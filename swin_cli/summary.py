@@ -86,7 +86,41 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
     for key, value in lines:
         text.append(f"{key:<10}", style="bold")
         text.append(value + "\n")
-    return render(Panel(Group(text, stage_table(model, per_stage)), title="swin-train", expand=False))
+    return render(Panel(Group(text, stage_table(model, per_stage), Text(), config_tree(cfg)),
+                        title="swin-train", expand=False))
+
+
+# The groups a reader looks at first; the rest of the resolved config follows them.
+FIRST_GROUPS = ("model", "data", "optimizer", "scheduler", "aug", "train")
+
+
+def config_tree(cfg: Any) -> Any:
+    """The resolved config as a tree: one branch per group, its keys on one wrapped line."""
+    from omegaconf import OmegaConf
+    from rich.text import Text
+    from rich.tree import Tree
+
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    tree = Tree("resolved config (all of it: .hydra/config.yaml)")
+    groups = [g for g in FIRST_GROUPS if g in container] + [g for g in container if g not in FIRST_GROUPS]
+    top = []
+    for group in groups:
+        value = container[group]
+        if isinstance(value, dict):
+            flat = " ".join(f"{k}={_short(v)}" for k, v in value.items())
+            tree.add(Text.assemble((group, "bold"), f": {flat}"))  # Text: values are never markup
+        else:
+            top.append(f"{group}={_short(value)}")
+    tree.add(Text.assemble(("run", "bold"), ": " + " ".join(top)))
+    return tree
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_short(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return str(value)
 
 
 # What a finished run dir holds, in the order a reader wants it.
