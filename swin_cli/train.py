@@ -132,8 +132,7 @@ def lr_factor(step: int, sched_cfg: Any, total_steps: int, steps_per_epoch: int)
         if step < peak:
             start = sched_cfg.warmup_start_factor
             return start + (1.0 - start) * 0.5 * (1.0 - math.cos(math.pi * step / peak))
-        progress = min(1.0, (step - peak) / max(1, total_steps - peak))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return _cosine_decay((step - peak) / max(1, total_steps - peak), floor)
     warmup = min(int(round(sched_cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
     if step < warmup:
         start = sched_cfg.warmup_start_factor
@@ -142,7 +141,11 @@ def lr_factor(step: int, sched_cfg: Any, total_steps: int, steps_per_epoch: int)
         return 1.0
     if name == "step":
         return sched_cfg.decay_rate ** math.floor(step / (sched_cfg.decay_epochs * steps_per_epoch))
-    progress = (step - warmup) / max(1, total_steps - warmup)
+    return _cosine_decay((step - warmup) / max(1, total_steps - warmup), floor)
+
+
+def _cosine_decay(progress: float, floor: float) -> float:
+    """From 1 at progress 0 down to `floor` at progress >= 1, along half a cosine."""
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -373,7 +376,8 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.describe()
+        if self.is_main:  # the panel's FLOP count runs a forward pass: once, not once per rank
+            self.describe()
         stop = StopRequest()
         with stop.installed():
             while self.epoch < cfg.epochs:
@@ -412,8 +416,7 @@ class Trainer:
                 self.step_in_epoch += 1
                 self.global_step += 1
                 # All ranks must stop at the same step, or DDP's next all-reduce would hang.
-                stopping = distributed.any_rank(stop.signum is not None, self.device) if self.world > 1 \
-                    else stop.signum is not None
+                stopping = distributed.any_rank(stop.signum is not None, self.device)
                 last_of_epoch = self.step_in_epoch == self.steps_per_epoch
                 if len(recent) >= cfg.log.interval or last_of_epoch or stopping:
                     self._check_finite(recent)
