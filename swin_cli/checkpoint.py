@@ -23,7 +23,9 @@ FORMAT_VERSION = 1
 # them cannot be loaded into this run's model.
 SHAPE_KEYS = ("model.patch_size", "model.embed_dim", "model.depths", "model.num_heads",
               "model.window_size", "model.mlp_ratio", "model.qkv_bias", "model.patch_norm",
-              "data.image_size", "in_chans", "num_classes")
+              "model.stem", "model.stem_convs", "data.image_size", "in_chans", "num_classes")
+
+SIGNATURE_DEFAULTS = {"model.stem": "patch", "model.stem_convs": 1}
 
 
 class CheckpointError(SwinCliError):
@@ -112,14 +114,15 @@ def shape_signature(cfg: Any, in_chans: int, num_classes: int) -> dict[str, Any]
             values[key] = num_classes
         else:
             group, name = key.split(".")
-            value = cfg[group][name]
+            value = getattr(cfg[group][name], "value", cfg[group][name])  # enums as plain strings
             values[key] = list(value) if not isinstance(value, (int, float, bool, str)) else value
     return values
 
 
 def check_compatible(state: dict[str, Any], signature: dict[str, Any]) -> None:
     """Raise a one-line error naming every shape-deciding value that differs."""
-    saved = state.get("signature", {})
+    # Checkpoints from before a key existed were made with that key's only former value.
+    saved = {**SIGNATURE_DEFAULTS, **state.get("signature", {})}
     diffs = [f"{k}={saved.get(k)!r} in the checkpoint vs {v!r} here"
              for k, v in signature.items() if saved.get(k) != v]
     if diffs:

@@ -60,6 +60,11 @@ class AttnImpl(str, Enum):
     math = "math"
 
 
+class Stem(str, Enum):
+    patch = "patch"
+    conv = "conv"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -88,6 +93,11 @@ class ModelConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.1
     patch_norm: bool = True
+    # patch: the paper's p x p patch projection. conv: a 3x3 conv + BatchNorm + GELU before it
+    # (a convolutional tokenizer; much faster learning on small data, see swin_cli/model.py).
+    stem: Stem = Stem.patch
+    # How many 3x3 conv + BatchNorm + GELU layers (embed_dim wide) a conv stem has.
+    stem_convs: int = 1
     # sdpa: F.scaled_dot_product_attention; math: explicit softmax (same numbers). auto picks the
     # faster one measured per device: math on CPU (nano +6%), sdpa on GPUs (benchmarks/RESULTS.md).
     attn_impl: AttnImpl = AttnImpl.auto

@@ -70,7 +70,7 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
         ("data", f"{plain(cfg.data.name)}: {data.sizes()}, {data.num_classes} classes, "
                  f"{data.in_chans}x{cfg.data.image_size}x{cfg.data.image_size}"),
         ("model", f"swin-{m.name}: {count_parameters(model):,} params, {total / 1e6:,.1f} MFLOPs/image forward, "
-                  f"patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, "
+                  f"{plain(m.stem)} stem, patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, "
                   f"attention {model.stages[0].blocks[0].attn.attn_impl}"),
         ("optimizer", f"{plain(o.name)} lr {o.lr:g} weight decay {o.weight_decay:g}, {plain(s.name)} schedule"
                       + (f", warmup {s.warmup_epochs:g} epochs" if s.warmup_epochs else "")),

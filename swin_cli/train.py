@@ -88,6 +88,7 @@ def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int
             mlp_ratio=model_cfg.mlp_ratio, qkv_bias=model_cfg.qkv_bias, drop_rate=model_cfg.drop_rate,
             attn_drop_rate=model_cfg.attn_drop_rate, drop_path_rate=model_cfg.drop_path_rate,
             patch_norm=model_cfg.patch_norm, attn_impl=resolve_attn_impl(plain(model_cfg.attn_impl), device),
+            stem=plain(model_cfg.stem), stem_convs=model_cfg.stem_convs,
         )
         if model_cfg.pretrained:
             load_pretrained(model, os.path.expanduser(model_cfg.pretrained))

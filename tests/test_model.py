@@ -277,6 +277,8 @@ def test_parameter_counts_match_torchvision(name, embed_dim, depths, heads):
     ({"window_size": 0}, "window_size"),
     ({"patch_size": 0}, "patch_size"),
     ({"attn_impl": "flash"}, "attn_impl"),
+    ({"stem": "resnet"}, "stem must be 'patch' or 'conv'"),
+    ({"stem": "conv", "stem_convs": 0}, "stem_convs must be >= 1"),
 ])
 def test_invalid_configs_raise_readable_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -324,3 +326,24 @@ def test_attn_impl_accepts_a_str_enum_and_headless_model_loads(tmp_path):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 96)
     torch.save(build().state_dict(), tmp_path / "with_head.pt")
     load_pretrained(model, str(tmp_path / "with_head.pt"))
+
+
+# ----------------------------------------------------------------------------- conv stem
+
+
+def test_conv_stem_adds_a_full_resolution_conv_before_the_patch_projection():
+    patch, conv = build(), build(stem="conv")
+    # 3x3 conv 3->24 (no bias) + BatchNorm(24), and the projection now reads 24 channels, not 3.
+    extra = 3 * 9 * 24 + 2 * 24 + (24 - 3) * 2 * 2 * 24
+    assert count_parameters(conv) - count_parameters(patch) == extra
+    x = torch.randn(4, 3, 32, 32, requires_grad=True)
+    conv(x).sum().backward()
+    # Every token depends on a (p+2)x(p+2) input neighbourhood, not only its own p x p patch.
+    tokens = conv.eval().patch_embed(x)
+    grad = torch.autograd.grad(tokens[0, 5, 5].sum(), x)[0][0].abs().sum(0)
+    rows, cols = grad.nonzero().unbind(1)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (9, 12, 9, 12)
+    # A second 3x3 conv widens that to (p+4)x(p+4) and adds one 24->24 conv + BatchNorm.
+    deeper = build(stem="conv", stem_convs=2)
+    assert count_parameters(deeper) - count_parameters(conv) == 24 * 9 * 24 + 2 * 24
+    assert build(stem_convs=3).patch_embed.stem.__class__ is torch.nn.Identity  # patch stem ignores it

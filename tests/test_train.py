@@ -120,6 +120,8 @@ def test_resume_refuses_missing_truncated_and_incompatible(tmp_path):
     Trainer(config("epochs=1"), tmp_path / "src").fit()
     with pytest.raises(checkpoint.CheckpointError, match=r"model.embed_dim=8 in the checkpoint vs 16 here"):
         Trainer(config("model.embed_dim=16", f"resume={tmp_path / 'src'}"), tmp_path / "r2")
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.stem='patch' in the checkpoint vs 'conv' here"):
+        Trainer(config("model.stem=conv", f"resume={tmp_path / 'src'}"), tmp_path / "r2")
 
     data = (tmp_path / "src" / "last.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
