@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 NOTEBOOK_VAL = [33.9, 37.8, 40.5, 43.0, 44.3, 47.0, 47.7, 48.1, 48.4, 50.0]
 RUNS = {
     "swin-cli experiment=cifar10_seed (the notebook's recipe)": "cifar10_seed_metrics.csv",
-    "swin-cli experiment=cifar10_nano (our recipe, same budget)": "cifar10_nano_metrics.csv",
+    "swin-cli experiment=cifar10_nano (our recipe: conv stem, same budget)": "cifar10_nano_metrics.csv",
 }
 
 

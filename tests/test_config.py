@@ -82,6 +82,15 @@ def test_experiment_seed_pins_the_notebook_recipe_and_data_can_be_swapped():
 
 def test_experiment_nano_composes():
     cfg = make_config("experiment=cifar10_nano")
-    assert cfg.data.name.value == "cifar10" and cfg.aug.name == "none" and cfg.data.batch_size == 64
+    assert cfg.data.name.value == "cifar10" and cfg.aug.name == "none" and cfg.data.batch_size == 32
     assert (cfg.optimizer.name.value, cfg.optimizer.lr, cfg.scheduler.warmup_epochs) == ("adamw", 2e-3, 0.5)
+    assert (cfg.model.stem.value, cfg.model.stem_convs) == ("conv", 2)
+    validate(cfg)
+
+
+def test_experiment_swin_composes_the_gpu_recipe():
+    cfg = make_config("experiment=cifar10_swin")
+    assert (cfg.model.stem.value, cfg.model.embed_dim, list(cfg.model.depths)) == ("conv", 96, [2, 6, 2])
+    assert cfg.train.precision.value == "bf16" and cfg.train.compile and cfg.train.ema.decay == 0.9998
+    assert cfg.aug.auto_augment.value == "trivialaugment" and cfg.epochs == 200
     validate(cfg)
