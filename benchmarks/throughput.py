@@ -10,6 +10,7 @@ here too, so "fraction of peak" compares like with like.
     python benchmarks/throughput.py                 # CPU: nano@32 (batch 128), tiny@224 (batch 8)
     python benchmarks/throughput.py --device cuda   # GPU: fp32 and bf16, with and without compile
     python benchmarks/throughput.py --configs nano --repeats 3
+    python benchmarks/throughput.py --configs nano --cpu-bf16   # CPU fp32, then bf16 autocast
 
 timm is optional (pip install -e ".[bench]"); without it its rows are skipped with a message.
 """
@@ -159,12 +160,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="on CPU, also measure bf16 autocast (worth it where the CPU has bf16 dot products)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
-    variants = [(None, False)] if device.type == "cpu" else [(None, False), (torch.bfloat16, False),
+    variants = ([(None, False)] + [(torch.bfloat16, False)] * args.cpu_bf16) if device.type == "cpu" else [(None, False), (torch.bfloat16, False),
                                                               (None, True), (torch.bfloat16, True)]
     for dtype, compile_ in variants:
         peak = matmul_peak(device, dtype or torch.float32)
