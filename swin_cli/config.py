@@ -267,6 +267,7 @@ def validate(cfg: Any) -> None:
 
     _check(m.patch_size >= 1, f"model.patch_size must be >= 1 (got {m.patch_size})")
     _check(m.window_size >= 1, f"model.window_size must be >= 1 (got {m.window_size})")
+    _check(m.stem_convs >= 1, f"model.stem_convs must be >= 1 (got {m.stem_convs})")
     _check(m.embed_dim >= 1, f"model.embed_dim must be >= 1 (got {m.embed_dim})")
     _check(len(m.depths) >= 1 and all(n >= 1 for n in m.depths),
            f"model.depths must be a non-empty list of positive ints (got {list(m.depths)})")

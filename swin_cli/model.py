@@ -352,7 +352,8 @@ class SwinTransformer(nn.Module):
 
 
 def _validate(image_size: int, patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
-              depths: list[int], num_heads: list[int], window_size: int, attn_impl: str, stem: str = "patch", stem_convs: int = 1) -> None:
+              depths: list[int], num_heads: list[int], window_size: int, attn_impl: str,
+              stem: str = "patch", stem_convs: int = 1) -> None:
     def check(ok: bool, msg: str) -> None:
         if not ok:
             raise ValueError(msg)

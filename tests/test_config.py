@@ -57,6 +57,7 @@ def test_unknown_key_and_wrong_type_rejected_by_schema():
     (["epochs=0"], "epochs must be >= 1"),
     (["optimizer.lr=0"], "optimizer.lr must be > 0"),
     (["model.window_size=0"], "model.window_size must be >= 1"),
+    (["model.stem=conv", "model.stem_convs=0"], "model.stem_convs must be >= 1"),
     (["model.num_heads=[5,4,4]"], "model.num_heads[0]=5 must divide the stage 0 width 24"),
     (["data.image_size=33"], "data.image_size=33 is not divisible by model.patch_size=2"),
     (["model.depths=[2,2]"], "model.depths and model.num_heads must have the same length"),
