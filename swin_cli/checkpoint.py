@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from swin_cli.config import plain
 from swin_cli.errors import SwinCliError
 
 # Bumped when the checkpoint layout changes incompatibly.
@@ -114,7 +115,7 @@ def shape_signature(cfg: Any, in_chans: int, num_classes: int) -> dict[str, Any]
             values[key] = num_classes
         else:
             group, name = key.split(".")
-            value = getattr(cfg[group][name], "value", cfg[group][name])  # enums as plain strings
+            value = plain(cfg[group][name])
             values[key] = list(value) if not isinstance(value, (int, float, bool, str)) else value
     return values
 

@@ -297,8 +297,7 @@ class SwinTransformer(nn.Module):
                  attn_impl: str = "sdpa", stem: str = "patch", stem_convs: int = 1):
         super().__init__()
         depths, num_heads = list(depths), list(num_heads)
-        attn_impl = attn_impl.value if isinstance(attn_impl, Enum) else str(attn_impl)
-        stem = stem.value if isinstance(stem, Enum) else str(stem)
+        attn_impl, stem = _as_str(attn_impl), _as_str(stem)
         _validate(image_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
                   window_size, attn_impl, stem, stem_convs)
 
@@ -349,6 +348,11 @@ class SwinTransformer(nn.Module):
                 "params": count_parameters(stage),
             })
         return summary
+
+
+def _as_str(value: str | Enum) -> str:
+    """Config enums (str subclasses) as their plain value."""
+    return value.value if isinstance(value, Enum) else str(value)
 
 
 def _validate(image_size: int, patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
