@@ -198,7 +198,7 @@ class WindowAttention(nn.Module):
         if shift_h or shift_w:
             x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
         nW = (Hp // M) * (Wp // M)
-        x = x.view(B, Hp // M, M, Wp // M, M, C).transpose(2, 3).reshape(B * nW, N, C)
+        x = x.reshape(B, Hp // M, M, Wp // M, M, C).transpose(2, 3).reshape(B * nW, N, C)
 
         # Memory order is (B, nW, heads, N, hd) either way. Without a mask windows and batch share
         # one bias, so fold windows into the batch; with a mask fold them into the heads so a
@@ -208,7 +208,7 @@ class WindowAttention(nn.Module):
             lead, attn_bias = B * nW, bias
         else:
             lead, attn_bias = B, (bias[None] + mask[:, None]).reshape(nW * heads, N, N)
-        qkv = self.qkv(x).view(B * nW, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(B * nW, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
         q, k, v = (t.reshape(lead, -1, N, hd) for t in qkv.unbind(0))
         attn_bias = attn_bias.to(q.dtype)  # autocast: q is bf16/fp16 while the table stays fp32
         drop = self.attn_drop if self.training else 0.0
@@ -220,9 +220,11 @@ class WindowAttention(nn.Module):
             attn = F.dropout(attn.softmax(dim=-1), p=drop, training=self.training)
             x = attn @ v
 
-        x = x.view(B * nW, heads, N, hd).transpose(1, 2).reshape(B * nW, N, C)
+        # reshape, never view: attention kernels choose their output's memory layout (CUDA's
+        # memory-efficient kernel returns heads and tokens swapped in memory), and so may any op.
+        x = x.reshape(B * nW, heads, N, hd).transpose(1, 2).reshape(B * nW, N, C)
         x = self.proj_drop(self.proj(x))
-        x = x.view(B, Hp // M, Wp // M, M, M, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        x = x.reshape(B, Hp // M, Wp // M, M, M, C).transpose(2, 3).reshape(B, Hp, Wp, C)
         if shift_h or shift_w:
             x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
         if pad_b or pad_r:
@@ -512,7 +514,7 @@ def _crop_bias_table(table: Tensor, window: int) -> Optional[Tensor]:
     if side * side != table.shape[0] or side < want:
         return None
     start = (side - want) // 2
-    grid = table.view(side, side, -1)[start:start + want, start:start + want]
+    grid = table.reshape(side, side, -1)[start:start + want, start:start + want]
     return grid.reshape(want * want, -1).clone()
 
 

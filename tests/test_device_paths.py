@@ -1,0 +1,147 @@
+"""What a GPU does differently from this CPU, reproduced on the CPU.
+
+CUDA kernels return tensors in memory layouts that CPU kernels never produce (the
+memory-efficient attention kernel hands back (B, heads, N, hd) with heads and tokens swapped in
+memory), torch.compile traces the model with fake tensors and rejects any view a layout does not
+allow, and GPUs train in bf16. Each test here would have failed on the code that crashed on an
+H100 (issue 12), and none needs a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from swin_cli.model import SwinTransformer
+
+SMALL = dict(image_size=16, patch_size=2, in_chans=3, num_classes=5, embed_dim=16, depths=[2, 2],
+             num_heads=[2, 4], window_size=4, drop_path_rate=0.0)
+
+
+def other_layout(t: torch.Tensor) -> torch.Tensor:
+    """The same values with the last-but-one and last-but-two dims swapped in memory (the
+    layout CUDA's memory-efficient attention returns): still the same shape, not viewable."""
+    if t.ndim < 3:
+        return t
+    return t.transpose(-2, -3).contiguous().transpose(-2, -3)
+
+
+def relayout(fn):
+    def wrapper(*args, **kwargs):
+        return other_layout(fn(*args, **kwargs))
+    return wrapper
+
+
+def forward_backward(model: SwinTransformer, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    out.square().mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_other_layout_keeps_values_and_breaks_views():
+    t = torch.randn(2, 3, 4, 5)
+    out = other_layout(t)
+    assert torch.equal(out, t) and not out.is_contiguous()
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        out.view(2, 12, 5)
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "math"])
+@pytest.mark.parametrize("image_size", [16, 18])  # 18: padded maps and odd merges
+def test_model_does_not_depend_on_the_layout_ops_return(monkeypatch, attn_impl, image_size):
+    torch.manual_seed(0)
+    model = SwinTransformer(**{**SMALL, "image_size": image_size, "attn_impl": attn_impl})
+    x = torch.randn(3, 3, image_size, image_size)
+    want_out, want_grads = forward_backward(model, x)
+
+    for name in ("scaled_dot_product_attention", "linear", "layer_norm", "gelu", "pad"):
+        monkeypatch.setattr(F, name, relayout(getattr(F, name)))
+    monkeypatch.setattr(torch, "roll", relayout(torch.roll))
+    got_out, got_grads = forward_backward(model, x)
+
+    torch.testing.assert_close(got_out, want_out, rtol=1e-5, atol=1e-6)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_channels_last_input_gives_the_same_logits():
+    torch.manual_seed(0)
+    model = SwinTransformer(**{**SMALL, "stem": "conv"}).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), model(x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_forward_backward_on_cpu_tracks_fp32():
+    torch.manual_seed(0)
+    model = SwinTransformer(**{**SMALL, "attn_impl": "sdpa"})
+    x = torch.randn(8, 3, 16, 16)
+    want_out, want_grads = forward_backward(model, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    model.zero_grad(set_to_none=True)
+    out.float().square().mean().backward()
+    # bf16 keeps 8 bits of mantissa: logits agree to about 1e-2 relative, gradients point the same way.
+    torch.testing.assert_close(out.float(), want_out, rtol=0.05, atol=0.05)
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+    got = torch.cat([p.grad.flatten() for p in model.parameters()])
+    ref = torch.cat([g.flatten() for g in want_grads.values()])
+    assert F.cosine_similarity(got, ref, dim=0) > 0.98
+
+
+def train_steps(model: SwinTransformer, forward, steps: int = 3) -> list[float]:
+    """A few AdamW steps on a fixed batch; returns the losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 5
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(forward(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+# sdpa is the path that crashed under compile on an H100 (~50 s cold here); math is slow-only.
+@pytest.mark.parametrize("attn_impl", ["sdpa", pytest.param("math", marks=pytest.mark.slow)])
+def test_compiled_training_steps_match_eager_on_cpu(monkeypatch, attn_impl):
+    """torch.compile with inductor's CPU backend: the same graph capture that crashed on CUDA
+    (a view the traced layout does not allow) and the same losses as eager, step after step.
+    SDPA returns CUDA's layout here, so the trace sees what it sees on a GPU."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", relayout(F.scaled_dot_product_attention))
+    torch.manual_seed(0)
+    eager = SwinTransformer(**{**SMALL, "attn_impl": attn_impl, "stem": "conv"})
+    compiled = SwinTransformer(**{**SMALL, "attn_impl": attn_impl, "stem": "conv"})
+    compiled.load_state_dict(eager.state_dict())
+    want = train_steps(eager, eager)
+    got = train_steps(compiled, torch.compile(compiled))
+    assert want[-1] < want[0]
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_tf32_is_on_by_default_for_cuda_and_off_by_knob(monkeypatch):
+    from conftest import make_config
+    from swin_cli.train import configure_device
+
+    assert make_config().train.tf32 is True
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    before = torch.get_float32_matmul_precision()
+    try:
+        configure_device(torch.device("cpu"), True)
+        assert torch.get_float32_matmul_precision() == before and not torch.backends.cudnn.benchmark
+        configure_device(torch.device("cuda"), True)
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.benchmark
+        configure_device(torch.device("cuda"), False)
+        assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before)
+        torch.backends.cudnn.allow_tf32 = True
