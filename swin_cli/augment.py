@@ -2,8 +2,10 @@
 
 Working on whole batches (on the training device) replaces per-image PIL transforms in worker
 processes: one gather does every random crop of the batch, one `where` every flip, one mask every
-random erasing, one `lerp` every mixup or cutmix. RandAugment and TrivialAugment need a different
-op per image; images that drew the same op and magnitude are transformed together.
+random erasing, one `lerp` every mixup or cutmix. RandAugment and TrivialAugment draw a different
+op per image, and still cost a fixed sequence of batched ops (see AutoAugment): the number of
+kernel launches never depends on the batch size or on what was drawn, and nothing waits on the
+host, so a GPU step never stalls on its augmentation.
 
 Every random draw comes from torch's global RNG or the generator passed in (never Python's
 `random` or numpy), because the trainer reseeds torch before each step so that a resumed run
@@ -19,9 +21,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
 
 
 class Normalize:
@@ -70,51 +70,24 @@ TRIVIAL_SPACE = OpSpace(shear=0.99, translate=32.0, translate_relative=False, ro
                         enhance=0.99, posterize=6)
 
 
-def apply_op(images: Tensor, op: str, bin_: int, negate: bool, space: OpSpace) -> Tensor:
-    """One op at one magnitude bin on a uint8 (N, C, H, W) group of images."""
-    level = bin_ / MAX_BIN
-    sign = -1.0 if negate else 1.0
-    nearest = InterpolationMode.NEAREST
-    if op == "identity":
-        return images
-    if op in ("shear_x", "shear_y"):
-        angle = math.degrees(math.atan(space.shear * level)) * sign
-        shear = [angle, 0.0] if op == "shear_x" else [0.0, angle]
-        return TF.affine(images, angle=0.0, translate=[0.0, 0.0], scale=1.0, shear=shear, interpolation=nearest,
-                         fill=0.0)
-    if op in ("translate_x", "translate_y"):
-        side = images.shape[-1] if op == "translate_x" else images.shape[-2]
-        pixels = space.translate * level * (side if space.translate_relative else 1.0) * sign
-        shift = [pixels, 0.0] if op == "translate_x" else [0.0, pixels]
-        return TF.affine(images, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=nearest,
-                         fill=0.0)
-    if op == "rotate":
-        return TF.rotate(images, space.rotate * level * sign, interpolation=nearest, fill=0.0)
-    factor = 1.0 + space.enhance * level * sign
-    if op == "brightness":
-        return TF.adjust_brightness(images, factor)
-    if op == "color":
-        return TF.adjust_saturation(images, factor)  # a no-op on 1-channel images
-    if op == "contrast":
-        return TF.adjust_contrast(images, factor)
-    if op == "sharpness":
-        return TF.adjust_sharpness(images, factor)
-    if op == "posterize":
-        return TF.posterize(images, 8 - round(space.posterize * level))
-    if op == "solarize":
-        # 256 at bin 0 so that the bottom bin inverts nothing, like every other op.
-        threshold = 256.0 * (1.0 - level)
-        return images if threshold > 255 else TF.solarize(images, threshold)
-    if op == "autocontrast":
-        return TF.autocontrast(images)
-    if op == "equalize":
-        return TF.equalize(images)
-    raise ValueError(f"unknown augmentation op {op!r}")
+(IDENTITY, SHEAR_X, SHEAR_Y, TRANSLATE_X, TRANSLATE_Y, ROTATE, BRIGHTNESS, COLOR, CONTRAST, SHARPNESS, POSTERIZE,
+ SOLARIZE, AUTOCONTRAST, EQUALIZE) = range(len(OPS))
+# Weights of torchvision's rgb_to_grayscale (ITU-R 601), the degenerate image of `color`.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 class AutoAugment:
     """RandAugment (num_ops ops at one fixed magnitude) or TrivialAugmentWide (one op at a random
-    magnitude), with the ops, magnitudes and signs drawn independently for every image."""
+    magnitude), with the op, magnitude and sign drawn independently for every image.
+
+    A batch costs the same fixed sequence of tensor ops whatever its size and whatever was
+    drawn: each op family runs once over the whole batch with per-image parameters that are the
+    identity for images that drew another op (one affine grid for shear/translate/rotate, one
+    blend for brightness/color/contrast/sharpness, per-image bit masks and thresholds for
+    posterize/solarize, a masked select for autocontrast/equalize). Nothing is read back to the
+    host, so on a GPU the augmentation is a few dozen kernel launches queued behind the step.
+    Each op's maths is torchvision's on uint8 images (tests compare them image by image).
+    """
 
     def __init__(self, kind: str, num_ops: int = 2, magnitude: int = 9):
         if kind not in ("randaugment", "trivialaugment"):
@@ -130,30 +103,138 @@ class AutoAugment:
 
     def __call__(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         for _ in range(self.num_ops):
-            images = self._one_round(images, generator)
+            images = self.apply(images, *self.draw(len(images), images.device, generator))
         return images
 
-    def _one_round(self, images: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-        b, dev = len(images), images.device
-        # Draws happen on the images' device; only the grouping below comes back to the host.
-        ops = torch.randint(0, len(OPS), (b,), generator=generator, device=dev)
+    def draw(self, b: int, device: torch.device, generator: Optional[torch.Generator] = None
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per image: op index into OPS, magnitude bin (0 for ops without one) and whether the
+        magnitude is negated (False for unsigned ops)."""
+        ops = torch.randint(0, len(OPS), (b,), generator=generator, device=device)
         if self.trivial:
-            bins = torch.randint(0, NUM_BINS, (b,), generator=generator, device=dev)
+            bins = torch.randint(0, NUM_BINS, (b,), generator=generator, device=device)
         else:
-            bins = torch.full((b,), self.magnitude, device=dev)
-        negate = torch.rand(b, generator=generator, device=dev) < 0.5
-        bins = bins.masked_fill(self._magnitude_free.to(dev)[ops], 0)
-        negate = negate & ~self._unsigned.to(dev)[ops]
-        # One key per (op, bin, sign): each distinct key is one batched torchvision call.
-        keys = (ops * NUM_BINS + bins) * 2 + negate.long()
-        order = keys.argsort()
-        uniq, counts = keys[order].unique_consecutive(return_counts=True)
-        out = images.clone()
-        for key, idx in zip(uniq.tolist(), order.split(counts.tolist())):
-            op_bin, negated = divmod(key, 2)
-            op, bin_ = divmod(op_bin, NUM_BINS)
-            out[idx] = apply_op(images[idx], OPS[op], bin_, bool(negated), self.space)
-        return out
+            bins = torch.full((b,), self.magnitude, device=device)
+        negate = torch.rand(b, generator=generator, device=device) < 0.5
+        bins = bins.masked_fill(self._magnitude_free.to(device)[ops], 0)
+        negate = negate & ~self._unsigned.to(device)[ops]
+        return ops, bins, negate
+
+    def apply(self, images: Tensor, ops: Tensor, bins: Tensor, negate: Tensor) -> Tensor:
+        """One round on a uint8 (B, C, H, W) batch: image i gets OPS[ops[i]] at bins[i]."""
+        # Per-image parameters in float64, as torchvision computes its Python-float factors.
+        level = bins.double() / MAX_BIN  # (B,) in [0, 1]
+        signed = torch.where(negate, -level, level)
+        x = self._geometric(images.float(), ops, signed)
+        x = self._enhance(x, ops, signed).to(torch.uint8)
+        x = self._posterize(x, ops, level)
+        x = self._solarize(x, ops, level)
+        pick = ops.view(-1, 1, 1, 1)
+        x = torch.where(pick == AUTOCONTRAST, autocontrast(x), x)
+        return torch.where(pick == EQUALIZE, equalize(x), x)
+
+    def _geometric(self, x: Tensor, ops: Tensor, signed: Tensor) -> Tensor:
+        """Shear, translate and rotate as one nearest-neighbour resampling with a per-image
+        affine map (the identity for every other op). In pixel coordinates centred on the image,
+        the output pixel p reads the input at A p + t, the inverse of torchvision's affine."""
+        _, _, h, w = x.shape
+        space = self.space
+        zero = torch.zeros_like(signed)
+        shear = space.shear * signed  # tan of the shear angle
+        shear_x = torch.where(ops == SHEAR_X, shear, zero)
+        shear_y = torch.where(ops == SHEAR_Y, shear, zero)
+        shift = space.translate * signed
+        shift_x = torch.where(ops == TRANSLATE_X, shift * (w if space.translate_relative else 1.0), zero)
+        shift_y = torch.where(ops == TRANSLATE_Y, shift * (h if space.translate_relative else 1.0), zero)
+        angle = torch.where(ops == ROTATE, torch.deg2rad(space.rotate * signed), zero)
+        cos, sin = angle.cos(), angle.sin()
+        # affine_grid works in [-1, 1] coordinates: scale the pixel-space map by the half sides.
+        theta = torch.stack([
+            torch.stack([cos, (shear_x - sin) * (h / w), -shift_x * (2.0 / w)], 1),
+            torch.stack([(shear_y + sin) * (w / h), cos, -shift_y * (2.0 / h)], 1),
+        ], 1)
+        # The grid is A p + t at every pixel centre; elementwise, as a bmm costs more on CPUs.
+        theta = theta.float()[:, :, :, None, None]  # (B, 2, 3, 1, 1)
+        xs = (torch.arange(w, device=x.device, dtype=torch.float32) * 2 + 1) / w - 1
+        ys = ((torch.arange(h, device=x.device, dtype=torch.float32) * 2 + 1) / h - 1)[:, None]
+        grid = theta[:, :, 0] * xs + theta[:, :, 1] * ys + theta[:, :, 2]  # (B, 2, H, W)
+        return F.grid_sample(x, grid.permute(0, 2, 3, 1), mode="nearest", padding_mode="zeros", align_corners=False)
+
+    def _enhance(self, x: Tensor, ops: Tensor, signed: Tensor) -> Tensor:
+        """Brightness, color, contrast and sharpness: each blends the image with a degenerate
+        version of it, x' = f x + (1 - f) d, with f = 1 (the identity) for every other op."""
+        channels = x.shape[1]
+        enhances = (ops >= BRIGHTNESS) & (ops <= SHARPNESS) & ((ops != COLOR) | (channels == 3))
+        factor = torch.where(enhances, 1.0 + self.space.enhance * signed, 1.0).view(-1, 1, 1, 1)
+        mix = (1.0 - factor).float()
+        pick = ops.view(-1, 1, 1, 1)
+        gray = grayscale(x)  # torchvision truncates the uint8 grayscale image
+        degenerate = torch.where(pick == COLOR, gray, 0.0)
+        degenerate = torch.where(pick == CONTRAST, gray.mean(dim=(1, 2, 3), keepdim=True), degenerate)
+        degenerate = torch.where(pick == SHARPNESS, smooth(x), degenerate)
+        # uint8 images are truncated after blending, as torchvision does.
+        return (x + mix * (degenerate - x)).clamp_(0.0, 255.0).trunc_()
+
+    def _posterize(self, x: Tensor, ops: Tensor, level: Tensor) -> Tensor:
+        dropped = torch.where(ops == POSTERIZE, (self.space.posterize * level).round(), 0.0)
+        mask = (256 - torch.exp2(dropped)).to(torch.uint8).view(-1, 1, 1, 1)  # 255 drops nothing
+        return x & mask
+
+    @staticmethod
+    def _solarize(x: Tensor, ops: Tensor, level: Tensor) -> Tensor:
+        # 256 (nothing inverted) at bin 0 and for every other op.
+        threshold = torch.where(ops == SOLARIZE, 256.0 * (1.0 - level), 256.0).view(-1, 1, 1, 1)
+        return torch.where(x >= threshold, 255 - x, x)
+
+
+def grayscale(x: Tensor) -> Tensor:
+    """(B, 1, H, W) truncated luma of a float image holding uint8 values (itself if 1-channel)."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).trunc_().unsqueeze(1)
+
+
+def smooth(x: Tensor) -> Tensor:
+    """PIL's SMOOTH filter (the 3x3 box plus 4x the centre, over 13), rounded, on the interior;
+    the one-pixel border keeps its values. Two separable box sums: on a CPU a depthwise 3x3
+    convolution costs several times as much."""
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    blurred = ((box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0).round_()
+    return F.pad(blurred, (1, 1, 1, 1)).where(_interior(x), x)
+
+
+def _interior(x: Tensor) -> Tensor:
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    return ((rows > 0) & (rows < h - 1))[:, None] & ((cols > 0) & (cols < w - 1))[None, :]
+
+
+def autocontrast(x: Tensor) -> Tensor:
+    """Stretch each channel of each uint8 image to 0..255 (flat channels stay as they are)."""
+    low = x.amin(dim=(2, 3), keepdim=True).float()
+    high = x.amax(dim=(2, 3), keepdim=True).float()
+    flat = high == low
+    inv_scale = torch.where(flat, 1.0, (high - low) * (1.0 / 255.0))
+    low = torch.where(flat, 0.0, low)
+    return ((x.float() - low) / inv_scale).clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def equalize(x: Tensor) -> Tensor:
+    """PIL's histogram equalisation of each channel of each uint8 image, all in one scatter."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w).long()
+    hist = torch.zeros(b, c, 256, dtype=torch.long, device=x.device)
+    hist.scatter_add_(2, flat, torch.ones_like(flat))
+    # PIL leaves out the pixels of the top occupied level, spreading the rest over 255 steps.
+    top = (hist > 0).long().mul(torch.arange(256, device=x.device)).argmax(2, keepdim=True)
+    step = (h * w - hist.gather(2, top)) // 255  # (B, C, 1)
+    below = hist.cumsum(2) - hist  # pixels strictly below each level
+    lut = ((below + step // 2) // step.clamp(min=1)).clamp_(max=255)
+    out = lut.gather(2, flat).to(torch.uint8).view(b, c, h, w)
+    return torch.where((step > 0).view(b, c, 1, 1), out, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,8 +351,10 @@ class MixBatch:
 
     def targets(self, labels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """Smoothed one-hot rows: (1 - s) on the label plus s / num_classes everywhere."""
-        one_hot = F.one_hot(labels, self.num_classes).to(dtype)
-        return one_hot * (1.0 - self.smoothing) + self.smoothing / self.num_classes
+        # A scatter, not F.one_hot, which reads the labels' range back to the host.
+        off = self.smoothing / self.num_classes
+        rows = torch.full((len(labels), self.num_classes), off, dtype=dtype, device=labels.device)
+        return rows.scatter_(1, labels[:, None], 1.0 - self.smoothing + off)
 
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         targets = self.targets(labels, images.dtype if images.is_floating_point() else torch.float32)
