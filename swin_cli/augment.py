@@ -391,3 +391,25 @@ class MixBatch:
         weight = torch.where(cutmix, box.float(), 1.0 - lam)
         weight = torch.where(mix_u < self.prob, weight, 0.0)
         return weight.view(1, 1, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole training-time pipeline
+
+
+class TrainBatch:
+    """What every training step (and mode=preview) does to a uint8 batch: crop/flip/auto-augment,
+    normalise, erase, mix. Returns the model's input and its targets: class indices, or class
+    probabilities (label smoothing folded in) when mixing is on."""
+
+    def __init__(self, aug_cfg: Any, num_classes: int, label_smoothing: float, mean: list[float],
+                 std: list[float], device: torch.device):
+        self.augment = BatchAugment(aug_cfg)
+        self.mix = MixBatch(aug_cfg, num_classes, label_smoothing)
+        self.normalize = Normalize(mean, std, device)
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if self.augment.active:
+            images = self.augment(images)
+        x = self.augment.erase(self.normalize(images))
+        return self.mix(x, labels) if self.mix.active else (x, labels)

@@ -68,6 +68,11 @@ def run(cfg: DictConfig) -> Optional[float]:
         if cfg.mode.value == "predict":
             predict_folder(cfg, run_dir)
             return None
+        if cfg.mode.value == "preview":
+            from swin_cli.preview import write_preview
+
+            log.info(f"wrote {write_preview(cfg, run_dir)}")
+            return None
         return Trainer(cfg, run_dir, hydra_cfg.overrides.task).fit()["best_val_acc"]
     except SwinCliError as exc:
         print(f"swin-train: error: {exc}", file=sys.stderr, flush=True)

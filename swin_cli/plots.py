@@ -123,3 +123,24 @@ def plot_comparison(runs: dict[str, Sequence[dict[str, Any]]], path: Path) -> Op
     _save(fig, path)
     plt.close(fig)
     return path
+
+
+def plot_image_grid(images: Any, titles: Sequence[str], path: Path, heading: str) -> Optional[Path]:
+    """A grid of (N, C, H, W) images in [0, 1], eight to a row, each with its title."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    columns = min(8, len(images))
+    rows = (len(images) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        pixels = image.permute(1, 2, 0).numpy()
+        ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+    fig.suptitle(heading, fontsize=9)
+    _save(fig, path)
+    plt.close(fig)
+    return path

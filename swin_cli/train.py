@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from swin_cli import __version__, checkpoint, distributed, plots, summary
-from swin_cli.augment import BatchAugment, MixBatch, Normalize
+from swin_cli.augment import Normalize, TrainBatch
 from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import plain
-from swin_cli.data import DataBundle, ImageSplit, load_data
+from swin_cli.data import DataBundle, ImageSplit, load_data, place_data
 from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer, count_parameters, load_pretrained
 
@@ -174,6 +174,45 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed + 7919, epoch)))
 
 
+class PrepTimer:
+    """Time spent preparing batches (copy, augmentation, normalisation, mixing).
+
+    On a CPU that is host wall time. On a GPU the host only queues the kernels, so a pair of
+    CUDA events brackets them in the stream and the time between the events is read at the log
+    interval, when the loop synchronises anyway: reading it every step would stall the queue.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[Any, Any]] = []
+        self.seconds = 0.0
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.pending.append((self._start, end))
+        else:
+            self.seconds += time.perf_counter() - self._start
+
+    def collect(self) -> float:
+        """Seconds measured since the last call (waits for the last bracketed kernels on a GPU)."""
+        if self.pending:
+            self.pending[-1][1].synchronize()
+            self.seconds += sum(start.elapsed_time(end) for start, end in self.pending) / 1000.0
+            self.pending.clear()
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 class EMA:
     """Exponential moving average of a model's weights (buffers are copied as they are)."""
 
@@ -184,8 +223,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - self.decay)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
-            ema_buffer.copy_(buffer)
+        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))
 
 
 def autocast(device: torch.device, precision: str):
@@ -272,7 +310,7 @@ class Trainer:
         configure_device(self.device, cfg.train.tf32)
         torch.manual_seed(cfg.seed)
 
-        self.data: DataBundle = load_data(cfg.data)
+        self.data: DataBundle = place_data(load_data(cfg.data), self.device, cfg.data.on_device)
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes,
                                  self.device)
         self.model.to(self.device)
@@ -297,11 +335,12 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.scheduler, self.total_steps, self.steps_per_epoch))
-        self.augment = BatchAugment(cfg.aug)
-        self.mix = MixBatch(cfg.aug, self.data.num_classes, cfg.train.label_smoothing)
-        self.normalize = Normalize(self.data.mean, self.data.std, self.device)
+        self.prepare = TrainBatch(cfg.aug, self.data.num_classes, cfg.train.label_smoothing, self.data.mean,
+                                  self.data.std, self.device)
+        self.normalize = self.prepare.normalize
+        self.prep_timer = PrepTimer(self.device)
         # With mixing, targets arrive as class probabilities (smoothing already folded in).
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if self.mix.active else cfg.train.label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if self.prepare.mix.active else cfg.train.label_smoothing)
 
         # Where the loop stands; all of it is saved in checkpoints and restored by resume.
         self.epoch = 0  # epochs completed
@@ -404,7 +443,7 @@ class Trainer:
     def _train_epoch(self, stop: StopRequest) -> None:
         cfg, train = self.cfg, self.data.train
         self.model.train()
-        order = epoch_order(len(train), cfg.seed, self.epoch)
+        order = epoch_order(len(train), cfg.seed, self.epoch).to(train.images.device)
         rank_images = self.batch_size * self.accumulate
         step_images = rank_images * self.world
         # Each rank draws its own augmentation / stochastic-depth randomness (rank 0 = 1 process).
@@ -433,6 +472,7 @@ class Trainer:
                 if len(recent) >= cfg.log.interval or last_of_epoch or stopping:
                     self._check_finite(recent)
                     recent = []
+                    self.running["data_time"] += self.prep_timer.collect()
                     if progress.bar is not None:
                         done = sums.tolist()
                         seen = max(1, self.running["seen"] + done[2])
@@ -444,6 +484,7 @@ class Trainer:
                     break
         finally:
             progress.close()
+            self.running["data_time"] += self.prep_timer.collect()
             loss_total, correct_total, seen_total = distributed.sum_(sums).tolist()
             self.running["loss"] += loss_total
             self.running["correct"] += int(correct_total)
@@ -457,19 +498,13 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         micro_batches = list(zip(images.split(self.batch_size), labels.split(self.batch_size)))
         for i, (micro_images, micro_labels) in enumerate(micro_batches):
-            data_start = time.perf_counter()
+            self.prep_timer.start()
             x = micro_images.to(self.device, non_blocking=True)
             y = micro_labels.to(self.device, non_blocking=True)
-            if self.augment.active:
-                x = self.augment(x)
-            x = self.augment.erase(self.normalize(x))
-            target = y
-            if self.mix.active:
-                x, target = self.mix(x, y)
+            x, target = self.prepare(x, y)
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            # Batch preparation time (exact on CPU; on a GPU only the launch cost, as it is async).
-            self.running["data_time"] += time.perf_counter() - data_start
+            self.prep_timer.stop()
             # Under DDP, average gradients over ranks once per step, not once per micro-batch.
             last = i == len(micro_batches) - 1
             sync = self.forward_model.no_sync() if self.world > 1 and not last else nullcontext()

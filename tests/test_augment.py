@@ -371,3 +371,13 @@ def test_cross_entropy_accepts_the_soft_targets():
     assert torch.allclose(loss, expected)
     loss.backward()
     assert logits.grad is not None
+
+
+def test_preview_titles_name_the_class_or_the_mixed_classes_with_weights():
+    from swin_cli.preview import target_text
+
+    classes = ["cat", "dog", "ship"]
+    assert target_text(torch.tensor(1), classes) == "dog"
+    smoothed = MixBatch(aug_cfg(), 3, 0.1).targets(torch.tensor([2]))[0]
+    assert target_text(smoothed, classes) == "ship"
+    assert target_text(torch.tensor([0.62, 0.0, 0.38]), classes) == "cat .62 + ship .38"

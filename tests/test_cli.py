@@ -54,6 +54,18 @@ def test_digits_nano_trains_end_to_end(tmp_path):
     assert "1 unreadable skipped" in proc.stdout
 
 
+def test_mode_preview_writes_the_augmented_batch_and_trains_nothing(tmp_path):
+    proc = run_cli("mode=preview", "data=digits", "aug=crop", "aug.auto_augment=trivialaugment",
+                   "aug.random_erasing=0.25", "aug.mixup_alpha=0.8", "aug.cutmix_alpha=1.0",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    png = tmp_path / "run" / "augment_preview.png"
+    assert f"wrote {png}" in proc.stdout
+    image = Image.open(png)
+    assert image.format == "PNG" and image.width > 600 and image.height > 300
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
 def test_mode_summary_shows_stages_without_training(tmp_path):
     proc = run_cli("mode=summary", "model=tiny", "data=digits", "data.image_size=64", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -145,3 +145,34 @@ def test_tf32_is_on_by_default_for_cuda_and_off_by_knob(monkeypatch):
     finally:
         torch.set_float32_matmul_precision(before)
         torch.backends.cudnn.allow_tf32 = True
+
+
+def test_prep_timer_reads_cuda_events_at_the_log_interval_not_per_step(monkeypatch):
+    import time
+
+    from swin_cli.train import PrepTimer
+
+    class FakeEvent:  # host clock in place of the GPU's; counts the waits
+        waits = 0
+
+        def __init__(self, enable_timing: bool):
+            assert enable_timing
+
+        def record(self) -> None:
+            self.at = time.perf_counter()
+
+        def synchronize(self) -> None:
+            FakeEvent.waits += 1
+
+        def elapsed_time(self, end: "FakeEvent") -> float:
+            return (end.at - self.at) * 1000.0
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    timer = PrepTimer(torch.device("cuda"))
+    for _ in range(5):
+        timer.start()
+        time.sleep(0.01)
+        timer.stop()
+    assert FakeEvent.waits == 0
+    assert 0.05 <= timer.collect() < 0.5 and FakeEvent.waits == 1
+    assert timer.collect() == 0.0 and FakeEvent.waits == 1

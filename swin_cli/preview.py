@@ -1,0 +1,48 @@
+"""mode=preview: what the model sees. A grid of training images after the configured
+augmentation (the same TrainBatch every training step runs), with their targets, written to
+<run dir>/augment_preview.png; nothing is trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from swin_cli import plots
+from swin_cli.augment import TrainBatch
+from swin_cli.data import load_data
+from swin_cli.errors import SwinCliError
+
+PREVIEW_IMAGES = 32
+# Target mass below this is label smoothing, not a mixed-in class.
+SHOWN_WEIGHT = 0.1
+
+
+def target_text(target: torch.Tensor, classes: list[str]) -> str:
+    """A class index as its name; class probabilities as "cat .62 + dog .38" (largest first)."""
+    if target.ndim == 0:
+        return classes[int(target)]
+    weights, index = target.sort(descending=True)
+    shown = [(classes[int(i)], float(w)) for w, i in zip(weights, index) if w >= SHOWN_WEIGHT]
+    if len(shown) == 1:
+        return shown[0][0]
+    return " + ".join(f"{name} {weight:.2f}".replace("0.", ".") for name, weight in shown)
+
+
+def write_preview(cfg: Any, run_dir: Path) -> Path:
+    data = load_data(cfg.data)
+    prepare = TrainBatch(cfg.aug, data.num_classes, cfg.train.label_smoothing, data.mean, data.std,
+                         torch.device("cpu"))
+    torch.manual_seed(cfg.seed)
+    index = torch.randperm(len(data.train))[:min(PREVIEW_IMAGES, len(data.train))]
+    x, targets = prepare(data.train.images[index], data.train.labels[index])
+    # Back from normalised values to [0, 1] pixels (erased noise shows as static).
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    pixels = (x * std + mean).clamp(0.0, 1.0)
+    titles = [target_text(t, data.classes) for t in targets]
+    path = Path(run_dir) / "augment_preview.png"
+    if plots.plot_image_grid(pixels, titles, path, f"training batch after aug={cfg.aug.name}") is None:
+        raise SwinCliError('mode=preview draws with matplotlib: pip install "swin-cli[plots]"')
+    return path
