@@ -98,8 +98,9 @@ class AutoAugment:
         self.num_ops = 1 if self.trivial else int(num_ops)
         self.magnitude = int(magnitude)
         self.space = TRIVIAL_SPACE if self.trivial else RANDAUGMENT_SPACE
-        self._magnitude_free = torch.tensor([op in NO_MAGNITUDE for op in OPS])
-        self._unsigned = torch.tensor([op not in SIGNED for op in OPS])
+        # Per-op lookup tables, copied to each device once: a host-to-device copy every batch
+        # would wait for the GPU to drain its queue.
+        self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def __call__(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         for _ in range(self.num_ops):
@@ -116,8 +117,12 @@ class AutoAugment:
         else:
             bins = torch.full((b,), self.magnitude, device=device)
         negate = torch.rand(b, generator=generator, device=device) < 0.5
-        bins = bins.masked_fill(self._magnitude_free.to(device)[ops], 0)
-        negate = negate & ~self._unsigned.to(device)[ops]
+        if device not in self._tables:
+            self._tables[device] = (torch.tensor([op in NO_MAGNITUDE for op in OPS], device=device),
+                                    torch.tensor([op in SIGNED for op in OPS], device=device))
+        magnitude_free, signed = self._tables[device]
+        bins = bins.masked_fill(magnitude_free[ops], 0)
+        negate = negate & signed[ops]
         return ops, bins, negate
 
     def apply(self, images: Tensor, ops: Tensor, bins: Tensor, negate: Tensor) -> Tensor:
@@ -373,7 +378,7 @@ class MixBatch:
         if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
             cutmix = switch_u < self.switch_prob
         else:
-            cutmix = torch.tensor(self.cutmix_alpha > 0, device=dev)
+            cutmix = torch.full((), self.cutmix_alpha > 0, device=dev)  # made there, not copied there
         alpha = torch.where(cutmix, self.cutmix_alpha, self.mixup_alpha).float()
         lam = torch.distributions.Beta(alpha, alpha, validate_args=False).sample()
         # Both gamma draws of a tiny alpha can underflow to 0, which makes 0/0.

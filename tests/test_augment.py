@@ -234,6 +234,7 @@ def test_a_batch_costs_the_same_ops_whatever_its_size_and_never_syncs(cfg, round
         labels = torch.randint(0, 10, (b,))
         return count_ops(lambda: mix(augment.erase(normalize(augment(images))), labels))
 
+    one_batch(8)  # the first batch also places per-op lookup tables on the device
     small, large = one_batch(64), one_batch(1024)
     assert small == large
     assert not HOST_SYNCS & set(small), HOST_SYNCS & set(small)
@@ -381,3 +382,38 @@ def test_preview_titles_name_the_class_or_the_mixed_classes_with_weights():
     smoothed = MixBatch(aug_cfg(), 3, 0.1).targets(torch.tensor([2]))[0]
     assert target_text(smoothed, classes) == "ship"
     assert target_text(torch.tensor([0.62, 0.0, 0.38]), classes) == "cat .62 + ship .38"
+
+
+@pytest.mark.parametrize("mixing", [dict(mixup_alpha=0.8, cutmix_alpha=1.0), dict(cutmix_alpha=1.0)])
+def test_the_pipeline_never_copies_from_the_host(monkeypatch, mixing):
+    """On a GPU a host-to-device copy inside a step waits for the queue to drain. Run the whole
+    pipeline on the `meta` device: any op that meets a CPU tensor is such a copy."""
+    cfg = aug_cfg(crop_padding=4, hflip=True, auto_augment="trivialaugment", random_erasing=0.25, **mixing)
+    meta = torch.device("meta")
+    # Beta sampling has no meta kernel; its draw is made on the device in real runs.
+    monkeypatch.setattr(torch.distributions.Beta, "sample", lambda self: torch.full((), 0.5, device=meta))
+    augment, mix = BatchAugment(cfg), MixBatch(cfg, 10, 0.1)
+    normalize = Normalize([0.5] * 3, [0.25] * 3, meta)
+    images = torch.empty((16, 3, 32, 32), dtype=torch.uint8, device=meta)
+    labels = torch.empty((16,), dtype=torch.long, device=meta)
+    augment(images, None)  # the first call may place lookup tables on the device
+
+    class HostCopies(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+            if func.overloadpacket.__name__ == "lift_fresh" or any(t.device.type == "cpu" for t in tensors):
+                self.found.append(str(func))
+            return out
+
+    # torch.tensor(data, device=...) copies from the host without any op a dispatch mode sees.
+    made = []
+    monkeypatch.setattr(torch, "tensor", lambda *a, _make=torch.tensor, **k: made.append(a) or _make(*a, **k))
+    with HostCopies() as mode:
+        x, targets = mix(augment.erase(normalize(augment(images))), labels)
+    assert x.device == meta and targets.shape == (16, 10)
+    assert mode.found == [] and made == []
