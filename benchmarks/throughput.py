@@ -11,6 +11,7 @@ here too, so "fraction of peak" compares like with like.
     python benchmarks/throughput.py --device cuda   # GPU: fp32 and bf16, with and without compile
     python benchmarks/throughput.py --configs nano --repeats 3
     python benchmarks/throughput.py --configs nano --cpu-bf16   # CPU fp32, then bf16 autocast
+    python benchmarks/throughput.py --device cuda --variants bf16 bf16+compile --models ours-sdpa timm
 
 timm is optional (pip install -e ".[bench]"); without it its rows are skipped with a message.
 """
@@ -41,13 +42,17 @@ CONFIGS = {  # name: (image, patch, embed, depths, heads, window, cpu batch, gpu
 }
 
 
+VARIANTS = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp32+compile": (None, True),
+            "bf16+compile": (torch.bfloat16, True)}
+
+
 @dataclass
 class Candidate:
     name: str
     build: Callable[[], torch.nn.Module]
 
 
-def candidates(config: str) -> list[Candidate]:
+def candidates(config: str, only: list[str] | None = None) -> list[Candidate]:
     image, patch, embed, depths, heads, window, _, _ = CONFIGS[config]
     common = dict(patch_size=patch, in_chans=3, num_classes=10, embed_dim=embed, depths=list(depths),
                   num_heads=list(heads), window_size=window, drop_path_rate=0.0)
@@ -64,7 +69,7 @@ def candidates(config: str) -> list[Candidate]:
     if config == "nano":
         out.append(Candidate("notebook", lambda: NotebookSwin(image_size=image, patch_size=patch, embed_dim=embed,
                                                               depths=depths, num_heads=heads, window_size=window)))
-    return out
+    return [c for c in out if not only or c.name in only]
 
 
 def make_step(model: torch.nn.Module, batch: int, image: int, device: torch.device, dtype: torch.dtype | None):
@@ -112,12 +117,12 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def bench(config: str, device: torch.device, dtype: torch.dtype | None, compile_: bool, repeats: int,
-          steps: int, peak: float) -> None:
+          steps: int, peak: float, only: list[str] | None = None) -> None:
     image, *_, cpu_batch, gpu_batch = CONFIGS[config]
     batch = gpu_batch if device.type == "cuda" else cpu_batch
     label = f"{config}@{image} batch {batch} {'bf16' if dtype else 'fp32'}{' compile' if compile_ else ''}"
     runs, flops, memory = {}, {}, {}
-    for cand in candidates(config):
+    for cand in candidates(config, only):
         torch.manual_seed(0)
         model = cand.build().to(device).train()
         flops[cand.name] = train_flops_per_image(model, image, device)
@@ -162,19 +167,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="on CPU, also measure bf16 autocast (worth it where the CPU has bf16 dot products)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                        help="precision[+compile] to measure (default: fp32 on CPU, all four on a GPU)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="only these rows: ours-math ours-sdpa timm notebook")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
-    variants = ([(None, False)] + [(torch.bfloat16, False)] * args.cpu_bf16) if device.type == "cpu" else [(None, False), (torch.bfloat16, False),
-                                                              (None, True), (torch.bfloat16, True)]
-    for dtype, compile_ in variants:
+    if args.variants:
+        names = args.variants
+    elif device.type == "cpu":
+        names = ["fp32"] + ["bf16"] * args.cpu_bf16
+    else:
+        names = list(VARIANTS)
+    for dtype, compile_ in (VARIANTS[n] for n in names):
         peak = matmul_peak(device, dtype or torch.float32)
         print(f"\nmatmul peak {'bf16' if dtype else 'fp32'}: {peak / 1e9:.0f} GFLOP/s")
         for config in args.configs:
             steps = {"nano": 8, "tiny": 2}[config] if device.type == "cpu" else 20
-            bench(config, device, dtype, compile_, args.repeats if config == "nano" else 3, steps, peak)
+            bench(config, device, dtype, compile_, args.repeats if config == "nano" else 3, steps, peak, args.models)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU check: one command that, on a machine with one CUDA GPU and no network, runs every
+# GPU-only path of swin-cli and writes every number to one folder (about 8 minutes on an H100).
+#
+#   bash benchmarks/gpu_check.sh CIFAR10_ROOT OUT_DIR
+#
+#   1. experiment=cifar10_nano data=digits (400 steps) on CUDA in fp32, bf16 and bf16+compile,
+#      side by side: they check that each path runs and learns (95.8% on a CPU); they time nothing
+#   2. benchmarks/augment.py: every aug preset vs the train steps it feeds, on the GPU
+#   3. benchmarks/throughput.py: nano@32 and tiny@224, bf16 eager and compiled, ours vs timm
+#   4. experiment=cifar10_swin for $CIFAR_EPOCHS epochs (default 30, warmup $CIFAR_WARMUP = 3)
+#   5. OUT_DIR/summary.md: accuracy, img/s and data share of every run, then the benchmark tables
+#
+# swin-cli must be importable by $PYTHON (default python3); timm adds the comparison rows.
+# swin-train runs as `python -m swin_cli` from a scratch folder, so the installed package (with
+# its conf/) is what runs. Each part has its own time limit and a failure does not stop the
+# others; progress.log says which part ended how. README.md ("GPU check") shows how to carry
+# hydra-core and omegaconf to a GPU machine that lacks them.
+set -uo pipefail
+if [ $# -ne 2 ]; then
+  echo "usage: bash benchmarks/gpu_check.sh CIFAR10_ROOT OUT_DIR" >&2
+  exit 2
+fi
+data=$(cd "$1" && pwd) || exit 2
+mkdir -p "$2" && out=$(cd "$2" && pwd) || exit 2
+here=$(cd "$(dirname "$0")" && pwd)
+py=${PYTHON:-python3}
+epochs=${CIFAR_EPOCHS:-30}
+warmup=${CIFAR_WARMUP:-3}
+# For a dry run of this script's plumbing on a CPU: DEVICE=cpu CIFAR_EXTRA="train.compile=false ..."
+device=${DEVICE:-cuda}
+read -ra cifar_extra <<<"${CIFAR_EXTRA:-}"
+scratch=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+
+note() { echo "[$(date +%T)] $*" | tee -a "$out/progress.log"; }
+# part NAME SECONDS CMD...: run CMD in the scratch folder under a time limit, output to NAME.log.
+part() {
+  local name=$1 limit=$2
+  shift 2
+  note "start $name"
+  (cd "$scratch" && timeout --kill-after=10 "$limit" "$@") >"$out/$name.log" 2>&1
+  note "end $name rc=$?"
+}
+train=("$py" -m swin_cli log.progress=false "device=$device")
+
+note "swin-cli GPU check: data $data, out $out"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } >"$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+for precision in fp32 bf16 bf16+compile; do
+  name=digits_${precision/+/_}
+  compile=$([ "$precision" = bf16+compile ] && echo true || echo false)
+  part "$name" 240 "${train[@]}" experiment=cifar10_nano data=digits "train.precision=${precision%+compile}" \
+    "train.compile=$compile" "hydra.run.dir=$out/runs/$name" &
+done
+wait
+part augment 150 "$py" "$here/augment.py" --device "$device"
+part throughput 330 "$py" "$here/throughput.py" --device "$device" --configs nano tiny --repeats 3 \
+  --variants bf16 bf16+compile --models ours-sdpa ours-math timm
+part cifar10_swin 560 "${train[@]}" experiment=cifar10_swin data=imagefolder "data.root=$data" "epochs=$epochs" \
+  "scheduler.warmup_epochs=$warmup" "hydra.run.dir=$out/runs/cifar10_swin" "${cifar_extra[@]}"
+"$py" "$here/gpu_summary.py" "$out" >"$out/summary.md" 2>>"$out/progress.log"
+note "done: $out/summary.md"
+cat "$out/summary.md"

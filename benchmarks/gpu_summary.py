@@ -1,0 +1,50 @@
+"""Summarise a benchmarks/gpu_check.sh folder as markdown: one row per training run (accuracy,
+img/s, data share, wall time), then the augmentation and throughput tables as they printed.
+
+    python benchmarks/gpu_summary.py OUT_DIR > OUT_DIR/summary.md
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def run_row(run_dir: Path) -> str:
+    results = run_dir / "results.json"
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv"))) if (run_dir / "metrics.csv").is_file() else []
+    if not rows:
+        return f"| {run_dir.name} | no epoch finished | | | | | |"
+    # Epoch 1 pays for compilation and warm-up: the rate and data share of the later epochs.
+    steady = rows[1:] or rows
+    rate = sum(float(r["train_img_per_s"]) for r in steady) / len(steady)
+    data = sum(float(r["data_time_s"]) for r in steady) / max(sum(float(r["epoch_time_s"]) for r in steady), 1e-9)
+    val = max(max(float(r["val_acc"] or 0), float(r["ema_val_acc"] or 0)) for r in rows)
+    if results.is_file():
+        res = json.loads(results.read_text())
+        test, wall = f"{res['test_acc']:.2f}", f"{res['wall_time_s']:.0f}"
+    else:
+        test, wall = "(stopped)", ""
+    return f"| {run_dir.name} | {len(rows)} | {val:.2f} | {test} | {rate:,.0f} | {data:.1%} | {wall} |"
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    print("# swin-cli GPU check\n")
+    if (out / "machine.txt").is_file():
+        print("```\n" + (out / "machine.txt").read_text().strip() + "\n```\n")
+    print("| run | epochs | best val % | test % | img/s (epochs 2+) | data share | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for run_dir in sorted((out / "runs").glob("*")):
+        print(run_row(run_dir))
+    for name in ("augment", "throughput", "progress"):
+        path = out / f"{name}.log"
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines() if "Warning" not in line]
+            print(f"\n## {name}\n\n```\n" + "\n".join(lines[-80:]) + "\n```")
+
+
+if __name__ == "__main__":
+    main()
