@@ -39,7 +39,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run_dir in sorted((out / "runs").glob("*")):
         print(run_row(run_dir))
-    for name in ("augment", "throughput", "progress"):
+    for name in ("augment", "throughput", "throughput_compiled", "progress"):
         path = out / f"{name}.log"
         if path.is_file():
             lines = [line for line in path.read_text().splitlines() if "Warning" not in line]
