@@ -20,7 +20,7 @@ from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, decode_image, load_data
 from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer
 from swin_cli.checkpoint import write_text_atomic
-from swin_cli.config import plain
+from swin_cli.config import ConfigError, plain
 from swin_cli.train import build_model, configure_device, evaluate, select_device
 
 log = logging.getLogger("swin_cli")
@@ -28,7 +28,7 @@ log = logging.getLogger("swin_cli")
 
 def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device]:
     if not cfg.ckpt:
-        raise SwinCliError(f"mode={plain(cfg.mode)} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
+        raise ConfigError(f"mode={plain(cfg.mode)} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
     path = Path(cfg.ckpt).expanduser()
     state = checkpoint.load(path / "best.pt" if path.is_dir() else path)
     saved = OmegaConf.create(state["config"])

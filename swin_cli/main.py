@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -28,6 +29,33 @@ from swin_cli.errors import SwinCliError
 log = logging.getLogger("swin_cli")
 
 register_configs()
+
+# The command the user typed, for the first word of every error line (swin-eval sets its own).
+program = "swin-train"
+# What Hydra puts in a run dir before our code runs; a run dir holding nothing else was made for
+# a run that never started.
+_HYDRA_ONLY = {".hydra", "swin-train.log"}
+
+
+def report_error(message: str) -> None:
+    """One `<program>: error: ...` line on stderr, and the same line at the end of the run's log."""
+    line = f"{program}: error: {message}"
+    print(line, file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.makeLogRecord({"name": "swin_cli", "levelno": logging.ERROR,
+                                                  "levelname": "ERROR", "msg": line}))
+
+
+def remove_unstarted_run_dir(run_dir: Path) -> None:
+    """Take back the run dir Hydra made for a config that failed validation, and its date folder
+    if that is now empty, so a typo leaves nothing behind."""
+    if run_dir.is_dir() and set(os.listdir(run_dir)) <= _HYDRA_ONLY:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            run_dir.parent.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
 
 
 def share_machine(cfg: DictConfig, hydra_cfg: Any) -> None:
@@ -75,10 +103,13 @@ def run(cfg: DictConfig) -> Optional[float]:
             return None
         return Trainer(cfg, run_dir, hydra_cfg.overrides.task).fit()["best_val_acc"]
     except SwinCliError as exc:
-        print(f"swin-train: error: {exc}", file=sys.stderr, flush=True)
+        report_error(str(exc))
         if multirun:  # the sweep goes on; its summary shows this job as failed
             return sweep.failed_job(run_dir, str(exc), hydra_cfg, exc)
-        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+        if isinstance(exc, ConfigError):
+            remove_unstarted_run_dir(run_dir)
+            sys.exit(2)
+        sys.exit(1)
     except TrainingInterrupted as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -117,6 +148,11 @@ def one_line(message: str) -> str:
     if items and parts:
         parts[-1] += " " + ", ".join(items)
     line = " ".join(p if p.endswith((":", ".")) else p + ";" for p in parts).rstrip(";")
+    if "token recognition error" in line:
+        odd = next((a for a in sys.argv[1:] if "=" in a and not a.isascii()), None)
+        if odd is not None:
+            key, value = odd.split("=", 1)
+            line += f" (a value with non-ASCII characters must be quoted: '{key}=\"{value}\"')"
     for config_name, extra in _PLUGIN_EXTRAS.items():
         if f"Could not find '{config_name}" in line or (f"'{config_name}" in line and "Could not" in line):
             line += f" (a Hydra plugin from an optional extra: pip install \"swin-cli[{extra}]\")"
@@ -138,11 +174,11 @@ def _report_config_errors(run_and_report: Callable[..., Any]) -> Callable[..., A
                 cause = exc.__cause__ or exc.__context__
                 if cause is not None and str(cause) not in message:
                     message += "\n" + str(cause)
-                print(f"swin-train: error: {one_line(message)}", file=sys.stderr, flush=True)
+                print(f"{program}: error: {one_line(message)}", file=sys.stderr, flush=True)
                 sys.exit(2)
             except OSError as exc:  # e.g. Hydra cannot create the run dir: read-only, full disk
                 where = f" {exc.filename}" if exc.filename else ""
-                print(f"swin-train: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+                print(f"{program}: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
                 sys.exit(1)
 
         return call
@@ -175,13 +211,15 @@ def main() -> None:
         distributed.teardown()
     code = sweep.exit_code_after_sweep()
     if code:
-        print(f"swin-train: error: {len(sweep.failed_jobs)} sweep job(s) failed (see the summary above)",
+        print(f"{program}: error: {len(sweep.failed_jobs)} sweep job(s) failed (see the summary above)",
               file=sys.stderr)
         sys.exit(code)
 
 
 def eval_main() -> None:
     """`swin-eval ckpt=...`: swin-train with mode=eval unless another mode is given."""
+    global program
+    program = "swin-eval"
     if not any(arg.startswith("mode=") for arg in sys.argv[1:]):
         sys.argv.insert(1, "mode=eval")
     main()

@@ -53,7 +53,7 @@ def render(renderable: Any, width: int = 110) -> str:
 
 
 def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, device_name: str,
-                steps_per_epoch: int, batch_size: int) -> str:
+                steps_per_epoch: int, batch_size: int, processes: int = 1) -> str:
     from rich.console import Group
     from rich.panel import Panel
     from rich.text import Text
@@ -76,6 +76,8 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
                       + (f", warmup {s.warmup_epochs:g} epochs" if s.warmup_epochs else "")),
         ("training", f"{cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}"
                      + (f" x {t.accumulate} accumulated" if t.accumulate > 1 else "")
+                     + (f" x {processes} processes = global batch {batch_size * t.accumulate * processes}"
+                        if processes > 1 else "")
                      + f", {plain(t.precision)}" + (", compiled" if t.compile else "")
                      + (f", EMA {t.ema.decay}" if t.ema.decay else "")
                      + (f", label smoothing {t.label_smoothing}" if t.label_smoothing else "")

@@ -637,7 +637,7 @@ class Trainer:
         else:
             device = self.device.type + (f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else "")
         log.info(summary.start_panel(self.cfg, self.model, self.data, self.run_dir, device,
-                                     self.steps_per_epoch, self.batch_size))
+                                     self.steps_per_epoch, self.batch_size, self.world))
 
 
 @torch.no_grad()

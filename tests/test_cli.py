@@ -118,6 +118,8 @@ def test_multirun_makes_one_run_dir_per_job_and_a_summary(tmp_path):
     (["optimizer.name=lion"], "expected one of [adamw, adam, sgd]"),
     (["data.image_size=30", "model.patch_size=4"], "data.image_size=30 is not divisible by model.patch_size=4"),
     (["device=cuda"], "device=cuda was requested but no CUDA GPU is available"),
+    (["data.root=/data/dáta"], """token recognition error at: 'á' (a value with non-ASCII characters must be """
+                               """quoted: 'data.root="/data/dáta"')"""),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     if args == ["device=cuda"]:
@@ -132,6 +134,19 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("swin-train: error: "), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
+    logs = list((tmp_path / "outputs").glob("*/*/swin-train.log"))
+    if runtime:  # the run dir keeps the log, and the log ends with the error
+        assert len(logs) == 1 and logs[0].read_text().rstrip().endswith(lines[0])
+    else:  # a config that never ran leaves no run dir behind
+        assert logs == []
+
+
+def test_swin_eval_names_itself_and_a_missing_ckpt_is_a_config_error(tmp_path):
+    exe = Path(sys.executable).with_name("swin-eval")
+    proc = subprocess.run([str(exe), "data=digits"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("swin-eval: error: mode=eval needs ckpt=/path/to/checkpoint.pt "
+                                   "(or a run dir: its best.pt)")
 
 
 def test_runtime_faults_are_one_line_with_exit_code_1(tmp_path):

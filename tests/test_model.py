@@ -347,3 +347,14 @@ def test_conv_stem_adds_a_full_resolution_conv_before_the_patch_projection():
     deeper = build(stem="conv", stem_convs=2)
     assert count_parameters(deeper) - count_parameters(conv) == 24 * 9 * 24 + 2 * 24
     assert build(stem_convs=3).patch_embed.stem.__class__ is torch.nn.Identity  # patch stem ignores it
+
+
+def test_nano_config_states_its_true_parameter_counts():
+    import re
+
+    from conftest import CONF
+
+    text = (CONF / "model" / "nano.yaml").read_text()
+    stated = [int(n.replace(",", "")) for n in re.findall(r"(\d{3},\d{3}) params|\((\d{3},\d{3}) for", text)
+              for n in n if n]
+    assert stated == [count_parameters(build(in_chans=3)), count_parameters(build(in_chans=1))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -20,10 +21,17 @@ def test_wheel_carries_conf_and_installed_cli_composes_from_elsewhere(tmp_path):
     expected = {f"swin_cli/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}
     assert "swin_cli/conf/config.yaml" in expected and expected <= names
 
-    # A fresh venv that sees torch & co. from this interpreter, with the wheel installed non-editable.
+    # A fresh venv that sees torch & co. from the environment running these tests (a virtualenv
+    # or not: system_site_packages would show the base interpreter's packages instead), with the
+    # wheel installed non-editable.
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, system_site_packages=False, with_pip=False)
     python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    # Appended after the venv's own site-packages, so the installed wheel wins over this checkout.
+    (Path(site) / "running-env.pth").write_text("\n".join(sorted(ours)) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
                     "--force-reinstall", str(wheel)], check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
