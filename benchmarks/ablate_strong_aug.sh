@@ -22,6 +22,10 @@ declare -A variants=(
   [no_mixing]="aug.mixup_alpha=0.0 aug.cutmix_alpha=0.0"
   [no_smoothing]="train.label_smoothing=0.0"
   [crop_flip_only]="aug.auto_augment=none aug.random_erasing=0.0 aug.mixup_alpha=0.0 aug.cutmix_alpha=0.0 train.label_smoothing=0.0"
+  # Candidate fixes, everything else on.
+  [ta_standard_space]="aug.op_space=standard"
+  [mix_half]="aug.mix_prob=0.5"
+  [lr_1e-3]="optimizer.lr=1e-3"
 )
 order=(${@:-full no_trivialaugment no_erasing no_mixing no_smoothing crop_flip_only})
 for name in "${order[@]}"; do

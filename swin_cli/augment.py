@@ -89,7 +89,7 @@ class AutoAugment:
     Each op's maths is torchvision's on uint8 images (tests compare them image by image).
     """
 
-    def __init__(self, kind: str, num_ops: int = 2, magnitude: int = 9):
+    def __init__(self, kind: str, num_ops: int = 2, magnitude: int = 9, space: Optional[str] = None):
         if kind not in ("randaugment", "trivialaugment"):
             raise ValueError(f"auto_augment must be none, randaugment or trivialaugment (got {kind!r})")
         if not 0 <= magnitude <= MAX_BIN:
@@ -97,7 +97,10 @@ class AutoAugment:
         self.trivial = kind == "trivialaugment"
         self.num_ops = 1 if self.trivial else int(num_ops)
         self.magnitude = int(magnitude)
-        self.space = TRIVIAL_SPACE if self.trivial else RANDAUGMENT_SPACE
+        if space not in (None, "standard", "wide"):
+            raise ValueError(f"op_space must be standard, wide or null (got {space!r})")
+        space = space or ("wide" if self.trivial else "standard")
+        self.space = TRIVIAL_SPACE if space == "wide" else RANDAUGMENT_SPACE
         # Per-op lookup tables, copied to each device once: a host-to-device copy every batch
         # would wait for the GPU to drain its queue.
         self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -264,7 +267,9 @@ class BatchAugment:
         self.padding = int(cfg.crop_padding)
         self.hflip = bool(cfg.hflip)
         kind = _option(cfg.auto_augment)
-        self.auto = None if kind == "none" else AutoAugment(kind, cfg.randaugment_ops, cfg.randaugment_magnitude)
+        space = _option(cfg.op_space) if cfg.op_space is not None else None
+        self.auto = None if kind == "none" else AutoAugment(kind, cfg.randaugment_ops, cfg.randaugment_magnitude,
+                                                            space)
         self.erase_prob = float(cfg.random_erasing)
 
     @property

@@ -48,6 +48,11 @@ class AutoAugment(str, Enum):
     trivialaugment = "trivialaugment"
 
 
+class OpSpaceName(str, Enum):
+    standard = "standard"
+    wide = "wide"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -141,6 +146,11 @@ class AugConfig:
     hflip: bool = False
     # Per-image policy applied after crop/flip (torchvision's RandAugment / TrivialAugmentWide).
     auto_augment: AutoAugment = AutoAugment.none
+    # How far the ops reach at the top magnitude: standard (RandAugment paper: translate 45% of
+    # the side, rotate 30 deg) or wide (TrivialAugment paper: translate 32 px, rotate 135 deg,
+    # i.e. the whole of a 32 px image). null: the policy's own (randaugment: standard,
+    # trivialaugment: wide).
+    op_space: Optional[OpSpaceName] = None
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
     # Probability per image of erasing one random rectangle (filled with noise).

@@ -29,7 +29,7 @@ from swin_cli.augment import (
 
 
 def aug_cfg(**overrides) -> types.SimpleNamespace:
-    fields = dict(name="test", crop_padding=0, hflip=False, auto_augment="none", randaugment_ops=2,
+    fields = dict(name="test", crop_padding=0, hflip=False, auto_augment="none", op_space=None, randaugment_ops=2,
                   randaugment_magnitude=9, random_erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0,
                   mix_switch_prob=0.5)
     fields.update(overrides)
@@ -417,3 +417,13 @@ def test_the_pipeline_never_copies_from_the_host(monkeypatch, mixing):
         x, targets = mix(augment.erase(normalize(augment(images))), labels)
     assert x.device == meta and targets.shape == (16, 10)
     assert mode.found == [] and made == []
+
+
+def test_op_space_picks_how_far_the_ops_reach():
+    from swin_cli.augment import RANDAUGMENT_SPACE, TRIVIAL_SPACE
+
+    assert BatchAugment(aug_cfg(auto_augment="trivialaugment")).auto.space == TRIVIAL_SPACE
+    assert BatchAugment(aug_cfg(auto_augment="trivialaugment", op_space="standard")).auto.space == RANDAUGMENT_SPACE
+    assert BatchAugment(aug_cfg(auto_augment="randaugment", op_space="wide")).auto.space == TRIVIAL_SPACE
+    with pytest.raises(ValueError, match="op_space"):
+        AutoAugment("randaugment", space="huge")
