@@ -57,6 +57,17 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         raise
 
 
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that atomic writes leave when a process is killed mid-write
+    (`.last.pt.<random>.tmp` is as big as a checkpoint). Only this run's hidden `.*.tmp` files."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Small text files (metrics, results): a reader never sees a half-written one."""
     path = Path(path)

@@ -63,6 +63,8 @@ class DataBundle:
     classes: list[str]
     mean: list[float]
     std: list[float]
+    # Which folder the test split came from: "test", or "val" for an image folder without test/.
+    test_source: str = "test"
 
     @property
     def in_chans(self) -> int:
@@ -74,25 +76,27 @@ class DataBundle:
 
     def to(self, device: torch.device) -> "DataBundle":
         splits = [ImageSplit(s.images.to(device), s.labels.to(device)) for s in (self.train, self.val, self.test)]
-        return DataBundle(*splits, self.classes, self.mean, self.std)
+        return DataBundle(*splits, self.classes, self.mean, self.std, self.test_source)
 
     @property
     def nbytes(self) -> int:
         return sum(s.images.nbytes + s.labels.nbytes for s in (self.train, self.val, self.test))
 
     def sizes(self) -> str:
-        return f"train {len(self.train):,} / val {len(self.val):,} / test {len(self.test):,}"
+        test = "test" if self.test_source == "test" else f"test (the {self.test_source}/ folder)"
+        return f"train {len(self.train):,} / val {len(self.val):,} / {test} {len(self.test):,}"
 
 
 def load_data(cfg: Any) -> DataBundle:
     """Build the train/val/test splits described by the `data` config group."""
     name = plain(cfg.name)
+    test_source = "test"
     if name == "digits":
         train, test, classes, val = *_load_digits(), None
     elif name in ("cifar10", "cifar100"):
         train, test, classes, val = *_load_cifar(name, cfg), None
     elif name == "imagefolder":
-        train, val, test, classes = _load_imagefolder(cfg)
+        train, val, test, classes, test_source = _load_imagefolder(cfg)
     else:  # the schema's enum makes this unreachable from the command line
         raise DataError(f"unknown data source {name!r}")
 
@@ -109,7 +113,7 @@ def load_data(cfg: Any) -> DataBundle:
     mean, std = (list(cfg.mean), list(cfg.std)) if cfg.mean and cfg.std else channel_stats(train.images)
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/data.std have {len(mean)}/{len(std)} values for {channels}-channel images")
-    return DataBundle(train, val, test, classes, mean, std)
+    return DataBundle(train, val, test, classes, mean, std, test_source)
 
 
 def place_data(data: DataBundle, device: torch.device, on_device: bool) -> DataBundle:
@@ -229,11 +233,17 @@ def _scan_split(root: Path, split: str, required: bool) -> Optional[dict[str, li
     return classes
 
 
-def _load_imagefolder(cfg: Any) -> tuple[ImageSplit, Optional[ImageSplit], ImageSplit, list[str]]:
+def _load_imagefolder(cfg: Any) -> tuple[ImageSplit, Optional[ImageSplit], ImageSplit, list[str], str]:
     root = Path(os.path.expanduser(cfg.root))
     if not root.is_dir():
         raise DataError(f"data.root={cfg.root} does not exist or is not a folder")
-    scans = {s: _scan_split(root, s, required=s != "val") for s in ("train", "val", "test")}
+    scans = {s: _scan_split(root, s, required=s == "train") for s in ("train", "val", "test")}
+    if scans["test"] is None:
+        if scans["val"] is None:
+            raise DataError(f"data.root={root} has no test/ folder (nor a val/ one to test on); "
+                            f"expected {root}/test/<class>/<images>")
+        log.info(f"data: {root} has no test/ folder, so the final test is on val/ "
+                 f"(validation holds out data.val_fraction of train instead)")
     classes = list(scans["train"])
     for split in ("val", "test"):
         if scans[split] is not None and list(scans[split]) != classes:
@@ -245,7 +255,9 @@ def _load_imagefolder(cfg: Any) -> tuple[ImageSplit, Optional[ImageSplit], Image
     channels = cfg.channels or _guess_channels(scans["train"])
     cache = ImageFolderCache(Path(os.path.expanduser(cfg.cache_dir)), root, cfg.image_size, channels)
     splits = {s: cache.load(s, scans[s]) if scans[s] is not None else None for s in scans}
-    return splits["train"], splits["val"], splits["test"], classes
+    if splits["test"] is None:  # train/ and val/ only: val/ becomes the test split
+        return splits["train"], None, splits["val"], classes, "val"
+    return splits["train"], splits["val"], splits["test"], classes, "test"
 
 
 def _guess_channels(scan: dict[str, list[Path]]) -> int:

@@ -574,6 +574,11 @@ def load_pretrained(model: SwinTransformer, path: str) -> None:
     problems = []
     if mismatched:
         problems.append(f"shape mismatch: {_preview(mismatched)}")
+        first_conv = source.get("patch_embed.proj.weight")
+        if first_conv is not None and "patch_embed.proj.weight" in target \
+                and first_conv.shape[1] != target["patch_embed.proj.weight"].shape[1]:
+            problems.append(f"the weights take {first_conv.shape[1]}-channel images: "
+                            f"set data.channels={first_conv.shape[1]}")
     if missing:
         problems.append(f"missing keys: {_preview(missing)}")
     if unexpected:

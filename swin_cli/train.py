@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from swin_cli import __version__, checkpoint, distributed, plots, summary
 from swin_cli.augment import Normalize, TrainBatch
 from swin_cli.checkpoint import write_text_atomic
-from swin_cli.config import plain
+from swin_cli.config import ConfigError, plain
 from swin_cli.data import DataBundle, ImageSplit, load_data, place_data
 from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer, count_parameters, load_pretrained
@@ -304,6 +304,7 @@ class Trainer:
         self.is_main = self.rank == 0
         if self.is_main:
             check_writable(self.run_dir)
+            clean_up_after_a_kill(self.run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = distributed.local_device() or select_device(plain(cfg.device))
@@ -350,6 +351,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val_acc, self.best_epoch, self.best_source = -1.0, 0, "model"
         self.resumed_from: Optional[str] = None
+        self.earlier_wall_time = 0.0  # of the runs this one resumed, carried in checkpoints
         if cfg.resume:
             self._resume(cfg.resume)
         elif requeued_job() and (self.run_dir / "last.pt").is_file():
@@ -371,6 +373,7 @@ class Trainer:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "running": dict(self.running), "history": list(self.history),
             "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "best_source": self.best_source,
+            "wall_time_s": self.wall_time(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -382,6 +385,12 @@ class Trainer:
             return
         state = checkpoint.load(source)
         checkpoint.check_compatible(state, self.signature)
+        source_dir = Path(state["path"]).parent
+        if state["epoch"] > self.cfg.epochs:
+            raise ConfigError(f"the run in {source_dir} is already complete at epoch {state['epoch']}; "
+                              f"to train it further, resume it with epochs greater than {state['epoch']}")
+        if self.is_main:
+            clean_up_after_a_kill(source_dir)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -405,7 +414,7 @@ class Trainer:
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         # Bring the best weights along so the final test uses them, and the metrics so far.
-        source_dir = Path(state["path"]).parent
+        self.earlier_wall_time = state.get("wall_time_s", 0.0)
         if self.is_main:
             if (source_dir / "best.pt").is_file() and source_dir.resolve() != self.run_dir.resolve():
                 shutil.copyfile(source_dir / "best.pt", self.run_dir / "best.pt")
@@ -414,6 +423,10 @@ class Trainer:
         self.resumed_from = state["path"]
         where = f"epoch {self.epoch + 1}" + (f", step {self.step_in_epoch}" if self.step_in_epoch else "")
         log.info(f"resumed from {state['path']} at {where}")
+
+    def wall_time(self) -> float:
+        """Seconds spent on this run so far, the parts it resumed from included."""
+        return self.earlier_wall_time + time.time() - self.start_time
 
     def _write_metrics(self) -> None:
         _write_metrics_files(self.run_dir, self.history)
@@ -604,14 +617,15 @@ class Trainer:
                 self.ema.module.load_state_dict(best["ema"])
             tested = self.ema.module if self.best_source == "ema" and self.ema else self.model
         test_loss, test_acc, confusion = self.evaluate(self.data.test, tested, confusion=True)
-        wall = time.time() - self.start_time
+        wall = self.wall_time()
         results = {
             "best_val_acc": self.best_val_acc if self.best_val_acc >= 0 else None,
             "best_epoch": self.best_epoch, "best_weights": self.best_source, "test_acc": test_acc, "test_loss": test_loss,
             "epochs": self.epoch, "steps": self.global_step, "wall_time_s": round(wall, 2),
+            "wall_time_this_part_s": round(time.time() - self.start_time, 2),
             "train_img_per_s": _mean([r["train_img_per_s"] for r in self.history]),
             "params": count_parameters(self.model), "device": str(self.device), "processes": self.world,
-            "model": self.cfg.model.name, "data": plain(self.cfg.data.name),
+            "model": self.cfg.model.name, "data": plain(self.cfg.data.name), "test_split": self.data.test_source,
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
             "test_confusion": confusion.tolist(),
         }
@@ -694,6 +708,14 @@ def open_tensorboard(run_dir: Path) -> Any:
     except ImportError:
         raise SwinCliError('logger=tensorboard needs TensorBoard: pip install "swin-cli[tensorboard]"') from None
     return SummaryWriter(str(run_dir / "tb"))
+
+
+def clean_up_after_a_kill(run_dir: Path) -> None:
+    """Remove what a killed checkpoint write left in `run_dir`, and say so."""
+    removed = checkpoint.remove_stale_temp_files(run_dir)
+    if removed:
+        names = ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
+        log.info(f"removed {len(removed)} temporary file(s) an interrupted write left in {run_dir}: {names}")
 
 
 def check_writable(run_dir: Path) -> None:

@@ -57,6 +57,17 @@ def test_imagefolder_uses_val_folder_and_grey_images(tmp_path):
     assert data.in_chans == 1 and len(data.val) == 12 and len(data.train) == 12
 
 
+def test_imagefolder_with_train_and_val_only_tests_on_val(tmp_path):
+    root = write_folder(tmp_path / "imgs", splits=("train",))
+    write_folder(root, splits=("val",), per_class=4)
+    data = load_data(folder_config(root, tmp_path, "data.val_fraction=0.25"))
+    assert data.test_source == "val" and len(data.test) == 8
+    assert len(data.train) == 9 and len(data.val) == 3  # validation is held out of train
+    assert "test (the val/ folder) 8" in data.sizes()
+    with pytest.raises(DataError, match="has no test/ folder \\(nor a val/ one"):
+        load_data(folder_config(write_folder(tmp_path / "only_train", splits=("train",)), tmp_path))
+
+
 def test_imagefolder_cache_is_reused_and_invalidated(tmp_path):
     root = write_folder(tmp_path / "imgs")
     cfg = folder_config(root, tmp_path)

@@ -94,6 +94,36 @@ def test_resume_is_exact(tmp_path, stop_step, recipe):
     assert (tmp_path / "second" / "metrics.csv").read_text().count("\n") == 4
 
 
+def test_resume_keeps_the_total_wall_time_and_clears_a_killed_write(tmp_path):
+    first = Trainer(config("epochs=2"), tmp_path / "first")
+    stop_at(first, 6)
+    with pytest.raises(TrainingInterrupted):
+        first.fit()
+    spent = checkpoint.load(tmp_path / "first")["wall_time_s"]
+    assert spent > 0
+    # What `kill -9` during a save leaves: a temporary file as big as a checkpoint.
+    stale = tmp_path / "first" / ".last.pt.x1y2z3.tmp"
+    stale.write_bytes(b"\0" * 1024)
+    second = Trainer(config("epochs=2", f"resume={tmp_path / 'first'}"), tmp_path / "second")
+    assert not stale.exists()
+    time.sleep(0.2)
+    results = second.fit()
+    assert results["wall_time_s"] >= spent + results["wall_time_this_part_s"] - 0.01
+    assert results["wall_time_this_part_s"] >= 0.2
+    (tmp_path / "second" / ".best.pt.tmp").write_bytes(b"\0")
+    Trainer(config("epochs=2"), tmp_path / "second")  # a start in a run dir clears it too
+    assert not (tmp_path / "second" / ".best.pt.tmp").exists()
+
+
+def test_resuming_a_finished_run_with_fewer_epochs_says_it_is_complete(tmp_path):
+    from swin_cli.config import ConfigError
+
+    Trainer(config("epochs=2"), tmp_path / "done").fit()
+    with pytest.raises(ConfigError, match=r"already complete at epoch 2; to train it further, resume it with "
+                                          r"epochs greater than 2"):
+        Trainer(config("epochs=1", f"resume={tmp_path / 'done'}"), tmp_path / "again")
+
+
 def test_sigint_exit_code_is_130(tmp_path):
     trainer = Trainer(config("epochs=2"), tmp_path)
     stop_at(trainer, 2, signal.SIGINT)
@@ -312,3 +342,12 @@ def test_cifar10_nano_recipe_on_digits_reaches_its_accuracy_floor(tmp_path):
     results = Trainer(make_config("experiment=cifar10_nano", "data=digits"), tmp_path).fit()
     assert results["steps"] == 400
     assert results["test_acc"] >= 90.0
+
+
+def test_start_panel_under_torchrun_shows_processes_and_the_global_batch(tmp_path):
+    from swin_cli import summary
+
+    trainer = Trainer(config("epochs=1", "train.accumulate=2"), tmp_path)
+    panel = summary.start_panel(trainer.cfg, trainer.model, trainer.data, tmp_path, "cpu", 4, 32, processes=4)
+    assert "4 steps of 32 x 2 accumulated x 4 processes = global batch 256" in panel
+    assert "processes" not in summary.start_panel(trainer.cfg, trainer.model, trainer.data, tmp_path, "cpu", 4, 32)
