@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from swin_cli import distributed, sweep
+from swin_cli import sweep
 from swin_cli.config import ConfigError, register_configs, validate
 from swin_cli.errors import SwinCliError
 
@@ -201,6 +201,14 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 
 def main() -> None:
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        from swin_cli.help import help_text
+
+        print(help_text(program))
+        return
+    # Imported here, not at the top: printing help must not pay for importing torch.
+    from swin_cli import distributed
+
     distributed.setup()
     if not distributed.is_main():
         # One run dir, one log: the other ranks write neither Hydra's files nor log lines.

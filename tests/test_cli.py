@@ -214,3 +214,27 @@ def test_one_epoch_of_real_cifar10_beats_chance(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test_acc"] >= 35.0
+
+
+def test_help_is_fast_imports_no_torch_and_shows_defaults_and_keys(tmp_path):
+    import dataclasses
+
+    from swin_cli.config import Config
+    from swin_cli.help import GROUP_KEYS, TOP_LEVEL_KEYS
+
+    probe = ("import sys, io, contextlib; sys.argv = ['swin-train', '--help']; from swin_cli import main as m\n"
+             "out = io.StringIO()\nwith contextlib.redirect_stdout(out): m.main()\n"
+             "print('torch' in sys.modules); print(out.getvalue())")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    imported_torch, text = proc.stdout.split("\n", 1)
+    assert imported_torch == "False"
+    assert "model:          base, large, nano*, small, tiny" in text and "experiment:" in text
+    assert "epochs=10 " in text and "device=auto " in text and "--cfg job" in text and "--hydra-help" in text
+    # Every key of the schema is either explained on its own line or a group of keys.
+    assert set(TOP_LEVEL_KEYS) | set(GROUP_KEYS) == {f.name for f in dataclasses.fields(Config)}
+    assert not list(tmp_path.iterdir())  # help makes no run dir
+
+    exe = Path(sys.executable).with_name("swin-eval")
+    proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("swin-eval: ")

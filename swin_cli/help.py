@@ -1,0 +1,82 @@
+"""`swin-train --help`: config groups with their defaults, the top-level keys, examples.
+
+Built from the shipped conf/ tree and the schema alone, so printing it imports neither torch
+nor the training stack (under a second, where torch alone takes over one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.resources import files
+
+import yaml
+
+from swin_cli.config import Config, plain
+
+# One line per top-level key (tests check that every key of the schema has one).
+TOP_LEVEL_KEYS = {
+    "mode": "train | eval | predict | summary | preview (augment_preview.png, then exit)",
+    "epochs": "passes over the training split",
+    "seed": "seeds init, shuffling and augmentation; the same seed repeats a CPU run bit for bit",
+    "device": "auto (CUDA, else MPS, else CPU) | cpu | cuda | mps",
+    "logger": "none | tensorboard (scalars under <run dir>/tb)",
+    "threads": "CPU threads for torch (null: one per core)",
+    "resume": "a run dir or .pt to continue, or auto (the newest run under outputs/ with this config)",
+    "ckpt": "mode=eval/predict: a checkpoint, or a run dir (its best.pt)",
+    "eval_split": "mode=eval: train | val | test",
+    "predict_dir": "mode=predict: a folder of images to label into predictions.csv",
+}
+GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "log")
+EXAMPLES = """\
+  swin-train data=digits model=nano epochs=2                # offline, a minute on a laptop
+  swin-train model=tiny model.patch_size=2 model.window_size=4 data=cifar10 epochs=10
+  swin-train data=imagefolder data.root=/data/my_images data.image_size=64
+  swin-train experiment=cifar10_nano data=imagefolder data.root=../shared/data/cifar10-jpg
+  swin-train -m data=digits optimizer=adamw,sgd optimizer.lr=1e-3,3e-4 epochs=3
+  swin-train mode=preview data=digits aug.auto_augment=trivialaugment   # augment_preview.png
+  swin-eval ckpt=outputs/DATE/TIME data=digits               # evaluate a run's best.pt"""
+# Hydra's plugin groups, from the optional `sweep` extra.
+PLUGIN_GROUPS = """\
+  hydra/launcher: basic*, joblib, slurm, submitit_local, submitit_slurm   (pip install "swin-cli[sweep]")
+  hydra/sweeper:  basic*, optuna (or hparams_search=cifar10_optuna)"""
+
+
+def config_groups() -> dict[str, tuple[list[str], str | None]]:
+    """Each config group of the shipped conf/ tree: its options and its default (None: none)."""
+    conf = files("swin_cli.conf")
+    defaults: dict[str, str | None] = {}
+    for entry in yaml.safe_load(conf.joinpath("config.yaml").read_text())["defaults"]:
+        if isinstance(entry, dict):
+            (group, option), = entry.items()
+            defaults[group] = option
+    groups = {}
+    for folder in sorted(conf.iterdir(), key=lambda p: p.name):
+        if folder.is_dir() and folder.name in defaults:
+            options = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+            groups[folder.name] = (options, defaults[folder.name])
+    return groups
+
+
+def help_text(program: str = "swin-train") -> str:
+    lines = [f"{program}: train a Swin Transformer (Liu et al. 2021) on image classification.", "",
+             f"Usage: {program} [group=option ...] [key=value ...]   (-m: one job per value of comma lists)", "",
+             "Config groups (* the default):"]
+    groups = config_groups()
+    width = max(map(len, groups)) + 1
+    for group, (options, default) in groups.items():
+        shown = ", ".join(o + "*" if o == default else o for o in options)
+        lines.append(f"  {group + ':':<{width}} {shown}" + ("   (default: none)" if default is None else ""))
+    lines += ["", "Top-level keys (default):"]
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for key, meaning in TOP_LEVEL_KEYS.items():
+        field = fields[key]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        shown = f"{key}={'null' if default is None else plain(default)}"
+        lines.append(f"  {shown:<18} {meaning}")
+    lines += [f"  {', '.join(k + '.*' for k in GROUP_KEYS)}: each group's own keys",
+              "", "Examples:", EXAMPLES, "",
+              "Every key with its value: swin-train --cfg job [overrides]   (--cfg all adds Hydra's)",
+              "Config search path and defaults: swin-train --info",
+              "", "Hydra plugin groups:", PLUGIN_GROUPS,
+              "", "Hydra's own flags (--multirun, --cfg, --info, --shell-completion, ...): swin-train --hydra-help"]
+    return "\n".join(lines)
