@@ -197,6 +197,26 @@ class EmaConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    # Stop when validation accuracy (the better of the raw and EMA weights) has not risen by
+    # more than min_delta points for `patience` epochs in a row; null: train every epoch.
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+
+
+class TTA(str, Enum):
+    none = "none"
+    flip = "flip"
+
+
+@dataclass
+class EvalConfig:
+    # Test-time augmentation for validation, test and mode=eval: flip averages the logits of
+    # each image and its mirror image (for data where a mirror image is the same class).
+    tta: TTA = TTA.none
+
+
+@dataclass
 class TrainConfig:
     label_smoothing: float = 0.0
     # Clip the global gradient norm to this value; None disables clipping.
@@ -215,6 +235,7 @@ class TrainConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
     max_steps_per_epoch: Optional[int] = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 class Logger(str, Enum):
@@ -238,6 +259,7 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     scheduler: SchedulerConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     mode: Mode = Mode.train
     epochs: int = 10
@@ -247,6 +269,9 @@ class Config:
     logger: Logger = Logger.none
     # CPU threads for torch; None leaves torch's default (one per core).
     threads: Optional[int] = None
+    # Deterministic kernels only (torch.use_deterministic_algorithms): GPU runs repeat bit for
+    # bit, at a cost in speed. CPU runs repeat bit for bit without it.
+    deterministic: bool = False
     # Continue a run: a run dir or a .pt checkpoint, or "auto" for the newest run under
     # outputs/ with the same config.
     resume: Optional[str] = None
@@ -348,3 +373,7 @@ def validate(cfg: Any) -> None:
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
            f"train.max_steps_per_epoch must be >= 1 or null (got {t.max_steps_per_epoch})")
     _check(cfg.log.interval >= 1, f"log.interval must be >= 1 (got {cfg.log.interval})")
+    es = t.early_stopping
+    _check(es.patience is None or es.patience >= 1,
+           f"train.early_stopping.patience must be >= 1 or null (got {es.patience})")
+    _check(es.min_delta >= 0, f"train.early_stopping.min_delta must be >= 0 (got {es.min_delta})")

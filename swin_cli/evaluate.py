@@ -21,7 +21,7 @@ from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer
 from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import ConfigError, plain
-from swin_cli.train import build_model, configure_device, evaluate, select_device
+from swin_cli.train import build_model, configure_determinism, configure_device, evaluate, select_device
 
 log = logging.getLogger("swin_cli")
 
@@ -35,6 +35,8 @@ def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device
     signature = state["signature"]
     device = select_device(plain(cfg.device))
     configure_device(device, cfg.train.tf32)
+    if cfg.deterministic:
+        configure_determinism()
     model = build_model(OmegaConf.merge(saved.model, {"pretrained": None}), saved.data.image_size,
                         signature["in_chans"], signature["num_classes"], device)
     # The EMA weights when they were the better ones on validation.
@@ -56,8 +58,9 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
                            f"but data={plain(cfg.data.name)} has {data.classes[:5]}...")
     split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
     loss, acc, _ = evaluate(model, split, Normalize(state["mean"], state["std"], device), device,
-                            cfg.data.eval_batch_size)
-    result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc}
+                            cfg.data.eval_batch_size, tta=plain(cfg.eval.tta))
+    result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc,
+              "tta": plain(cfg.eval.tta)}
     write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
     log.info(f"{state['path']}: {cfg.eval_split} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images")
     return result

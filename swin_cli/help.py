@@ -21,12 +21,13 @@ TOP_LEVEL_KEYS = {
     "device": "auto (CUDA, else MPS, else CPU) | cpu | cuda | mps",
     "logger": "none | tensorboard (scalars under <run dir>/tb)",
     "threads": "CPU threads for torch (null: one per core)",
+    "deterministic": "deterministic kernels only: GPU runs repeat bit for bit, more slowly",
     "resume": "a run dir or .pt to continue, or auto (the newest run under outputs/ with this config)",
     "ckpt": "mode=eval/predict: a checkpoint, or a run dir (its best.pt)",
     "eval_split": "mode=eval: train | val | test",
     "predict_dir": "mode=predict: a folder of images to label into predictions.csv",
 }
-GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "log")
+GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log")
 EXAMPLES = """\
   swin-train data=digits model=nano epochs=2                # offline, a minute on a laptop
   swin-train model=tiny model.patch_size=2 model.window_size=4 data=cifar10 epochs=10

@@ -82,6 +82,16 @@ def configure_device(device: torch.device, tf32: bool) -> None:
     torch.backends.cudnn.benchmark = True
 
 
+def configure_determinism() -> None:
+    """Deterministic kernels only, so that GPU runs repeat bit for bit. cuDNN autotuning is off
+    and ops without a deterministic kernel warn (they would otherwise stop the run)."""
+    # cuBLAS reads this when it first starts; it must be set before any matmul on a GPU.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def resolve_attn_impl(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return requested
@@ -309,6 +319,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = distributed.local_device() or select_device(plain(cfg.device))
         configure_device(self.device, cfg.train.tf32)
+        if cfg.deterministic:
+            configure_determinism()
+            log.info("deterministic=true: deterministic kernels only (on a GPU expect a slower step; "
+                     "ops without such a kernel warn); CPU runs repeat bit for bit without it")
         torch.manual_seed(cfg.seed)
 
         self.data: DataBundle = place_data(load_data(cfg.data), self.device, cfg.data.on_device)
@@ -350,6 +364,9 @@ class Trainer:
         self.running = fresh_running()
         self.history: list[dict[str, Any]] = []
         self.best_val_acc, self.best_epoch, self.best_source = -1.0, 0, "model"
+        # Early stopping: the best score that counted as progress, epochs since, and why it stopped.
+        self.plateau = {"best": -1.0, "epochs": 0}
+        self.stopped_early: Optional[str] = None
         self.resumed_from: Optional[str] = None
         self.earlier_wall_time = 0.0  # of the runs this one resumed, carried in checkpoints
         if cfg.resume:
@@ -374,6 +391,7 @@ class Trainer:
             "running": dict(self.running), "history": list(self.history),
             "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "best_source": self.best_source,
             "wall_time_s": self.wall_time(),
+            "plateau": dict(self.plateau), "stopped_early": self.stopped_early,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -410,6 +428,8 @@ class Trainer:
         self.history = list(state["history"])
         self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
         self.best_source = state["best_source"]
+        self.plateau = dict(state.get("plateau", self.plateau))
+        self.stopped_early = state.get("stopped_early")
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -444,11 +464,13 @@ class Trainer:
             self.describe()
         stop = StopRequest()
         with stop.installed():
-            while self.epoch < cfg.epochs:
+            while self.epoch < cfg.epochs and self.stopped_early is None:
                 self._train_epoch(stop)
                 if stop.signum is not None:
                     self._interrupted(stop.signum)
                 self._end_epoch()
+        if self.stopped_early is not None:
+            log.info(f"early stop after epoch {self.epoch}: {self.stopped_early}")
         results = self._finish()
         distributed.barrier()  # no rank tears the process group down while rank 0 still writes
         return results
@@ -573,6 +595,8 @@ class Trainer:
             self.best_epoch, self.best_source = self.epoch, source
             if has_val:
                 self.best_val_acc = score
+        if has_val:
+            self._watch_plateau(score)
         if self.is_main:
             self.save("last.pt")
             if improved:
@@ -588,12 +612,27 @@ class Trainer:
             log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and has_val else ""))
         distributed.barrier()  # checkpoints are complete before any rank reads them
 
+    def _watch_plateau(self, score: float) -> None:
+        """Early stopping: count the epochs since validation accuracy last rose by > min_delta."""
+        rule = self.cfg.train.early_stopping
+        if rule.patience is None:
+            return
+        if score > self.plateau["best"] + rule.min_delta:
+            self.plateau = {"best": score, "epochs": 0}
+            return
+        self.plateau["epochs"] += 1
+        if self.plateau["epochs"] >= rule.patience:
+            self.stopped_early = (f"validation accuracy has not risen by more than {rule.min_delta:g} points "
+                                  f"for {rule.patience} epochs (best {self.best_val_acc:.2f}% at epoch "
+                                  f"{self.best_epoch})")
+
     @torch.no_grad()
     def evaluate(self, split: ImageSplit, model: nn.Module, confusion: bool = False):
         """Mean loss and accuracy (%) over a split without augmentation (+ confusion matrix)."""
         with autocast(self.device, self.precision):
             loss, acc, matrix = evaluate(model, split, self.normalize, self.device, self.cfg.data.eval_batch_size,
-                                         self.data.num_classes if confusion else None)
+                                         self.data.num_classes if confusion else None,
+                                         tta=plain(self.cfg.eval.tta))
         return (loss, acc, matrix) if confusion else (loss, acc)
 
     def _interrupted(self, signum: int) -> None:
@@ -627,6 +666,8 @@ class Trainer:
             "params": count_parameters(self.model), "device": str(self.device), "processes": self.world,
             "model": self.cfg.model.name, "data": plain(self.cfg.data.name), "test_split": self.data.test_source,
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
+            "stopped_early": {"epoch": self.epoch, "reason": self.stopped_early} if self.stopped_early else None,
+            "tta": plain(self.cfg.eval.tta),
             "test_confusion": confusion.tolist(),
         }
         if self.is_main:
@@ -656,8 +697,10 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, device: torch.device,
-             batch_size: int, num_classes: Optional[int] = None) -> tuple[float, float, Optional[torch.Tensor]]:
-    """Mean loss, accuracy (%) and, given num_classes, the confusion matrix (rows: true class)."""
+             batch_size: int, num_classes: Optional[int] = None,
+             tta: str = "none") -> tuple[float, float, Optional[torch.Tensor]]:
+    """Mean loss, accuracy (%) and, given num_classes, the confusion matrix (rows: true class).
+    tta="flip" averages the logits of each image and its mirror image."""
     was_training = model.training
     model.eval()
     # Under torchrun each rank takes every world-th image; the sums are added over ranks.
@@ -669,7 +712,10 @@ def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, device: 
     for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size].to(device, non_blocking=True)
         labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
-        logits = model(normalize(images)).float()
+        x = normalize(images)
+        logits = model(x).float()
+        if tta == "flip":
+            logits = (logits + model(x.flip(-1)).float()) / 2
         predicted = logits.argmax(1)
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         sums[1] += (predicted == labels).sum()

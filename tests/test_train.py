@@ -351,3 +351,49 @@ def test_start_panel_under_torchrun_shows_processes_and_the_global_batch(tmp_pat
     panel = summary.start_panel(trainer.cfg, trainer.model, trainer.data, tmp_path, "cpu", 4, 32, processes=4)
     assert "4 steps of 32 x 2 accumulated x 4 processes = global batch 256" in panel
     assert "processes" not in summary.start_panel(trainer.cfg, trainer.model, trainer.data, tmp_path, "cpu", 4, 32)
+
+
+def test_early_stopping_stops_on_a_plateau_says_why_and_resume_keeps_it(tmp_path):
+    trainer = Trainer(config("epochs=8", "train.early_stopping.patience=2", "train.early_stopping.min_delta=0.5"),
+                      tmp_path / "run")
+    scores = iter([50.0, 60.0, 60.4, 59.0, 70.0])  # epoch 3 rises by less than min_delta
+    trainer.evaluate = lambda split, model, confusion=False: (
+        (1.0, next(scores)) if not confusion else (1.0, 10.0, torch.zeros(10, 10, dtype=torch.int64)))
+    results = trainer.fit()
+    assert results["epochs"] == 4 and results["best_val_acc"] == 60.4
+    assert results["stopped_early"] == {
+        "epoch": 4, "reason": "validation accuracy has not risen by more than 0.5 points for 2 epochs "
+                              "(best 60.40% at epoch 3)"}
+    again = Trainer(config("epochs=8", "train.early_stopping.patience=2", "train.early_stopping.min_delta=0.5",
+                           f"resume={tmp_path / 'run'}"), tmp_path / "again")
+    assert again.fit()["epochs"] == 4  # the plateau is part of the checkpoint
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    from swin_cli.augment import Normalize
+    from swin_cli.data import ImageSplit
+    from swin_cli.train import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    normalize = Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    x = normalize(images)
+    logits = (model(x) + model(x.flip(-1))) / 2
+    want_loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    want_acc = 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    loss, acc, _ = evaluate(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4, tta="flip")
+    assert loss == pytest.approx(want_loss, rel=1e-5) and acc == pytest.approx(want_acc)
+    plain_loss, _, _ = evaluate(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4)
+    assert plain_loss != pytest.approx(want_loss)
+
+
+def test_deterministic_mode_turns_on_deterministic_kernels(tmp_path):
+    try:
+        results = Trainer(config("epochs=1", "deterministic=true", "eval.tta=flip"), tmp_path).fit()
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert results["tta"] == "flip"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
