@@ -238,9 +238,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
-class Logger(str, Enum):
-    none = "none"
-    tensorboard = "tensorboard"
+LOGGERS = ("none", "tensorboard", "mlflow")
 
 
 @dataclass
@@ -249,6 +247,10 @@ class LogConfig:
     progress: bool = True
     # How often (in steps) the bar refreshes and the loss is checked for NaN/inf.
     interval: int = 10
+    # logger=mlflow: where runs are stored (null: a SQLite store under outputs/mlruns) and the
+    # experiment (null: swin-cli, or for a sweep its folder, so a sweep is one experiment).
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None
 
 
 @dataclass
@@ -265,8 +267,9 @@ class Config:
     epochs: int = 10
     seed: int = 0
     device: Device = Device.auto
-    # Besides metrics.csv/metrics.jsonl (always written): TensorBoard scalars under <run dir>/tb.
-    logger: Logger = Logger.none
+    # Experiment trackers besides metrics.csv/metrics.jsonl (always written): none, tensorboard
+    # (scalars under <run dir>/tb), mlflow, or a list of them: logger=[tensorboard,mlflow].
+    logger: Any = "none"
     # CPU threads for torch; None leaves torch's default (one per core).
     threads: Optional[int] = None
     # Deterministic kernels only (torch.use_deterministic_algorithms): GPU runs repeat bit for
@@ -287,6 +290,13 @@ def plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+def logger_names(cfg: Any) -> list[str]:
+    """The trackers `logger` names, as a list without "none"."""
+    value = cfg.logger
+    names = [value] if isinstance(value, str) else list(value)
+    return [plain(n) for n in names if plain(n) != "none"]
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
@@ -305,6 +315,10 @@ def validate(cfg: Any) -> None:
     m, d, o, s, t = cfg.model, cfg.data, cfg.optimizer, cfg.scheduler, cfg.train
     _check(cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs})")
     _check(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1 (got {cfg.threads})")
+    loggers = [cfg.logger] if isinstance(cfg.logger, str) else cfg.logger
+    _check(all(isinstance(n, str) and n in LOGGERS for n in loggers),
+           f"logger must be one of {', '.join(LOGGERS)} or a list of them, e.g. logger=[tensorboard,mlflow] "
+           f"(got {cfg.logger})")
     _check(cfg.eval_split in ("train", "val", "test"),
            f"eval_split must be one of train, val, test (got {cfg.eval_split!r})")
 

@@ -19,7 +19,7 @@ TOP_LEVEL_KEYS = {
     "epochs": "passes over the training split",
     "seed": "seeds init, shuffling and augmentation; the same seed repeats a CPU run bit for bit",
     "device": "auto (CUDA, else MPS, else CPU) | cpu | cuda | mps",
-    "logger": "none | tensorboard (scalars under <run dir>/tb)",
+    "logger": "none | tensorboard (<run dir>/tb) | mlflow (outputs/mlruns), or a list: [tensorboard,mlflow]",
     "threads": "CPU threads for torch (null: one per core)",
     "deterministic": "deterministic kernels only: GPU runs repeat bit for bit, more slowly",
     "resume": "a run dir or .pt to continue, or auto (the newest run under outputs/ with this config)",

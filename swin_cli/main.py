@@ -101,7 +101,8 @@ def run(cfg: DictConfig) -> Optional[float]:
 
             log.info(f"wrote {write_preview(cfg, run_dir)}")
             return None
-        return Trainer(cfg, run_dir, hydra_cfg.overrides.task).fit()["best_val_acc"]
+        sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
+        return Trainer(cfg, run_dir, hydra_cfg.overrides.task, sweep_dir).fit()["best_val_acc"]
     except SwinCliError as exc:
         report_error(str(exc))
         if multirun:  # the sweep goes on; its summary shows this job as failed

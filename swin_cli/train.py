@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from swin_cli import __version__, checkpoint, distributed, plots, summary
+from swin_cli.tracking import open_trackers
 from swin_cli.augment import Normalize, TrainBatch
 from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import ConfigError, plain
@@ -306,7 +307,7 @@ class EpochProgress:
 
 
 class Trainer:
-    def __init__(self, cfg: Any, run_dir: Path, overrides: Sequence[str] = ()):
+    def __init__(self, cfg: Any, run_dir: Path, overrides: Sequence[str] = (), sweep_dir: Optional[Path] = None):
         # overrides: the command line that made this run, to print a complete resume command.
         self.cfg, self.run_dir, self.overrides = cfg, Path(run_dir), list(overrides)
         self.start_time = time.time()
@@ -374,7 +375,7 @@ class Trainer:
         elif requeued_job() and (self.run_dir / "last.pt").is_file():
             # SLURM requeued this job after preemption: carry on from its own last checkpoint.
             self._resume(str(self.run_dir))
-        self.tensorboard = open_tensorboard(self.run_dir) if plain(cfg.logger) == "tensorboard" else None
+        self.trackers = open_trackers(cfg, self.run_dir, sweep_dir) if self.is_main else []
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -463,15 +464,20 @@ class Trainer:
         if self.is_main:  # the panel's FLOP count runs a forward pass: once, not once per rank
             self.describe()
         stop = StopRequest()
-        with stop.installed():
-            while self.epoch < cfg.epochs and self.stopped_early is None:
-                self._train_epoch(stop)
-                if stop.signum is not None:
-                    self._interrupted(stop.signum)
-                self._end_epoch()
-        if self.stopped_early is not None:
-            log.info(f"early stop after epoch {self.epoch}: {self.stopped_early}")
-        results = self._finish()
+        try:
+            with stop.installed():
+                while self.epoch < cfg.epochs and self.stopped_early is None:
+                    self._train_epoch(stop)
+                    if stop.signum is not None:
+                        self._interrupted(stop.signum)
+                    self._end_epoch()
+            if self.stopped_early is not None:
+                log.info(f"early stop after epoch {self.epoch}: {self.stopped_early}")
+            results = self._finish()
+        except BaseException:
+            for tracker in self.trackers:
+                tracker.abort()
+            raise
         distributed.barrier()  # no rank tears the process group down while rank 0 still writes
         return results
 
@@ -603,11 +609,8 @@ class Trainer:
                 shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
                 os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
             self._write_metrics()
-            if self.tensorboard is not None:
-                for key, value in row.items():
-                    if key != "epoch" and value is not None:
-                        self.tensorboard.add_scalar(key, value, self.epoch)
-                self.tensorboard.flush()
+            for tracker in self.trackers:
+                tracker.epoch(row, self.epoch)
             plots.plot_curves(self.history, self.run_dir / "curves.png")
             log.info(format_row(row, self.cfg.epochs) + ("  *" if improved and has_val else ""))
         distributed.barrier()  # checkpoints are complete before any rank reads them
@@ -673,6 +676,8 @@ class Trainer:
         if self.is_main:
             self._write_final_plots(confusion)
             write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+            for tracker in self.trackers:
+                tracker.finish(results, self.run_dir)
         best = f"{self.best_val_acc:.2f}% (epoch {self.best_epoch})" if self.best_val_acc >= 0 else "n/a"
         log.info(f"best val acc {best} | test acc {test_acc:.2f}% (loss {test_loss:.4f}) | {wall:.1f}s | {self.run_dir}")
         if self.is_main:
@@ -746,14 +751,6 @@ def _mean(values: list[float]) -> Optional[float]:
 
 def requeued_job() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-
-
-def open_tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise SwinCliError('logger=tensorboard needs TensorBoard: pip install "swin-cli[tensorboard]"') from None
-    return SummaryWriter(str(run_dir / "tb"))
 
 
 def clean_up_after_a_kill(run_dir: Path) -> None:

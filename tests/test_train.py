@@ -397,3 +397,34 @@ def test_deterministic_mode_turns_on_deterministic_kernels(tmp_path):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
+
+
+def test_mlflow_logger_records_params_metrics_and_artifacts_offline(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    results = Trainer(config("epochs=2", "logger=[tensorboard,mlflow]"), tmp_path / "run").fit()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("swin-cli").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params["optimizer.lr"] == "0.002" and run.data.params["model.depths"] == "[1, 1]"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
+    assert run.data.metrics["test_acc"] == pytest.approx(results["test_acc"])
+    assert {"results.json", "metrics.csv", "curves.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert list((tmp_path / "run" / "tb").iterdir())  # and TensorBoard beside it
+
+    # A sweep is one experiment, named after its folder, with one run per job.
+    sweep = tmp_path / "outputs" / "multirun" / "x"
+    for job in ("0", "1"):
+        Trainer(config("epochs=1", "logger=mlflow"), sweep / job, sweep_dir=sweep).fit()
+    runs = client.search_runs([client.get_experiment_by_name(f"swin-cli {sweep}").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["job 0", "job 1"]
+
+
+def test_unknown_logger_is_a_config_error():
+    from swin_cli.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"logger must be one of none, tensorboard, mlflow or a list"):
+        validate(config("logger=[tensorboard,wandb]"))
