@@ -10,7 +10,8 @@
 #   2. benchmarks/augment.py: every aug preset vs the train steps it feeds, on the GPU
 #   3. experiment=cifar10_swin for $CIFAR_EPOCHS epochs (default 30, warmup $CIFAR_WARMUP = 3)
 #   4. benchmarks/throughput.py: nano@32 and tiny@224 in bf16, and tiny compiled, ours vs timm
-#   5. OUT_DIR/summary.md: accuracy, img/s and data share of every run, then the benchmark tables
+#   5. the cifar10_swin weights evaluated with flip test-time augmentation (eval.tta=flip)
+#   6. OUT_DIR/summary.md: accuracy, img/s and data share of every run, then the benchmark tables
 #
 # swin-cli must be importable by $PYTHON (default python3); timm adds the comparison rows.
 # swin-train runs as `python -m swin_cli` from a scratch folder, so the installed package (with
@@ -70,6 +71,9 @@ part throughput 80 "$py" "$here/throughput.py" --device "$device" --configs nano
   --variants bf16 --models ours-sdpa ours-math timm
 part throughput_compiled 120 "$py" "$here/throughput.py" --device "$device" --configs tiny --repeats 3 \
   --variants bf16+compile --models ours-sdpa timm
+# Flip test-time augmentation on the cifar10_swin weights (its results.json has the plain score).
+part tta_flip 60 "${train[@]}" mode=eval "ckpt=$out/runs/cifar10_swin" data=imagefolder "data.root=$data" \
+  eval.tta=flip "hydra.run.dir=$out/eval_tta_flip"
 "$py" "$here/gpu_summary.py" "$out" >"$out/summary.md" 2>>"$out/progress.log"
 note "done: $out/summary.md"
 cat "$out/summary.md"

@@ -39,6 +39,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run_dir in sorted((out / "runs").glob("*")):
         print(run_row(run_dir))
+    tta = out / "eval_tta_flip" / "eval.json"
+    if tta.is_file():
+        print(f"\ncifar10_swin test accuracy with eval.tta=flip: {json.loads(tta.read_text())['acc']:.2f}%")
     for name in ("augment", "throughput", "throughput_compiled", "progress"):
         path = out / f"{name}.log"
         if path.is_file():
