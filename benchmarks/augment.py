@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also time each pipeline under torch.compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -109,6 +110,11 @@ def main() -> None:
         prepare = TrainBatch(cfg.aug, CLASSES, cfg.train.label_smoothing, [0.5] * 3, [0.25] * 3, device)
         seconds = seconds_per_call(lambda: prepare(images, labels), device, args.repeats)
         print(f"{label:<36} {seconds * 1e3:9.2f} {BATCH / seconds:10.0f} {seconds / nano:11.1%} {seconds / swin:11.2%}")
+        if args.compile and label != "none":
+            compiled = torch.compile(prepare)
+            seconds = seconds_per_call(lambda: compiled(images, labels), device, args.repeats)
+            print(f"{'  compiled':<36} {seconds * 1e3:9.2f} {BATCH / seconds:10.0f} {seconds / nano:11.1%} "
+                  f"{seconds / swin:11.2%}")
 
     from torchvision.transforms import v2
 

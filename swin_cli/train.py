@@ -354,6 +354,9 @@ class Trainer:
         self.prepare = TrainBatch(cfg.aug, self.data.num_classes, cfg.train.label_smoothing, self.data.mean,
                                   self.data.std, self.device)
         self.normalize = self.prepare.normalize
+        # Compiled, the batch preparation is a few fused kernels instead of a few hundred small
+        # launches (on an H100 the eager pipeline took 13% of a cifar10_swin step).
+        self.prepare_batch = torch.compile(self.prepare) if cfg.train.compile else self.prepare
         self.prep_timer = PrepTimer(self.device)
         # With mixing, targets arrive as class probabilities (smoothing already folded in).
         self.criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if self.prepare.mix.active else cfg.train.label_smoothing)
@@ -542,7 +545,7 @@ class Trainer:
             self.prep_timer.start()
             x = micro_images.to(self.device, non_blocking=True)
             y = micro_labels.to(self.device, non_blocking=True)
-            x, target = self.prepare(x, y)
+            x, target = self.prepare_batch(x, y)
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             self.prep_timer.stop()
