@@ -26,8 +26,11 @@ declare -A variants=(
   [ta_standard_space]="aug.op_space=standard"
   [mix_half]="aug.mix_prob=0.5"
   [lr_1e-3]="optimizer.lr=1e-3"
+  # aug=strong as it now is: the two fixes that helped, together.
+  [standard_space_mix_half]="aug.op_space=standard aug.mix_prob=0.5"
 )
-order=(${@:-full no_trivialaugment no_erasing no_mixing no_smoothing crop_flip_only})
+order=(${@:-full no_trivialaugment no_erasing no_mixing no_smoothing crop_flip_only ta_standard_space mix_half
+          lr_1e-3 standard_space_mix_half})
 for name in "${order[@]}"; do
   [ -f "$out/$name/results.json" ] && { echo "$name: done already"; continue; }
   echo "== $name: ${variants[$name]:-(all on)}"

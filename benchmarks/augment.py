@@ -66,7 +66,7 @@ def seconds_per_call(fn, device: torch.device, repeats: int, warmup: int = 2) ->
 
 def train_step(experiment: str, device: torch.device):
     cfg = config(f"experiment={experiment}")
-    model = build_model(cfg.model, SIZE, 3, CLASSES, device).to(device).train()
+    model = build_model(cfg.model, SIZE, 3, CLASSES).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(BATCH, 3, SIZE, SIZE, device=device)
     y = torch.randint(0, CLASSES, (BATCH,), device=device)

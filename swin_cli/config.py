@@ -105,8 +105,9 @@ class ModelConfig:
     stem: Stem = Stem.patch
     # How many 3x3 conv + BatchNorm + GELU layers (embed_dim wide) a conv stem has.
     stem_convs: int = 1
-    # sdpa: F.scaled_dot_product_attention; math: explicit softmax (same numbers). auto picks the
-    # faster one measured per device: math on CPU (nano +6%), sdpa on GPUs (benchmarks/RESULTS.md).
+    # sdpa: F.scaled_dot_product_attention; math: explicit softmax (same numbers). auto: the one
+    # measured faster for windows this small, math, on CPUs (nano +6%) and on an H100 (nano +13%,
+    # tiny +3%; benchmarks/RESULTS.md).
     attn_impl: AttnImpl = AttnImpl.auto
     # A torchvision Swin (or swin-cli) state_dict file to start from; the head is dropped when
     # the number of classes differs.

@@ -38,7 +38,7 @@ def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device
     if cfg.deterministic:
         configure_determinism()
     model = build_model(OmegaConf.merge(saved.model, {"pretrained": None}), saved.data.image_size,
-                        signature["in_chans"], signature["num_classes"], device)
+                        signature["in_chans"], signature["num_classes"])
     # The EMA weights when they were the better ones on validation.
     weights = state["ema"] if state.get("best_source") == "ema" and state.get("ema") else state["model"]
     model.load_state_dict(weights)

@@ -93,14 +93,13 @@ def configure_determinism() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def resolve_attn_impl(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        return requested
-    return "math" if device.type == "cpu" else "sdpa"
+def resolve_attn_impl(requested: str) -> str:
+    """auto: the explicit softmax, measured faster than SDPA for window attention (16-49 tokens)
+    on both devices: nano +6% on a CPU, nano +13% and tiny +3% on an H100 in bf16."""
+    return "math" if requested == "auto" else requested
 
 
-def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int,
-                device: torch.device = torch.device("cpu")) -> SwinTransformer:
+def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int) -> SwinTransformer:
     try:
         model = SwinTransformer(
             image_size=image_size, patch_size=model_cfg.patch_size, in_chans=in_chans,
@@ -108,7 +107,7 @@ def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int
             num_heads=list(model_cfg.num_heads), window_size=model_cfg.window_size,
             mlp_ratio=model_cfg.mlp_ratio, qkv_bias=model_cfg.qkv_bias, drop_rate=model_cfg.drop_rate,
             attn_drop_rate=model_cfg.attn_drop_rate, drop_path_rate=model_cfg.drop_path_rate,
-            patch_norm=model_cfg.patch_norm, attn_impl=resolve_attn_impl(plain(model_cfg.attn_impl), device),
+            patch_norm=model_cfg.patch_norm, attn_impl=resolve_attn_impl(plain(model_cfg.attn_impl)),
             stem=plain(model_cfg.stem), stem_convs=model_cfg.stem_convs,
         )
         if model_cfg.pretrained:
@@ -327,8 +326,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         self.data: DataBundle = place_data(load_data(cfg.data), self.device, cfg.data.on_device)
-        self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes,
-                                 self.device)
+        self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
         # The module that runs forward: compiled or not, it shares the parameters of self.model.
         self.forward_model = self.model
