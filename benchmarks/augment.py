@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from swin_cli.augment import TrainBatch
 from swin_cli.config import register_configs
 from swin_cli.train import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import make_step, sync  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BATCH, SIZE, CLASSES = 256, 32, 10
@@ -46,11 +48,6 @@ def config(*overrides: str):
         return compose(config_name="config", overrides=["data=cifar10", *overrides])
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def seconds_per_call(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
@@ -65,21 +62,8 @@ def seconds_per_call(fn, device: torch.device, repeats: int, warmup: int = 2) ->
 
 
 def train_step(experiment: str, device: torch.device):
-    cfg = config(f"experiment={experiment}")
-    model = build_model(cfg.model, SIZE, 3, CLASSES).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(BATCH, 3, SIZE, SIZE, device=device)
-    y = torch.randint(0, CLASSES, (BATCH,), device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-    def step() -> None:
-        with amp:
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    model = build_model(config(f"experiment={experiment}").model, SIZE, 3, CLASSES).to(device).train()
+    return make_step(model, BATCH, SIZE, device, torch.bfloat16 if device.type == "cuda" else None)
 
 
 def main() -> None:
