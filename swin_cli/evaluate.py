@@ -21,7 +21,7 @@ from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer
 from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import ConfigError, plain
-from swin_cli.train import build_model, configure_determinism, configure_device, evaluate, select_device
+from swin_cli.train import build_model, configure_device, evaluate, select_device
 
 log = logging.getLogger("swin_cli")
 
@@ -34,9 +34,7 @@ def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device
     saved = OmegaConf.create(state["config"])
     signature = state["signature"]
     device = select_device(plain(cfg.device))
-    configure_device(device, cfg.train.tf32)
-    if cfg.deterministic:
-        configure_determinism()
+    configure_device(device, cfg.train.tf32, cfg.deterministic)
     model = build_model(OmegaConf.merge(saved.model, {"pretrained": None}), saved.data.image_size,
                         signature["in_chans"], signature["num_classes"])
     # The EMA weights when they were the better ones on validation.

@@ -73,24 +73,21 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def configure_device(device: torch.device, tf32: bool) -> None:
-    """Process-wide CUDA settings: TF32 products for fp32 (train.tf32), and cuDNN autotuning,
-    which pays because every step has the same shapes. Nothing changes on other devices."""
-    if device.type != "cuda":
-        return
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
-
-
-def configure_determinism() -> None:
-    """Deterministic kernels only, so that GPU runs repeat bit for bit. cuDNN autotuning is off
-    and ops without a deterministic kernel warn (they would otherwise stop the run)."""
-    # cuBLAS reads this when it first starts; it must be set before any matmul on a GPU.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+def configure_device(device: torch.device, tf32: bool, deterministic: bool = False) -> None:
+    """Process-wide kernel settings. On CUDA: TF32 products for fp32 (train.tf32), and cuDNN
+    autotuning, which pays because every step has the same shapes. deterministic: deterministic
+    kernels only, so that GPU runs repeat bit for bit; autotuning off, and ops without a
+    deterministic kernel warn (they would otherwise stop the run)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+    if deterministic:
+        # cuBLAS reads this when it first starts; it must be set before any matmul on a GPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
 
 
 def resolve_attn_impl(requested: str) -> str:
@@ -318,9 +315,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = distributed.local_device() or select_device(plain(cfg.device))
-        configure_device(self.device, cfg.train.tf32)
+        configure_device(self.device, cfg.train.tf32, cfg.deterministic)
         if cfg.deterministic:
-            configure_determinism()
             log.info("deterministic=true: deterministic kernels only (on a GPU expect a slower step; "
                      "ops without such a kernel warn); CPU runs repeat bit for bit without it")
         torch.manual_seed(cfg.seed)
