@@ -323,28 +323,18 @@ def validate(cfg: Any) -> None:
     _check(cfg.eval_split in ("train", "val", "test"),
            f"eval_split must be one of train, val, test (got {cfg.eval_split!r})")
 
-    _check(m.patch_size >= 1, f"model.patch_size must be >= 1 (got {m.patch_size})")
-    _check(m.window_size >= 1, f"model.window_size must be >= 1 (got {m.window_size})")
-    _check(m.stem_convs >= 1, f"model.stem_convs must be >= 1 (got {m.stem_convs})")
-    _check(m.embed_dim >= 1, f"model.embed_dim must be >= 1 (got {m.embed_dim})")
-    _check(len(m.depths) >= 1 and all(n >= 1 for n in m.depths),
-           f"model.depths must be a non-empty list of positive ints (got {list(m.depths)})")
-    _check(len(m.depths) == len(m.num_heads),
-           f"model.depths and model.num_heads must have the same length "
-           f"(got {len(m.depths)} stages of depth and {len(m.num_heads)} of heads)")
-    for i, heads in enumerate(m.num_heads):
-        width = m.embed_dim * 2**i
-        _check(heads >= 1 and width % heads == 0,
-               f"model.num_heads[{i}]={heads} must divide the stage {i} width "
-               f"{width} (model.embed_dim={m.embed_dim} * 2^{i})")
-    _check(m.mlp_ratio > 0, f"model.mlp_ratio must be > 0 (got {m.mlp_ratio})")
+    # Imported here: the model module imports torch, which --help must not pay for.
+    from swin_cli.model import architecture_problem
+
+    problem = architecture_problem(
+        image_size=d.image_size, patch_size=m.patch_size, in_chans=d.channels or 1, num_classes=0,
+        embed_dim=m.embed_dim, depths=list(m.depths), num_heads=list(m.num_heads), window_size=m.window_size,
+        mlp_ratio=m.mlp_ratio, stem_convs=m.stem_convs)
+    _check(problem is None, problem or "")
     for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
         value = getattr(m, key)
         _check(0.0 <= value < 1.0, f"model.{key} must be in [0, 1) (got {value})")
 
-    _check(d.image_size >= 1, f"data.image_size must be >= 1 (got {d.image_size})")
-    _check(d.image_size % m.patch_size == 0,
-           f"data.image_size={d.image_size} is not divisible by model.patch_size={m.patch_size}")
     _check(d.channels is None or d.channels in (1, 3),
            f"data.channels must be 1, 3 or null (got {d.channels})")
     _check(0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1) (got {d.val_fraction})")

@@ -16,10 +16,7 @@ At 224px / window 7 (maps 56, 28, 14, 7) the two agree exactly.
 
 from __future__ import annotations
 
-import math
-import re
-from enum import Enum
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +25,6 @@ from torch import Tensor, nn
 __all__ = [
     "SwinTransformer",
     "count_parameters",
-    "torchvision_to_ours",
-    "ours_to_torchvision",
-    "load_pretrained",
 ]
 
 # torchvision (and the official code) use -100 rather than -inf; keep it so softmax outputs match.
@@ -299,9 +293,13 @@ class SwinTransformer(nn.Module):
                  attn_impl: str = "sdpa", stem: str = "patch", stem_convs: int = 1):
         super().__init__()
         depths, num_heads = list(depths), list(num_heads)
-        attn_impl, stem = _as_str(attn_impl), _as_str(stem)
-        _validate(image_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
-                  window_size, attn_impl, stem, stem_convs)
+        problem = architecture_problem(
+            image_size=image_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
+            mlp_ratio=mlp_ratio, attn_impl=attn_impl, stem=stem, stem_convs=stem_convs)
+        if problem:
+            raise ValueError(problem)
+        self.attn_impl = attn_impl
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm, stem, stem_convs)
         total = sum(depths)
@@ -352,35 +350,36 @@ class SwinTransformer(nn.Module):
         return summary
 
 
-def _as_str(value: str | Enum) -> str:
-    """Config enums (str subclasses) as their plain value."""
-    return value.value if isinstance(value, Enum) else str(value)
-
-
-def _validate(image_size: int, patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
-              depths: list[int], num_heads: list[int], window_size: int, attn_impl: str,
-              stem: str = "patch", stem_convs: int = 1) -> None:
-    def check(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ValueError(msg)
-
-    check(patch_size >= 1, f"patch_size must be >= 1 (got {patch_size})")
-    check(window_size >= 1, f"window_size must be >= 1 (got {window_size})")
-    check(image_size >= 1 and image_size % patch_size == 0,
-          f"image_size {image_size} is not divisible by patch_size {patch_size}")
-    check(in_chans >= 1, f"in_chans must be >= 1 (got {in_chans})")
-    check(num_classes >= 0, f"num_classes must be >= 0 (got {num_classes})")
-    check(embed_dim >= 1, f"embed_dim must be >= 1 (got {embed_dim})")
-    check(len(depths) == len(num_heads),
-          f"depths {depths} and num_heads {num_heads} must have the same length")
-    check(len(depths) >= 1 and all(d >= 1 for d in depths), f"depths must be positive ints (got {depths})")
+def architecture_problem(*, image_size: int, patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
+                         depths: Sequence[int], num_heads: Sequence[int], window_size: int, mlp_ratio: float = 4.0,
+                         attn_impl: str = "math", stem: str = "patch", stem_convs: int = 1) -> Optional[str]:
+    """Why these hyperparameters cannot make a Swin, or None. The one home of these rules: the
+    config check and the constructor both ask here, so the message names the config key."""
+    depths, num_heads = list(depths), list(num_heads)
+    rules = [
+        (patch_size >= 1, f"model.patch_size must be >= 1 (got {patch_size})"),
+        (window_size >= 1, f"model.window_size must be >= 1 (got {window_size})"),
+        (stem_convs >= 1, f"model.stem_convs must be >= 1 (got {stem_convs})"),
+        (embed_dim >= 1, f"model.embed_dim must be >= 1 (got {embed_dim})"),
+        (mlp_ratio > 0, f"model.mlp_ratio must be > 0 (got {mlp_ratio})"),
+        (len(depths) >= 1 and all(d >= 1 for d in depths),
+         f"model.depths must be a non-empty list of positive ints (got {depths})"),
+        (len(depths) == len(num_heads), f"model.depths and model.num_heads must have the same length "
+                                        f"(got {len(depths)} stages of depth and {len(num_heads)} of heads)"),
+        (image_size >= 1, f"data.image_size must be >= 1 (got {image_size})"),
+        (patch_size < 1 or image_size % patch_size == 0,
+         f"data.image_size={image_size} is not divisible by model.patch_size={patch_size}"),
+        (in_chans >= 1, f"data.channels must be >= 1 (got {in_chans})"),
+        (num_classes >= 0, f"the number of classes must be >= 0 (got {num_classes})"),
+        (attn_impl in ("sdpa", "math"), f"model.attn_impl must be sdpa or math (got {attn_impl!r})"),
+        (stem in ("patch", "conv"), f"model.stem must be patch or conv (got {stem!r})"),
+    ]
     for i, heads in enumerate(num_heads):
         width = embed_dim * 2**i
-        check(heads >= 1 and width % heads == 0,
-              f"stage {i} width {width} (embed_dim {embed_dim} * 2^{i}) is not divisible by num_heads {heads}")
-    check(attn_impl in ("sdpa", "math"), f"attn_impl must be 'sdpa' or 'math' (got {attn_impl!r})")
-    check(stem in ("patch", "conv"), f"stem must be 'patch' or 'conv' (got {stem!r})")
-    check(stem_convs >= 1, f"stem_convs must be >= 1 (got {stem_convs})")
+        rules.append((heads >= 1 and width % heads == 0,
+                      f"model.num_heads[{i}]={heads} must divide the stage {i} width "
+                      f"{width} (model.embed_dim={embed_dim} * 2^{i})"))
+    return next((message for ok, message in rules if not ok), None)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -396,193 +395,3 @@ def _init_weights(m: nn.Module) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-_TV_BLOCK_RENAMES = {"mlp.0.": "mlp.fc1.", "mlp.3.": "mlp.fc2."}
-_TV_BLOCK = re.compile(r"features\.(\d+)\.(\d+)\.(.+)")
-_TV_MERGE = re.compile(r"features\.(\d+)\.((?:norm|reduction)\..+)")
-_OUR_BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(.+)")
-_OUR_MERGE = re.compile(r"stages\.(\d+)\.downsample\.(.+)")
-
-
-def torchvision_to_ours(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a torchvision Swin v1 state_dict (swin_t / swin_s / swin_b) to this module's keys.
-
-        torchvision                                    ours
-        features.0.0.{weight,bias}                     patch_embed.proj.{weight,bias}
-        features.0.2.{weight,bias}                     patch_embed.norm.{weight,bias}
-        features.{2i+1}.{j}.norm1.* / norm2.*          stages.{i}.blocks.{j}.norm1.* / norm2.*
-        features.{2i+1}.{j}.attn.qkv.* / proj.*        stages.{i}.blocks.{j}.attn.qkv.* / proj.*
-        features.{2i+1}.{j}.attn.relative_position_bias_table
-                                                       stages.{i}.blocks.{j}.attn.relative_position_bias_table
-        features.{2i+1}.{j}.attn.relative_position_index
-                                                       dropped (ours is rebuilt from the window size)
-        features.{2i+1}.{j}.mlp.0.*                    stages.{i}.blocks.{j}.mlp.fc1.*
-        features.{2i+1}.{j}.mlp.3.*                    stages.{i}.blocks.{j}.mlp.fc2.*
-        features.{2i+2}.norm.*                         stages.{i}.downsample.norm.*
-        features.{2i+2}.reduction.weight               stages.{i}.downsample.reduction.weight
-        norm.*, head.*                                 unchanged
-
-    Raises ValueError on keys that fit none of these (e.g. a Swin v2 checkpoint).
-    """
-    out: dict[str, Tensor] = {}
-    unknown: list[str] = []
-    for key, value in state_dict.items():
-        new = _tv_key_to_ours(key)
-        if new is None:
-            if not key.endswith("attn.relative_position_index"):
-                unknown.append(key)
-            continue
-        out[new] = value
-    if unknown:
-        raise ValueError(f"not a torchvision Swin v1 state_dict; unrecognised keys: {_preview(unknown)}")
-    return out
-
-
-def _tv_key_to_ours(key: str) -> Optional[str]:
-    if key.startswith(("norm.", "head.")):
-        return key
-    if key.startswith("features.0.0."):
-        return "patch_embed.proj." + key[len("features.0.0."):]
-    if key.startswith("features.0.2."):
-        return "patch_embed.norm." + key[len("features.0.2."):]
-    m = _TV_BLOCK.fullmatch(key)
-    if m and int(m[1]) % 2 == 1:
-        if m[3] == "attn.relative_position_index":
-            return None
-        rest = m[3]
-        for old, new in _TV_BLOCK_RENAMES.items():
-            if rest.startswith(old):
-                rest = new + rest[len(old):]
-                break
-        if not rest.startswith(("norm1.", "norm2.", "attn.qkv.", "attn.proj.", "mlp.fc1.", "mlp.fc2.")) \
-                and rest != "attn.relative_position_bias_table":
-            return None
-        return f"stages.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.{rest}"
-    m = _TV_MERGE.fullmatch(key)
-    if m and int(m[1]) % 2 == 0 and int(m[1]) >= 2:
-        return f"stages.{(int(m[1]) - 2) // 2}.downsample.{m[2]}"
-    return None
-
-
-def ours_to_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The inverse of `torchvision_to_ours` (see its table). torchvision keeps the relative
-    position index as a persistent buffer, so it is regenerated here from each bias table's size;
-    the result then loads with strict=True into the matching torchvision.models.swin_* (which
-    needs in_chans=3 and patch_norm=True, as torchvision has no other variant)."""
-    out: dict[str, Tensor] = {}
-    unknown: list[str] = []
-    for key, value in state_dict.items():
-        if key.startswith(("norm.", "head.")):
-            out[key] = value
-        elif key.startswith("patch_embed.proj."):
-            out["features.0.0." + key[len("patch_embed.proj."):]] = value
-        elif key.startswith("patch_embed.norm."):
-            out["features.0.2." + key[len("patch_embed.norm."):]] = value
-        elif m := _OUR_BLOCK.fullmatch(key):
-            rest = m[3]
-            for tv, ours in _TV_BLOCK_RENAMES.items():
-                if rest.startswith(ours):
-                    rest = tv + rest[len(ours):]
-                    break
-            prefix = f"features.{2 * int(m[1]) + 1}.{m[2]}."
-            out[prefix + rest] = value
-            if rest == "attn.relative_position_bias_table":
-                window = (math.isqrt(value.shape[0]) + 1) // 2
-                out[prefix + "attn.relative_position_index"] = relative_position_index(window)
-        elif m := _OUR_MERGE.fullmatch(key):
-            out[f"features.{2 * int(m[1]) + 2}.{m[2]}"] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"not a swin_cli SwinTransformer state_dict; unrecognised keys: {_preview(unknown)}")
-    return out
-
-
-def _preview(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def _crop_bias_table(table: Tensor, window: int) -> Optional[Tensor]:
-    """Central (2M-1)^2 part of a bigger relative-position table: exactly the offsets an M window
-    can see, so a pretrained window-7 table transfers losslessly to a clamped, smaller window."""
-    side = math.isqrt(table.shape[0])
-    want = 2 * window - 1
-    if side * side != table.shape[0] or side < want:
-        return None
-    start = (side - want) // 2
-    grid = table.reshape(side, side, -1)[start:start + want, start:start + want]
-    return grid.reshape(want * want, -1).clone()
-
-
-def load_pretrained(model: SwinTransformer, path: str) -> None:
-    """Load a torchvision Swin v1 state_dict file or one of ours into `model`, in place.
-
-    Accepts a bare state_dict or one wrapped as {"model": ...} / {"state_dict": ...} /
-    {"model_state_dict": ...}, with optional "module." / "_orig_mod." prefixes (DDP / compile).
-    The classifier head is skipped (left at its fresh init) when its shape differs or the model
-    has none; relative
-    position tables larger than the model's window are centre-cropped (exact). Anything else
-    missing, unexpected or mis-shaped raises ValueError naming the keys. Prints nothing.
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unreadable files of any kind become one clear error
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
-    for wrapper in ("model", "state_dict", "model_state_dict"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state_dict of tensors")
-
-    source: dict[str, Tensor] = {}
-    for key, value in obj.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        source[key] = value
-    if any(k.startswith("features.") for k in source):
-        source = torchvision_to_ours(source)
-
-    target = model.state_dict()
-    loaded: dict[str, Tensor] = {}
-    skipped_head: list[str] = []
-    mismatched: list[str] = []
-    for key, value in source.items():
-        if key not in target:
-            continue  # reported as unexpected below
-        want = target[key].shape
-        if value.shape == want:
-            loaded[key] = value
-        elif key.startswith("head."):
-            skipped_head.append(key)
-        elif key.endswith("relative_position_bias_table") and (
-                cropped := _crop_bias_table(value, (math.isqrt(want[0]) + 1) // 2)) is not None \
-                and cropped.shape == want:
-            loaded[key] = cropped
-        else:
-            mismatched.append(f"{key} {tuple(value.shape)} vs model {tuple(want)}")
-
-    # a head-less model (num_classes=0) simply has no use for the source's classifier
-    skipped_head += [k for k in source if k.startswith("head.") and k not in target]
-    unexpected = sorted(set(source) - set(target) - set(skipped_head))
-    missing = sorted(set(target) - set(loaded) - set(skipped_head))
-    problems = []
-    if mismatched:
-        problems.append(f"shape mismatch: {_preview(mismatched)}")
-        first_conv = source.get("patch_embed.proj.weight")
-        if first_conv is not None and "patch_embed.proj.weight" in target \
-                and first_conv.shape[1] != target["patch_embed.proj.weight"].shape[1]:
-            problems.append(f"the weights take {first_conv.shape[1]}-channel images: "
-                            f"set data.channels={first_conv.shape[1]}")
-    if missing:
-        problems.append(f"missing keys: {_preview(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_preview(unexpected)}")
-    if problems:
-        raise ValueError(f"checkpoint {path} does not fit this model; " + "; ".join(problems))
-    model.load_state_dict(loaded, strict=False)

@@ -36,7 +36,8 @@ from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import ConfigError, plain
 from swin_cli.data import DataBundle, ImageSplit, load_data, place_data
 from swin_cli.errors import SwinCliError
-from swin_cli.model import SwinTransformer, count_parameters, load_pretrained
+from swin_cli.model import SwinTransformer, count_parameters
+from swin_cli.weights import load_pretrained
 from swin_cli.tracking import open_trackers
 
 log = logging.getLogger("swin_cli")
