@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 
 from swin_cli.augment import TrainBatch
 from swin_cli.config import register_configs
-from swin_cli.train import build_model
+from swin_cli.build import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import make_step, sync  # noqa: E402

@@ -22,11 +22,11 @@ from swin_cli.errors import SwinCliError
 FORMAT_VERSION = 1
 # Config keys that decide the model's parameter shapes; a checkpoint that differs in any of
 # them cannot be loaded into this run's model.
-SHAPE_KEYS = ("model.patch_size", "model.embed_dim", "model.depths", "model.num_heads",
+SHAPE_KEYS = ("model.version", "model.patch_size", "model.embed_dim", "model.depths", "model.num_heads",
               "model.window_size", "model.mlp_ratio", "model.qkv_bias", "model.patch_norm",
               "model.stem", "model.stem_convs", "data.image_size", "in_chans", "num_classes")
 
-SIGNATURE_DEFAULTS = {"model.stem": "patch", "model.stem_convs": 1}
+SIGNATURE_DEFAULTS = {"model.version": 1, "model.stem": "patch", "model.stem_convs": 1}
 
 
 class CheckpointError(SwinCliError):
@@ -114,6 +114,12 @@ def load(path_or_dir: str | Path) -> dict[str, Any]:
                               f"this swin-cli reads format {FORMAT_VERSION}")
     state["path"] = str(path)
     return state
+
+
+def best_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The model weights of a checkpoint that scored best on validation: the EMA's when they
+    were the better ones, the raw weights otherwise."""
+    return state["ema"] if state.get("best_source") == "ema" and state.get("ema") else state["model"]
 
 
 def shape_signature(cfg: Any, in_chans: int, num_classes: int) -> dict[str, Any]:

@@ -89,6 +89,9 @@ class Mode(str, Enum):
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    # 1: Swin (Liu et al. 2021). 2: Swin V2 (Liu et al. 2022): scaled cosine attention, a
+    # continuous position bias from a small MLP, residual post-norm.
+    version: int = 1
     patch_size: int = 2
     embed_dim: int = 24
     depths: list[int] = field(default_factory=lambda: [2, 2, 2])

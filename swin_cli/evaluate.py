@@ -21,7 +21,8 @@ from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer
 from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import ConfigError, plain
-from swin_cli.train import build_model, configure_device, evaluate, select_device
+from swin_cli.build import build_model, configure_device, select_device
+from swin_cli.train import evaluate
 
 log = logging.getLogger("swin_cli")
 

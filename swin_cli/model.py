@@ -290,9 +290,11 @@ class SwinTransformer(nn.Module):
                  embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, patch_norm: bool = True,
-                 attn_impl: str = "sdpa", stem: str = "patch", stem_convs: int = 1):
+                 attn_impl: str = "sdpa", stem: str = "patch", stem_convs: int = 1, version: int = 1):
         super().__init__()
         depths, num_heads = list(depths), list(num_heads)
+        if version != 1:
+            raise ValueError(f"model.version must be 1 (got {version})")
         problem = architecture_problem(
             image_size=image_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
@@ -331,6 +333,12 @@ class SwinTransformer(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return self.head(self.norm(x).mean(dim=(1, 2)))
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters weight decay must leave alone: norms, biases and the
+        relative-position bias tables (a bias, however it is stored)."""
+        return {name for name, p in self.named_parameters()
+                if p.ndim <= 1 or name.endswith("relative_position_bias_table")}
 
     def stage_summary(self) -> list[dict]:
         """Per stage: input resolution (h, w), effective window, shift of its odd blocks, heads,

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import shlex
 import shutil
@@ -36,8 +35,8 @@ from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import ConfigError, plain
 from swin_cli.data import DataBundle, ImageSplit, load_data, place_data
 from swin_cli.errors import SwinCliError
-from swin_cli.model import SwinTransformer, count_parameters
-from swin_cli.weights import load_pretrained
+from swin_cli.build import build_model, build_optimizer, configure_device, lr_factor, select_device
+from swin_cli.model import count_parameters
 from swin_cli.tracking import open_trackers
 
 log = logging.getLogger("swin_cli")
@@ -61,111 +60,6 @@ class NonFiniteLoss(SwinCliError):
 
 
 # ------------------------------------------------------------------------------ building blocks
-
-
-def select_device(requested: str) -> torch.device:
-    cuda, mps = torch.cuda.is_available(), getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    if requested == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if requested == "cuda" and not cuda:
-        raise SwinCliError("device=cuda was requested but no CUDA GPU is available (use device=auto or device=cpu)")
-    if requested == "mps" and not mps:
-        raise SwinCliError("device=mps was requested but Apple MPS is not available (use device=auto or device=cpu)")
-    return torch.device(requested)
-
-
-def configure_device(device: torch.device, tf32: bool, deterministic: bool = False) -> None:
-    """Process-wide kernel settings. On CUDA: TF32 products for fp32 (train.tf32), and cuDNN
-    autotuning, which pays because every step has the same shapes. deterministic: deterministic
-    kernels only, so that GPU runs repeat bit for bit; autotuning off, and ops without a
-    deterministic kernel warn (they would otherwise stop the run)."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cudnn.benchmark = True
-    if deterministic:
-        # cuBLAS reads this when it first starts; it must be set before any matmul on a GPU.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-
-
-def resolve_attn_impl(requested: str) -> str:
-    """auto: the explicit softmax, measured faster than SDPA for window attention (16-49 tokens)
-    on both devices: nano +6% on a CPU, nano +13% and tiny +3% on an H100 in bf16."""
-    return "math" if requested == "auto" else requested
-
-
-def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int) -> SwinTransformer:
-    try:
-        model = SwinTransformer(
-            image_size=image_size, patch_size=model_cfg.patch_size, in_chans=in_chans,
-            num_classes=num_classes, embed_dim=model_cfg.embed_dim, depths=list(model_cfg.depths),
-            num_heads=list(model_cfg.num_heads), window_size=model_cfg.window_size,
-            mlp_ratio=model_cfg.mlp_ratio, qkv_bias=model_cfg.qkv_bias, drop_rate=model_cfg.drop_rate,
-            attn_drop_rate=model_cfg.attn_drop_rate, drop_path_rate=model_cfg.drop_path_rate,
-            patch_norm=model_cfg.patch_norm, attn_impl=resolve_attn_impl(plain(model_cfg.attn_impl)),
-            stem=plain(model_cfg.stem), stem_convs=model_cfg.stem_convs,
-        )
-        if model_cfg.pretrained:
-            load_pretrained(model, os.path.expanduser(model_cfg.pretrained))
-    except (ValueError, FileNotFoundError) as exc:
-        raise SwinCliError(str(exc)) from None
-    return model
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only: norms, biases and bias tables are not shrunk."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or "relative_position_bias_table" in name
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    name = plain(opt_cfg.name)
-    groups = param_groups(model, opt_cfg.weight_decay)
-    # One fused kernel for all parameters on CUDA; elsewhere foreach batches the updates.
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **fast)
-    if name == "adam":
-        # Adam's weight decay is L2 added to the gradient, applied to the same groups.
-        return torch.optim.Adam(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **fast)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=opt_cfg.momentum,
-                               nesterov=opt_cfg.nesterov and opt_cfg.momentum > 0, **fast)
-    raise SwinCliError(f"optimizer.name must be one of adamw, adam, sgd (got {name!r})")
-
-
-def lr_factor(step: int, sched_cfg: Any, total_steps: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base lr after `step` optimizer steps (warmup, then the schedule)."""
-    name, floor = plain(sched_cfg.name), sched_cfg.min_lr_factor
-    if name == "onecycle":
-        # Cosine up from warmup_start_factor to 1 over pct_start of training, cosine down after.
-        peak = max(1, int(round(sched_cfg.pct_start * total_steps)))
-        if step < peak:
-            start = sched_cfg.warmup_start_factor
-            return start + (1.0 - start) * 0.5 * (1.0 - math.cos(math.pi * step / peak))
-        return _cosine_decay((step - peak) / max(1, total_steps - peak), floor)
-    warmup = min(int(round(sched_cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
-    if step < warmup:
-        start = sched_cfg.warmup_start_factor
-        return start + (1.0 - start) * step / warmup
-    if name == "constant":
-        return 1.0
-    if name == "step":
-        return sched_cfg.decay_rate ** math.floor(step / (sched_cfg.decay_epochs * steps_per_epoch))
-    return _cosine_decay((step - warmup) / max(1, total_steps - warmup), floor)
-
-
-def _cosine_decay(progress: float, floor: float) -> float:
-    """From 1 at progress 0 down to `floor` at progress >= 1, along half a cosine."""
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def fresh_running() -> dict[str, float]:

@@ -130,7 +130,7 @@ def test_compiled_training_steps_match_eager_on_cpu(monkeypatch, attn_impl):
 
 def test_tf32_is_on_by_default_for_cuda_and_off_by_knob(monkeypatch):
     from conftest import make_config
-    from swin_cli.train import configure_device
+    from swin_cli.build import configure_device
 
     assert make_config().train.tf32 is True
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)

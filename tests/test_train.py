@@ -16,8 +16,8 @@ import torch
 from conftest import TINY_MODEL, make_config
 from swin_cli import checkpoint
 from swin_cli.errors import SwinCliError
-from swin_cli.train import (TIMING_FIELDS, NonFiniteLoss, Trainer, TrainingInterrupted, lr_factor,
-                            resolve_attn_impl, select_device)
+from swin_cli.build import lr_factor, resolve_attn_impl, select_device
+from swin_cli.train import TIMING_FIELDS, NonFiniteLoss, Trainer, TrainingInterrupted
 
 FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
 
