@@ -3,6 +3,7 @@ parameter groups, and the learning-rate schedule. Nothing here runs a step."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
@@ -17,6 +18,8 @@ from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer
 from swin_cli.weights import load_pretrained
 
+log = logging.getLogger("swin_cli")
+
 
 def select_device(requested: str) -> torch.device:
     cuda, mps = torch.cuda.is_available(), getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
@@ -29,7 +32,7 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def configure_device(device: torch.device, tf32: bool, deterministic: bool = False) -> None:
+def configure_device(device: torch.device, tf32: bool, deterministic: bool = False, announce: bool = False) -> None:
     """Process-wide kernel settings. On CUDA: TF32 products for fp32 (train.tf32), and cuDNN
     autotuning, which pays because every step has the same shapes. deterministic: deterministic
     kernels only, so that GPU runs repeat bit for bit; autotuning off, and ops without a
@@ -38,12 +41,21 @@ def configure_device(device: torch.device, tf32: bool, deterministic: bool = Fal
         torch.set_float32_matmul_precision("high" if tf32 else "highest")
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
+    if deterministic and announce:
+        log.info("deterministic=true: deterministic kernels only (on a GPU expect a slower step; "
+                 "ops without such a kernel warn); CPU runs repeat bit for bit without it")
     if deterministic:
         # cuBLAS reads this when it first starts; it must be set before any matmul on a GPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for `precision` (a no-op for fp32)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def resolve_attn_impl(requested: str) -> str:
@@ -67,10 +79,19 @@ def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int
     try:
         model = SwinTransformer(image_size=image_size, in_chans=in_chans, num_classes=num_classes, **fields)
         if pretrained and model_cfg.get("pretrained"):
-            load_pretrained(model, os.path.expanduser(model_cfg["pretrained"]))
+            load_pretrained(model, model_cfg["pretrained"], model_cfg.get("name"))
     except (ValueError, FileNotFoundError) as exc:
         raise SwinCliError(str(exc)) from None
     return model
+
+
+def training_module(model: nn.Module, device: torch.device, processes: int, compile: bool) -> nn.Module:
+    """The module that runs the training forward pass: wrapped in DDP across processes (which
+    averages gradients during backward) and compiled when asked; it shares `model`'s parameters."""
+    module = model
+    if processes > 1:
+        module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(module) if compile else module
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> SwinTransformer:
@@ -137,3 +158,20 @@ def _cosine_decay(progress: float, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+
+
+def batch_plan(cfg: Any, train_size: int, processes: int = 1) -> tuple[int, int]:
+    """(batch size per process, optimizer steps per epoch). data.batch_size is per process, so
+    under torchrun a step consumes batch x accumulate x processes images."""
+    batch_size = min(cfg.data.batch_size, train_size)
+    steps = max(1, train_size // (batch_size * cfg.train.accumulate * processes))
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    return batch_size, steps
+
+
+def build_scheduler(sched_cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per optimizer step, along `lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, sched_cfg, total_steps, steps_per_epoch))

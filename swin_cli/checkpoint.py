@@ -8,15 +8,21 @@ complete one — never a truncated mix, whatever kills the process.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import shlex
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator, Optional, Sequence
 
 import torch
 
-from swin_cli.config import plain
+from swin_cli.config import ConfigError, plain
 from swin_cli.errors import SwinCliError
+
+log = logging.getLogger("swin_cli")
 
 # Bumped when the checkpoint layout changes incompatibly.
 FORMAT_VERSION = 1
@@ -33,8 +39,12 @@ class CheckpointError(SwinCliError):
     pass
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """torch.save `state` to `path` so that a crash mid-write leaves the old file intact."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a hidden temporary file beside `path` for writing; on leaving the block it is fsynced
+    and renamed over `path`. A reader, or a crash at any instant, sees the old file or the new
+    one, never a half-written one. On an error the temporary file is removed and `path` is
+    untouched. Every file swin-cli writes goes through here."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -42,19 +52,31 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException as exc:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise CheckpointError(f"could not write checkpoint {path}: {why}; "
-                                  f"the previous checkpoint there is untouched") from None
         raise
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """torch.save `state` to `path` so that a crash mid-write leaves the old file intact."""
+    try:
+        with atomic_file(path) as f:
+            torch.save(state, f)
+    except OSError as exc:
+        why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise CheckpointError(f"could not write checkpoint {path}: {why}; "
+                              f"the previous checkpoint there is untouched") from None
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, atomic_file(target) as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -70,10 +92,8 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Small text files (metrics, results): a reader never sees a half-written one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -145,3 +165,76 @@ def check_compatible(state: dict[str, Any], signature: dict[str, Any]) -> None:
              for k, v in signature.items() if saved.get(k) != v]
     if diffs:
         raise CheckpointError(f"checkpoint {state['path']} does not fit this model: " + "; ".join(diffs))
+
+
+def check_resumable(state: dict[str, Any], signature: dict[str, Any], epochs: int) -> None:
+    """Raise a one-line error when a run of `epochs` epochs with this `signature` cannot continue
+    from `state`; say so when it continues to a different number of epochs."""
+    check_compatible(state, signature)
+    if state["epoch"] > epochs:
+        raise ConfigError(f"the run in {Path(state['path']).parent} is already complete at epoch {state['epoch']}; "
+                          f"to train it further, resume it with epochs greater than {state['epoch']}")
+    saved_epochs = state["config"]["epochs"]
+    if saved_epochs != epochs:
+        log.info(f"note: the checkpoint's run had epochs={saved_epochs}; continuing to epochs={epochs}")
+
+
+def restore(state: dict[str, Any], model: Any, optimizer: Any, scheduler: Any, scaler: Any, ema: Any) -> None:
+    """Load a checkpoint's training state into the run's objects (ema: the EMA module or None;
+    a checkpoint without EMA weights starts the EMA from the model's)."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"] if state.get("ema") else state["model"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {state['path']} does not fit this run: {str(exc).splitlines()[0]}") from None
+
+
+# ------------------------------------------------------------------------ where to resume from
+
+# Keys that do not change what a run computes, so resume=auto may differ in them.
+_NOT_COMPARED = ("resume", "epochs", "threads", "device", "log", "logger")
+
+
+def resume_source(resume: Optional[str], config: dict[str, Any], run_dir: Path,
+                  outputs: Path = Path("outputs")) -> Optional[Path]:
+    """The checkpoint a run continues from, or None for a fresh start: the path or run dir the
+    user named; for resume=auto the newest last.pt under `outputs` whose run had the same
+    `config` (the resolved config as a dict); and, with no resume asked, the run dir's own last.pt
+    when SLURM requeued this job after preemption."""
+    if resume == "auto":
+        return _find_same_config(config, run_dir, outputs)
+    if resume:
+        return resolve(resume)
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    own = Path(run_dir) / "last.pt"
+    return own if requeued and own.is_file() else None
+
+
+def _find_same_config(config: dict[str, Any], run_dir: Path, outputs: Path) -> Optional[Path]:
+    wanted = _comparable(config)
+    candidates = sorted(outputs.glob("**/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if path.parent.resolve() == Path(run_dir).resolve():
+            continue
+        try:
+            saved = load(path)["config"]
+        except CheckpointError:
+            continue
+        if _comparable(saved) == wanted:
+            return path
+    return None
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _NOT_COMPARED}
+
+
+def resume_command(overrides: Sequence[str], run_dir: Path) -> str:
+    """The command line that continues the run in `run_dir` (what the user typed, plus resume=)."""
+    kept = [shlex.quote(o) for o in overrides if not o.startswith(("resume=", "hydra."))]
+    return " ".join(["swin-train", *kept, f"resume={shlex.quote(str(run_dir))}"])

@@ -112,8 +112,10 @@ class ModelConfig:
     # measured faster for windows this small, math, on CPUs (nano +6%) and on an H100 (nano +13%,
     # tiny +3%; benchmarks/RESULTS.md).
     attn_impl: AttnImpl = AttnImpl.auto
-    # A torchvision Swin (or swin-cli) state_dict file to start from; the head is dropped when
-    # the number of classes differs.
+    # Weights to start from: `imagenet` (exactly that spelling) for torchvision's ImageNet-1k
+    # weights of this preset (tiny, small, base, v2_tiny, v2_small, v2_base; downloaded once into
+    # torch hub's cache, $TORCH_HOME/hub/checkpoints), or a state_dict file: torchvision's, timm's
+    # or swin-cli's. The head is dropped when the number of classes differs.
     pretrained: Optional[str] = None
 
 
@@ -332,7 +334,7 @@ def validate(cfg: Any) -> None:
     problem = architecture_problem(
         image_size=d.image_size, patch_size=m.patch_size, in_chans=d.channels or 1, num_classes=0,
         embed_dim=m.embed_dim, depths=list(m.depths), num_heads=list(m.num_heads), window_size=m.window_size,
-        mlp_ratio=m.mlp_ratio, stem_convs=m.stem_convs)
+        mlp_ratio=m.mlp_ratio, stem_convs=m.stem_convs, version=m.version)
     _check(problem is None, problem or "")
     for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
         value = getattr(m, key)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from swin_cli.checkpoint import atomic_file
 from swin_cli.config import plain
 from swin_cli.errors import SwinCliError
 
@@ -343,8 +344,7 @@ class ImageFolderCache:
     def _store(self, path: Path, split: ImageSplit) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"images": split.images, "labels": split.labels}, tmp)
-            os.replace(tmp, path)
+            with atomic_file(path) as f:
+                torch.save({"images": split.images, "labels": split.labels}, f)
         except OSError as exc:  # a read-only or full cache dir costs speed, not correctness
             log.warning(f"could not write the image cache {path} ({exc.strerror}); continuing without it")

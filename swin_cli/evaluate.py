@@ -1,6 +1,7 @@
-"""Using a trained checkpoint: accuracy on a split (mode=eval) and labels for new images
-(mode=predict). The model is rebuilt from the config saved inside the checkpoint, so only
-the checkpoint and the data are needed, not the command line that trained it."""
+"""Evaluation: loss and accuracy of a model on a split (used by training as well), of a saved
+checkpoint (mode=eval), and labels for a folder of new images (mode=predict). A checkpoint's
+model is rebuilt from the config saved inside it, so only the checkpoint and the data are
+needed, not the command line that trained it."""
 
 from __future__ import annotations
 
@@ -9,39 +10,68 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from swin_cli import checkpoint
+from swin_cli import checkpoint, distributed
 from swin_cli.augment import Normalize
-from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, decode_image, load_data
-from swin_cli.errors import SwinCliError
-from swin_cli.model import SwinTransformer
+from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
 from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import ConfigError, plain
-from swin_cli.build import build_model, configure_device, select_device
-from swin_cli.train import evaluate
+from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, decode_image, load_data
+from swin_cli.errors import SwinCliError
 
 log = logging.getLogger("swin_cli")
 
 
-def _load_model(cfg: Any) -> tuple[SwinTransformer, dict[str, Any], torch.device]:
+@torch.no_grad()
+def evaluate_split(model: nn.Module, split: ImageSplit, normalize: Normalize, device: torch.device,
+                   batch_size: int, num_classes: Optional[int] = None, tta: str = "none",
+                   precision: str = "fp32") -> tuple[float, float, Optional[torch.Tensor]]:
+    """Mean loss, accuracy (%) and, given num_classes, the confusion matrix (rows: true class).
+    tta="flip" averages the logits of each image and its mirror image; precision is the autocast
+    dtype of the forward passes, as in training."""
+    was_training = model.training
+    model.eval()
+    # Under torchrun each rank takes every world-th image; the sums are added over ranks.
+    rank, world = distributed.rank(), distributed.world_size()
+    if world > 1:
+        split = ImageSplit(split.images[rank::world], split.labels[rank::world])
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, images
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64) if num_classes else None
+    for start in range(0, len(split), batch_size):
+        images = split.images[start:start + batch_size].to(device, non_blocking=True)
+        labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
+        x = normalize(images)
+        with autocast(device, precision):
+            logits = model(x).float()
+            if tta == "flip":
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        predicted = logits.argmax(1)
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+        sums[1] += (predicted == labels).sum()
+        sums[2] += len(labels)
+        if confusion is not None:
+            confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+    model.train(was_training)
+    loss_sum, correct, n = distributed.sum_(sums).tolist()
+    matrix = distributed.sum_(confusion).view(num_classes, num_classes).cpu() if confusion is not None else None
+    return loss_sum / max(1, n), 100.0 * correct / max(1, n), matrix
+
+
+
+def _load_model(cfg: Any) -> tuple[nn.Module, dict[str, Any], torch.device]:
     if not cfg.ckpt:
         raise ConfigError(f"mode={plain(cfg.mode)} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
     path = Path(cfg.ckpt).expanduser()
     state = checkpoint.load(path / "best.pt" if path.is_dir() else path)
-    saved = OmegaConf.create(state["config"])
-    signature = state["signature"]
     device = select_device(plain(cfg.device))
     configure_device(device, cfg.train.tf32, cfg.deterministic)
-    model = build_model(OmegaConf.merge(saved.model, {"pretrained": None}), saved.data.image_size,
-                        signature["in_chans"], signature["num_classes"])
-    # The EMA weights when they were the better ones on validation.
-    weights = state["ema"] if state.get("best_source") == "ema" and state.get("ema") else state["model"]
-    model.load_state_dict(weights)
-    return model.to(device).eval(), state, device
+    return model_from_checkpoint(state).to(device), state, device
 
 
 def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
@@ -56,8 +86,8 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
         raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
                            f"but data={plain(cfg.data.name)} has {data.classes[:5]}...")
     split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
-    loss, acc, _ = evaluate(model, split, Normalize(state["mean"], state["std"], device), device,
-                            cfg.data.eval_batch_size, tta=plain(cfg.eval.tta))
+    loss, acc, _ = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
+                                  cfg.data.eval_batch_size, tta=plain(cfg.eval.tta))
     result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc,
               "tta": plain(cfg.eval.tta)}
     write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")

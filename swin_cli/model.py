@@ -1,7 +1,14 @@
-"""Swin Transformer v1 (Liu et al. 2021) for image classification.
+"""Swin Transformer v1 (Liu et al. 2021) and v2 (Liu et al. 2022) for image classification.
 
-Numerically interchangeable with torchvision.models.swin_t/s/b: same maths, same parameter shapes,
-and a key mapping (`torchvision_to_ours` / `ours_to_torchvision`) between the two state_dicts.
+Numerically interchangeable with torchvision.models.swin_t/s/b (version=1) and swin_v2_t/s/b
+(version=2): same maths, same parameter shapes, and a key mapping (`torchvision_to_ours` /
+`ours_to_torchvision` in swin_cli.weights) between the two state_dicts.
+
+V2 changes three things and keeps everything else (shifted windows, masks, padding, clamping):
+  - scaled cosine attention: cos(q, k) times a learnable per-head scale instead of q.k / sqrt(d),
+  - a continuous position bias: a small MLP over log-spaced relative offsets instead of a table,
+  - residual post-norm: x + norm(f(x)) instead of x + f(x_normed), and patch merging normalises
+    after its projection. Together these keep activations from growing with depth.
 
 Tensors inside the network are channels-last, (B, H, W, C), so LayerNorm / Linear act on the last
 dim with no transposes. Everything that depends only on geometry (window size, shift, padding,
@@ -11,11 +18,13 @@ image_size / patch_size; forward only does tensor work.
 One deliberate difference from torchvision: when a stage's feature map fits inside one window
 (H <= M and W <= M) the window is clamped to the map (M_eff = max(H, W)) and the stage never
 shifts. torchvision instead pads the map up to M, so padded zero tokens take part in attention.
-At 224px / window 7 (maps 56, 28, 14, 7) the two agree exactly.
+At 224px / window 7 (maps 56, 28, 14, 7) and at V2's 256px / window 8 (64, 32, 16, 8) the two
+agree exactly.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -29,6 +38,8 @@ __all__ = [
 
 # torchvision (and the official code) use -100 rather than -inf; keep it so softmax outputs match.
 MASK_VALUE = -100.0
+# V2's cosine-attention temperature is learnt as a log, capped so logits stay within [-100, 100].
+MAX_LOGIT_SCALE = math.log(100.0)
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -44,6 +55,19 @@ def relative_position_index(window: int) -> Tensor:
     coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, N)
     rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), each in [0, 2M-2]
     return (rel[0] * (2 * window - 1) + rel[1]).flatten()
+
+
+def log_spaced_relative_coords(window: int) -> Tensor:
+    """((2M-1)^2, 2) V2 position-MLP inputs: every (dh, dw) offset of an M x M window, in the row
+    order of `relative_position_index`, scaled to [-8, 8] and log-spaced, sign(t) log2(1+|t|) / 3.
+
+    The log spacing lets an MLP trained on one window extrapolate to bigger ones. A 1 x 1 window
+    (a clamped 1 x 1 map) has only offset 0; dividing by max(M-1, 1) keeps that 0 instead of NaN.
+    """
+    offsets = torch.arange(-(window - 1), window, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)  # (2M-1, 2M-1, 2)
+    grid = grid / max(window - 1, 1) * 8
+    return (torch.sign(grid) * torch.log2(grid.abs() + 1.0) / 3.0).reshape(-1, 2)
 
 
 def window_geometry(height: int, width: int, window: int, shift: int) -> tuple[int, int, int, int]:
@@ -148,10 +172,9 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.relative_position_bias_table = nn.Parameter(torch.empty((2 * window - 1) ** 2, num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         # Pure function of the window; rebuilt on load, so it stays out of the state_dict.
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+        self._init_position_bias()
 
         # The configured resolution is the one every training step sees: precompute it all.
         self.resolution = resolution
@@ -172,9 +195,26 @@ class WindowAttention(nn.Module):
             self._other[key] = (pad_b, pad_r, shift_h, shift_w, mask)
         return self._other[key]
 
+    # The four methods below are what WindowAttentionV2 overrides; the rest is shared.
+
+    def _init_position_bias(self) -> None:
+        self.relative_position_bias_table = nn.Parameter(torch.empty((2 * self.window - 1) ** 2, self.num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def bias_table(self) -> Tensor:
+        """((2M-1)^2, heads): the bias for every relative offset."""
+        return self.relative_position_bias_table
+
+    def _qkv(self, x: Tensor) -> Tensor:
+        return self.qkv(x)
+
+    def _queries_keys(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """What the attention logits are (q * self.scale) @ k^T of: plain dot product in V1."""
+        return q, k
+
     def relative_position_bias(self) -> Tensor:
-        """(heads, N, N) bias gathered from the table (a parameter, so gathered every call)."""
-        bias = self.relative_position_bias_table[self.relative_position_index]  # (N*N, heads)
+        """(heads, N, N) bias gathered from the table (learnt, so gathered every call)."""
+        bias = self.bias_table()[self.relative_position_index]  # (N*N, heads)
         return bias.t().reshape(self.num_heads, self.tokens, self.tokens)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -202,13 +242,15 @@ class WindowAttention(nn.Module):
             lead, attn_bias = B * nW, bias
         else:
             lead, attn_bias = B, (bias[None] + mask[:, None]).reshape(nW * heads, N, N)
-        qkv = self.qkv(x).reshape(B * nW, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = (t.reshape(lead, -1, N, hd) for t in qkv.unbind(0))
+        qkv = self._qkv(x).reshape(B * nW, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B*nW, heads, N, hd)
+        q, k = self._queries_keys(q, k)
+        q, k, v = (t.reshape(lead, -1, N, hd) for t in (q, k, v))
         attn_bias = attn_bias.to(q.dtype)  # autocast: q is bf16/fp16 while the table stays fp32
         drop = self.attn_drop if self.training else 0.0
 
         if self.attn_impl == "sdpa":
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop, scale=self.scale)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1) + attn_bias
             attn = F.dropout(attn.softmax(dim=-1), p=drop, training=self.training)
@@ -226,6 +268,46 @@ class WindowAttention(nn.Module):
         return x
 
 
+class WindowAttentionV2(WindowAttention):
+    """V2 window attention: scaled cosine attention and a continuous (MLP) position bias.
+
+    Cosine similarity is bounded, so a few token pairs cannot dominate the logits as dot products
+    do in large models; a learnt per-head temperature (initialised 10, capped at 100) sharpens
+    it back. The bias comes from an MLP over log-spaced offsets, so it is defined for any window.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The temperature multiplies the normalised q, so sdpa / the math path must not rescale.
+        self.scale = 1.0
+
+    def _init_position_bias(self) -> None:
+        # Stored as a log so it stays positive; shape (heads, 1, 1) as in torchvision's checkpoints.
+        self.logit_scale = nn.Parameter(torch.full((self.num_heads, 1, 1), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, self.num_heads, bias=False))
+        self.register_buffer("relative_coords_table", log_spaced_relative_coords(self.window), persistent=False)
+
+    def bias_table(self) -> Tensor:
+        # 16 * sigmoid bounds the bias to (0, 16), the same order as the cosine logits.
+        return 16 * torch.sigmoid(self.cpb_mlp(self.relative_coords_table))
+
+    def _qkv(self, x: Tensor) -> Tensor:
+        # V2 has query and value biases but no key bias (the official code's q_bias / v_bias).
+        # torchvision keeps a full 3C qkv.bias and ignores its middle third; so do we, so that
+        # its checkpoints load as they are (that third never gets a gradient).
+        bias = self.qkv.bias
+        if bias is not None:
+            C = bias.shape[0] // 3
+            bias = torch.cat([bias[:C], torch.zeros_like(bias[C:2 * C]), bias[2 * C:]])
+        return F.linear(x, self.qkv.weight, bias)
+
+    def _queries_keys(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+        # Under autocast normalize / the fp32 scale promote to fp32; v stays low precision and
+        # attention wants one dtype, so go back to the input's.
+        return (F.normalize(q, dim=-1) * scale).to(q.dtype), F.normalize(k, dim=-1).to(k.dtype)
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float):
         super().__init__()
@@ -239,12 +321,16 @@ class MLP(nn.Module):
 
 
 class SwinBlock(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    attention = WindowAttention
+
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, resolution: tuple[int, int],
                  mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float, drop_path: float,
                  attn_impl: str):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, window, shift, resolution, qkv_bias, attn_drop, drop, attn_impl)
+        self.attn = self.attention(dim, num_heads, window, shift, resolution, qkv_bias, attn_drop, drop, attn_impl)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path)
@@ -252,6 +338,26 @@ class SwinBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class SwinBlockV2(SwinBlock):
+    """Post-norm residual block: x + norm(attn(x)), then x + norm(mlp(x)). Each branch's output is
+    normalised before it is added, so the residual stream does not grow block after block."""
+
+    attention = WindowAttentionV2
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.norm1(self.attn(x)))
+        return x + self.drop_path(self.norm2(self.mlp(x)))
+
+
+def _gather_2x2(x: Tensor) -> Tensor:
+    """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 4C), odd maps padded by one."""
+    H, W = x.shape[1], x.shape[2]
+    if H % 2 or W % 2:
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    # Order (top-left, bottom-left, top-right, bottom-right) is what pretrained weights expect.
+    return torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
 
 
 class PatchMerging(nn.Module):
@@ -263,16 +369,23 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        H, W = x.shape[1], x.shape[2]
-        if H % 2 or W % 2:
-            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-        # Order (top-left, bottom-left, top-right, bottom-right) is what pretrained weights expect.
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
+        return self.reduction(self.norm(_gather_2x2(x)))
+
+
+class PatchMergingV2(nn.Module):
+    """V2 patch merging: project 4C -> 2C first, then norm (post-norm, as in the V2 blocks)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(2 * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.reduction(_gather_2x2(x)))
 
 
 class Stage(nn.Module):
-    def __init__(self, blocks: list[SwinBlock], downsample: Optional[PatchMerging]):
+    def __init__(self, blocks: list[SwinBlock], downsample: Optional[nn.Module]):
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
         self.downsample = downsample
@@ -293,15 +406,14 @@ class SwinTransformer(nn.Module):
                  attn_impl: str = "sdpa", stem: str = "patch", stem_convs: int = 1, version: int = 1):
         super().__init__()
         depths, num_heads = list(depths), list(num_heads)
-        if version != 1:
-            raise ValueError(f"model.version must be 1 (got {version})")
         problem = architecture_problem(
             image_size=image_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
-            mlp_ratio=mlp_ratio, attn_impl=attn_impl, stem=stem, stem_convs=stem_convs)
+            mlp_ratio=mlp_ratio, attn_impl=attn_impl, stem=stem, stem_convs=stem_convs, version=version)
         if problem:
             raise ValueError(problem)
-        self.attn_impl = attn_impl
+        self.attn_impl, self.version = attn_impl, version
+        block_cls, merge_cls = (SwinBlock, PatchMerging) if version == 1 else (SwinBlockV2, PatchMergingV2)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm, stem, stem_convs)
         total = sum(depths)
@@ -314,12 +426,12 @@ class SwinTransformer(nn.Module):
             shift = window // 2 if res > window_size else 0
             blocks = []
             for j in range(depth):
-                blocks.append(SwinBlock(
+                blocks.append(block_cls(
                     dim, heads, window, shift if j % 2 else 0, (res, res), mlp_ratio, qkv_bias,
                     drop_rate, attn_drop_rate, drop_path_rate * k / max(total - 1, 1), attn_impl))
                 k += 1
             last = i == len(depths) - 1
-            stages.append(Stage(blocks, None if last else PatchMerging(dim)))
+            stages.append(Stage(blocks, None if last else merge_cls(dim)))
             res = (res + 1) // 2  # merging pads odd maps by one
         self.stages = nn.ModuleList(stages)
 
@@ -335,10 +447,12 @@ class SwinTransformer(nn.Module):
         return self.head(self.norm(x).mean(dim=(1, 2)))
 
     def no_weight_decay(self) -> set[str]:
-        """Names of the parameters weight decay must leave alone: norms, biases and the
-        relative-position bias tables (a bias, however it is stored)."""
+        """Names of the parameters weight decay must leave alone: norms, biases, the
+        relative-position bias tables (a bias, however it is stored) and, in V2, the attention
+        temperatures and the whole position-bias MLP (the bias it computes, as the V2 authors do)."""
         return {name for name, p in self.named_parameters()
-                if p.ndim <= 1 or name.endswith("relative_position_bias_table")}
+                if p.ndim <= 1 or name.endswith(("relative_position_bias_table", "logit_scale"))
+                or ".cpb_mlp." in name}
 
     def stage_summary(self) -> list[dict]:
         """Per stage: input resolution (h, w), effective window, shift of its odd blocks, heads,
@@ -360,11 +474,13 @@ class SwinTransformer(nn.Module):
 
 def architecture_problem(*, image_size: int, patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
                          depths: Sequence[int], num_heads: Sequence[int], window_size: int, mlp_ratio: float = 4.0,
-                         attn_impl: str = "math", stem: str = "patch", stem_convs: int = 1) -> Optional[str]:
+                         attn_impl: str = "math", stem: str = "patch", stem_convs: int = 1,
+                         version: int = 1) -> Optional[str]:
     """Why these hyperparameters cannot make a Swin, or None. The one home of these rules: the
     config check and the constructor both ask here, so the message names the config key."""
     depths, num_heads = list(depths), list(num_heads)
     rules = [
+        (version in (1, 2), f"model.version must be 1 or 2 (got {version})"),
         (patch_size >= 1, f"model.patch_size must be >= 1 (got {patch_size})"),
         (window_size >= 1, f"model.window_size must be >= 1 (got {window_size})"),
         (stem_convs >= 1, f"model.stem_convs must be >= 1 (got {stem_convs})"),

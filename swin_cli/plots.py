@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from swin_cli.checkpoint import atomic_file
+
 log = logging.getLogger("swin_cli")
 _warned = False
 
@@ -32,9 +34,8 @@ def _pyplot() -> Optional[Any]:
 
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:

@@ -30,6 +30,13 @@ def forward_flops(model: SwinTransformer, image_size: int, in_chans: int) -> tup
     return counter.get_total_flops(), stages
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the device type (with the thread count on a CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+
+
 def stage_table(model: SwinTransformer, stage_flops: list[int]) -> Any:
     from rich.table import Table
 
@@ -71,7 +78,7 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
                  f"{data.in_chans}x{cfg.data.image_size}x{cfg.data.image_size}"),
         ("model", f"swin-{m.name}: {count_parameters(model):,} params, {total / 1e6:,.1f} MFLOPs/image forward, "
                   f"{plain(m.stem)} stem, patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, "
-                  f"attention {model.stages[0].blocks[0].attn.attn_impl}"),
+                  f"attention {model.attn_impl}"),
         ("optimizer", f"{plain(o.name)} lr {o.lr:g} weight decay {o.weight_decay:g}, {plain(s.name)} schedule"
                       + (f", warmup {s.warmup_epochs:g} epochs" if s.warmup_epochs else "")),
         ("training", f"{cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}"

@@ -150,7 +150,7 @@ def test_tf32_is_on_by_default_for_cuda_and_off_by_knob(monkeypatch):
 def test_prep_timer_reads_cuda_events_at_the_log_interval_not_per_step(monkeypatch):
     import time
 
-    from swin_cli.train import PrepTimer
+    from swin_cli.records import PrepTimer
 
     class FakeEvent:  # host clock in place of the GPU's; counts the waits
         waits = 0

@@ -65,8 +65,10 @@ def test_our_weights_load_strictly_into_torchvision(tv_swin_t):
 
 
 def test_mapping_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="features.1.0.attn.logit_scale"):
-        torchvision_to_ours({"features.1.0.attn.logit_scale": torch.zeros(3)})
+    with pytest.raises(ValueError, match="features.1.0.attn.weird"):
+        # logit_scale is a known (v2) key; the unknown one beside it is still named
+        torchvision_to_ours({"features.1.0.attn.logit_scale": torch.zeros(3, 1, 1),
+                             "features.1.0.attn.weird": torch.zeros(3)})
     with pytest.raises(ValueError, match="blocks.weird"):
         ours_to_torchvision({"blocks.weird": torch.zeros(3)})
 

@@ -17,7 +17,9 @@ from conftest import TINY_MODEL, make_config
 from swin_cli import checkpoint
 from swin_cli.errors import SwinCliError
 from swin_cli.build import lr_factor, resolve_attn_impl, select_device
-from swin_cli.train import TIMING_FIELDS, NonFiniteLoss, Trainer, TrainingInterrupted
+from swin_cli.interrupt import TrainingInterrupted
+from swin_cli.records import TIMING_FIELDS
+from swin_cli.train import NonFiniteLoss, Trainer
 
 FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
 
@@ -31,16 +33,13 @@ def comparable(history):
 
 
 def stop_at(trainer: Trainer, global_step: int, signum=signal.SIGTERM) -> None:
-    """Make the trainer receive `signum` during the step that ends at `global_step`."""
-    original = trainer._train_step
+    """Make the trainer receive `signum` right after the step that ends at `global_step`."""
 
-    def step(images, labels):
-        out = original(images, labels)
-        if trainer.global_step + 1 == global_step:
+    def on_step(t: Trainer) -> None:
+        if t.global_step == global_step:
             signal.raise_signal(signum)
-        return out
 
-    trainer._train_step = step
+    trainer.on_step = on_step
 
 
 def test_loss_falls_and_accuracy_beats_chance(tmp_path):
@@ -330,7 +329,7 @@ def test_requeued_slurm_job_resumes_from_its_own_last_checkpoint(tmp_path, monke
 
 def test_attn_impl_auto_picks_the_faster_path_per_device(tmp_path):
     trainer = Trainer(config("epochs=1"), tmp_path)
-    assert trainer.device.type != "cpu" or trainer.model.stages[0].blocks[0].attn.attn_impl == "math"
+    assert trainer.device.type != "cpu" or trainer.model.attn_impl == "math"
     assert resolve_attn_impl("auto") == "math"
     assert resolve_attn_impl("sdpa") == "sdpa"
 
@@ -357,8 +356,8 @@ def test_early_stopping_stops_on_a_plateau_says_why_and_resume_keeps_it(tmp_path
     trainer = Trainer(config("epochs=8", "train.early_stopping.patience=2", "train.early_stopping.min_delta=0.5"),
                       tmp_path / "run")
     scores = iter([50.0, 60.0, 60.4, 59.0, 70.0])  # epoch 3 rises by less than min_delta
-    trainer.evaluate = lambda split, model, confusion=False: (
-        (1.0, next(scores)) if not confusion else (1.0, 10.0, torch.zeros(10, 10, dtype=torch.int64)))
+    trainer.evaluator = lambda model, split, confusion: (
+        (1.0, next(scores), None) if not confusion else (1.0, 10.0, torch.zeros(10, 10, dtype=torch.int64)))
     results = trainer.fit()
     assert results["epochs"] == 4 and results["best_val_acc"] == 60.4
     assert results["stopped_early"] == {
@@ -372,7 +371,7 @@ def test_early_stopping_stops_on_a_plateau_says_why_and_resume_keeps_it(tmp_path
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     from swin_cli.augment import Normalize
     from swin_cli.data import ImageSplit
-    from swin_cli.train import evaluate
+    from swin_cli.evaluate import evaluate_split
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
@@ -383,9 +382,9 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     logits = (model(x) + model(x.flip(-1))) / 2
     want_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     want_acc = 100.0 * (logits.argmax(1) == labels).float().mean().item()
-    loss, acc, _ = evaluate(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4, tta="flip")
+    loss, acc, _ = evaluate_split(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4, tta="flip")
     assert loss == pytest.approx(want_loss, rel=1e-5) and acc == pytest.approx(want_acc)
-    plain_loss, _, _ = evaluate(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4)
+    plain_loss, _, _ = evaluate_split(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4)
     assert plain_loss != pytest.approx(want_loss)
 
 

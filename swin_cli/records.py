@@ -1,0 +1,193 @@
+"""What a run writes and shows as it goes: metrics.csv/jsonl, the epoch line, results.json,
+the trackers (TensorBoard, MLflow), the plots, and the run dir's own upkeep."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from swin_cli import checkpoint, plots, summary
+from swin_cli.build import lr_factor
+from swin_cli.errors import SwinCliError
+from swin_cli.tracking import open_trackers
+
+log = logging.getLogger("swin_cli")
+
+METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc", "lr",
+                 "epoch_time_s", "data_time_s", "train_img_per_s"]
+# Fields that depend on wall-clock time; everything else is reproducible bit for bit on CPU.
+TIMING_FIELDS = ("epoch_time_s", "data_time_s", "train_img_per_s")
+
+
+class RunRecords:
+    """The files and trackers of one run. Under torchrun only rank 0 writes (active=True); the
+    other ranks hold an inactive one, so the loop calls it the same way on every rank."""
+
+    def __init__(self, cfg: Any, run_dir: Path, sweep_dir: Optional[Path] = None, active: bool = True):
+        self.cfg, self.run_dir, self.active = cfg, Path(run_dir), active
+        self.trackers = open_trackers(cfg, self.run_dir, sweep_dir) if active else []
+
+    def metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv and metrics.jsonl whole (a resumed run carries the earlier rows)."""
+        if not self.active:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        checkpoint.write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
+        checkpoint.write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+    def epoch(self, history: list[dict[str, Any]], improved: bool) -> None:
+        """After an epoch: its row (the last of `history`) everywhere, and its line on screen;
+        `improved` marks a new best validation accuracy with `*`."""
+        if not self.active:
+            return
+        row = history[-1]
+        self.metrics(history)
+        for tracker in self.trackers:
+            tracker.epoch(row, row["epoch"])
+        plots.plot_curves(history, self.run_dir / "curves.png")
+        log.info(epoch_line(row, self.cfg.epochs) + ("  *" if improved else ""))
+
+    def finish(self, results: dict[str, Any], confusion: torch.Tensor, total_steps: int, steps_per_epoch: int) -> None:
+        """At the end: the plots, results.json, the trackers' final values."""
+        if not self.active:
+            return
+        lrs = [self.cfg.optimizer.lr * lr_factor(s, self.cfg.scheduler, total_steps, steps_per_epoch)
+               for s in range(total_steps)]
+        plots.plot_lr(lrs, steps_per_epoch, self.run_dir / "lr.png")
+        plots.plot_confusion(confusion.tolist(), results["classes"], self.run_dir / "confusion.png")
+        checkpoint.write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        for tracker in self.trackers:
+            tracker.finish(results, self.run_dir)
+
+    def final_line(self, results: dict[str, Any]) -> None:
+        best = results["best_val_acc"]
+        best_text = f"{best:.2f}% (epoch {results['best_epoch']})" if best is not None else "n/a"
+        log.info(f"best val acc {best_text} | test acc {results['test_acc']:.2f}% (loss {results['test_loss']:.4f}) "
+                 f"| {results['wall_time_s']:.1f}s | {self.run_dir}")
+        if self.active:
+            log.info(summary.end_panel(self.run_dir))
+
+    def abort(self) -> None:
+        for tracker in self.trackers:
+            tracker.abort()
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    width = len(str(epochs))
+    data_share = row["data_time_s"] / max(row["epoch_time_s"], 1e-9)
+    val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%" if row["val_acc"] is not None
+           else "val n/a")
+    if row["ema_val_acc"] is not None:
+        val += f" (ema {row['ema_val_acc']:6.2f}%)"
+    return (f"epoch {row['epoch']:>{width}}/{epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}% | "
+            f"{val} | lr {row['lr']:.2e} | {row['epoch_time_s']:.1f}s (data {data_share:.0%}) "
+            f"{row['train_img_per_s']:.0f} img/s")
+
+
+def mean(values: list[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Before a run writes anything: fail now if the run dir cannot take files (read-only, full
+    disk), and remove what a killed write left there."""
+    probe = run_dir / ".write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        probe.unlink(missing_ok=True) if run_dir.is_dir() else None
+        raise SwinCliError(f"cannot write to the run dir {run_dir}: {exc.strerror or exc}") from None
+    clean_up_after_a_kill(run_dir)
+
+
+def clean_up_after_a_kill(run_dir: Path) -> None:
+    """Remove what a killed checkpoint write left in `run_dir`, and say so."""
+    removed = checkpoint.remove_stale_temp_files(run_dir)
+    if removed:
+        names = ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
+        log.info(f"removed {len(removed)} temporary file(s) an interrupted write left in {run_dir}: {names}")
+
+
+class EpochProgress:
+    """A live rich bar on a terminal; nothing on a pipe (the epoch line says it all there)."""
+
+    def __init__(self, enabled: bool, epoch: int, epochs: int, total_steps: int, done_steps: int):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True)
+        self.task = self.bar.add_task("train", total=total_steps, completed=done_steps, stats="")
+        self.bar.start()
+
+    def update(self, done_steps: int, running: dict[str, float], sums: torch.Tensor, seconds: float) -> None:
+        """Show the epoch's loss, accuracy and speed so far: `running` from before a resume,
+        `sums` ([loss sum, correct, images] on the device) since this part of the epoch began."""
+        if self.bar is None:
+            return
+        loss_sum, correct, images = sums.tolist()
+        seen = max(1, running["seen"] + images)
+        stats = (f"loss {(running['loss'] + loss_sum) / seen:.4f} acc {100 * (running['correct'] + correct) / seen:5.2f}% "
+                 f"{images / max(seconds, 1e-9):.0f} img/s")
+        self.bar.update(self.task, completed=done_steps, stats=stats)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class PrepTimer:
+    """Time spent preparing batches (copy, augmentation, normalisation, mixing).
+
+    On a CPU that is host wall time. On a GPU the host only queues the kernels, so a pair of
+    CUDA events brackets them in the stream and the time between the events is read at the log
+    interval, when the loop synchronises anyway: reading it every step would stall the queue.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[Any, Any]] = []
+        self.seconds = 0.0
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.pending.append((self._start, end))
+        else:
+            self.seconds += time.perf_counter() - self._start
+
+    def collect(self) -> float:
+        """Seconds measured since the last call (waits for the last bracketed kernels on a GPU)."""
+        if self.pending:
+            self.pending[-1][1].synchronize()
+            self.seconds += sum(start.elapsed_time(end) for start, end in self.pending) / 1000.0
+            self.pending.clear()
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
