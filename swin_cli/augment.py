@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from swin_cli.config import RANDAUGMENT_MAX_MAGNITUDE, plain
 
 
 class Normalize:
@@ -39,7 +40,7 @@ class Normalize:
 # RandAugment / TrivialAugment
 
 # Magnitudes are bins 0..MAX_BIN, the scale torchvision's RandAugment(magnitude=...) uses.
-MAX_BIN = 30
+MAX_BIN = RANDAUGMENT_MAX_MAGNITUDE
 NUM_BINS = MAX_BIN + 1
 
 OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
@@ -249,11 +250,6 @@ def equalize(x: Tensor) -> Tensor:
 # Per-batch augmentation of uint8 images, and random erasing of normalised ones
 
 
-def _option(value: Any) -> str:
-    # Hydra hands str Enums over as the Enum, plain configs as the str.
-    return str(value.value if isinstance(value, Enum) else value).lower()
-
-
 class BatchAugment:
     """Random crop after zero padding, random horizontal flip and RandAugment/TrivialAugment on a
     uint8 batch; `erase` does random erasing after normalisation."""
@@ -266,8 +262,8 @@ class BatchAugment:
     def __init__(self, cfg: Any):
         self.padding = int(cfg.crop_padding)
         self.hflip = bool(cfg.hflip)
-        kind = _option(cfg.auto_augment)
-        space = _option(cfg.op_space) if cfg.op_space is not None else None
+        kind = plain(cfg.auto_augment)
+        space = plain(cfg.op_space) if cfg.op_space is not None else None
         self.auto = None if kind == "none" else AutoAugment(kind, cfg.randaugment_ops, cfg.randaugment_magnitude,
                                                             space)
         self.erase_prob = float(cfg.random_erasing)

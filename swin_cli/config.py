@@ -22,6 +22,10 @@ class ConfigError(SwinCliError):
     """A config value that cannot work; the message is one line naming the key."""
 
 
+# RandAugment magnitudes are bins 0..30, the scale of torchvision's RandAugment(magnitude=...).
+RANDAUGMENT_MAX_MAGNITUDE = 30
+
+
 class DataSource(str, Enum):
     digits = "digits"
     cifar10 = "cifar10"
@@ -325,6 +329,10 @@ def validate(cfg: Any) -> None:
     _check(all(isinstance(n, str) and n in LOGGERS for n in loggers),
            f"logger must be one of {', '.join(LOGGERS)} or a list of them, e.g. logger=[tensorboard,mlflow] "
            f"(got {cfg.logger})")
+    mode = plain(cfg.mode)
+    _check(mode not in ("eval", "predict") or bool(cfg.ckpt),
+           f"mode={mode} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
+    _check(mode != "predict" or bool(cfg.predict_dir), "mode=predict needs predict_dir=/folder/of/images")
     _check(cfg.eval_split in ("train", "val", "test"),
            f"eval_split must be one of train, val, test (got {cfg.eval_split!r})")
 
@@ -355,8 +363,8 @@ def validate(cfg: Any) -> None:
     a = cfg.aug
     _check(a.crop_padding >= 0, f"aug.crop_padding must be >= 0 (got {a.crop_padding})")
     _check(a.randaugment_ops >= 1, f"aug.randaugment_ops must be >= 1 (got {a.randaugment_ops})")
-    _check(0 <= a.randaugment_magnitude <= 30,
-           f"aug.randaugment_magnitude must be in [0, 30] (got {a.randaugment_magnitude})")
+    _check(0 <= a.randaugment_magnitude <= RANDAUGMENT_MAX_MAGNITUDE,
+           f"aug.randaugment_magnitude must be in [0, {RANDAUGMENT_MAX_MAGNITUDE}] (got {a.randaugment_magnitude})")
     for key in ("random_erasing", "mix_prob", "mix_switch_prob"):
         _check(0.0 <= getattr(a, key) <= 1.0, f"aug.{key} must be in [0, 1] (got {getattr(a, key)})")
     for key in ("mixup_alpha", "cutmix_alpha"):

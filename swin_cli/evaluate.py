@@ -21,7 +21,7 @@ from swin_cli import checkpoint, distributed
 from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
 from swin_cli.checkpoint import write_text_atomic
-from swin_cli.config import ConfigError, plain
+from swin_cli.config import plain
 from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, decode_image, load_data
 from swin_cli.errors import SwinCliError
 
@@ -65,8 +65,6 @@ def evaluate_split(model: nn.Module, split: ImageSplit, normalize: Normalize, de
 
 
 def _load_model(cfg: Any) -> tuple[nn.Module, dict[str, Any], torch.device]:
-    if not cfg.ckpt:
-        raise ConfigError(f"mode={plain(cfg.mode)} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
     path = Path(cfg.ckpt).expanduser()
     state = checkpoint.load(path / "best.pt" if path.is_dir() else path)
     device = select_device(plain(cfg.device))
@@ -98,8 +96,6 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
 @torch.no_grad()
 def predict_folder(cfg: Any, run_dir: Path) -> Path:
     """mode=predict: classify every image under predict_dir; write predictions.csv."""
-    if not cfg.predict_dir:
-        raise SwinCliError("mode=predict needs predict_dir=/folder/of/images")
     folder = Path(cfg.predict_dir).expanduser()
     if not folder.is_dir():
         raise SwinCliError(f"predict_dir={cfg.predict_dir} does not exist or is not a folder")

@@ -12,17 +12,15 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import hydra
-import hydra._internal.utils as hydra_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from swin_cli import sweep
 from swin_cli.config import ConfigError, register_configs, validate
 from swin_cli.errors import SwinCliError
 
@@ -79,7 +77,9 @@ def run(cfg: DictConfig) -> Optional[float]:
     """Train (or evaluate) as `cfg` says; returns the best validation accuracy for sweepers."""
     # Imported here: the training stack is only needed once a config has been composed.
     from swin_cli.evaluate import evaluate_checkpoint, predict_folder
-    from swin_cli.train import Trainer, TrainingInterrupted
+    from swin_cli import sweep
+    from swin_cli.interrupt import TrainingInterrupted
+    from swin_cli.train import Trainer
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -91,7 +91,9 @@ def run(cfg: DictConfig) -> Optional[float]:
         if cfg.mode.value == "eval":
             return evaluate_checkpoint(cfg, run_dir)["acc"]
         if cfg.mode.value == "summary":  # describe the model and data, train nothing
-            Trainer(cfg, run_dir).describe()
+            from swin_cli.summary import describe
+
+            log.info(describe(cfg, run_dir))
             return None
         if cfg.mode.value == "predict":
             predict_folder(cfg, run_dir)
@@ -161,41 +163,6 @@ def one_line(message: str) -> str:
     return line
 
 
-def _report_config_errors(run_and_report: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap Hydra's error reporter so config composition errors become one `swin-train: error:`
-    line with exit code 2, and file-system errors one line with exit code 1. Anything else (a
-    bug) keeps Hydra's traceback."""
-
-    def guarded(func: Callable[[], Any]) -> Callable[[], Any]:
-        def call() -> Any:
-            try:
-                return func()
-            except (HydraException, OmegaConfBaseException) as exc:
-                message = str(exc)
-                cause = exc.__cause__ or exc.__context__
-                if cause is not None and str(cause) not in message:
-                    message += "\n" + str(cause)
-                print(f"{program}: error: {one_line(message)}", file=sys.stderr, flush=True)
-                sys.exit(2)
-            except OSError as exc:  # e.g. Hydra cannot create the run dir: read-only, full disk
-                where = f" {exc.filename}" if exc.filename else ""
-                print(f"{program}: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
-                sys.exit(1)
-
-        return call
-
-    def report(func: Callable[[], Any]) -> Any:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            return run_and_report(func)
-        return run_and_report(guarded(func))
-
-    return report
-
-
-if hasattr(hydra_utils, "run_and_report"):  # Hydra 1.3's reporter; elsewhere keep Hydra's own
-    hydra_utils.run_and_report = _report_config_errors(hydra_utils.run_and_report)
-
-
 @hydra.main(version_base="1.3", config_path="pkg://swin_cli.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> Any:
     return run(cfg)
@@ -214,15 +181,30 @@ def main() -> None:
     if not distributed.is_main():
         # One run dir, one log: the other ranks write neither Hydra's files nor log lines.
         sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[]"]
+    # Hydra prints a composition error (a bad override, an unknown option) as a stack trace.
+    # With HYDRA_FULL_ERROR it raises instead, and the error becomes one line here: exit 2 for
+    # the config, 1 for the file system. A user who set HYDRA_FULL_ERROR=1 gets the trace.
+    full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if full_trace:
+            raise
+        message = str(exc)
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and str(cause) not in message:
+            message += "\n" + str(cause)
+        print(f"{program}: error: {one_line(message)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except OSError as exc:  # e.g. Hydra cannot create the run dir: read-only, full disk
+        if full_trace:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{program}: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
     finally:
         distributed.teardown()
-    code = sweep.exit_code_after_sweep()
-    if code:
-        print(f"{program}: error: {len(sweep.failed_jobs)} sweep job(s) failed (see the summary above)",
-              file=sys.stderr)
-        sys.exit(code)
 
 
 def eval_main() -> None:

@@ -1,18 +1,112 @@
-"""`swin-report DIR...`: compare finished runs without writing code.
+"""Tables of finished runs, and `swin-report DIR...` to compare them without writing code.
 
-Each DIR is a run dir or a sweep dir (whose job dirs are then read). Prints the table of runs,
-best validation accuracy first, and writes val_acc_comparison.png (their validation-accuracy
-curves) into the first DIR.
+Each run dir holds results.json (or error.txt when it failed). A table reads them back, best
+validation accuracy first; a sweep's table is printed and written as summary.csv/summary.md
+when the sweep ends (swin_cli/sweep.py). swin-report takes run dirs or sweep dirs, prints
+their table and writes val_acc_comparison.png (their validation-accuracy curves) into the
+first DIR. Reading from disk keeps the tables right for launchers that run jobs elsewhere.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from swin_cli import plots, sweep
+import yaml
+
+from swin_cli import plots
+from swin_cli.checkpoint import write_text_atomic
+
+ERROR_FILE = "error.txt"
+COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "epochs", "wall_time_s", "params", "error"]
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The run dirs of a sweep (each holds .hydra/overrides.yaml), in job order."""
+    return sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")),
+                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name))
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    return run_rows(job_dirs(sweep_dir))
+
+
+def run_rows(jobs: list[Path]) -> list[dict[str, Any]]:
+    """One row per run dir, best validation accuracy first, failed and unfinished runs last."""
+    overrides = {job: _overrides(job) for job in jobs}
+    # Only what tells the jobs apart: overrides shared by every job are left out.
+    shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    rows = []
+    for job in jobs:
+        row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in overrides[job] if o not in shared),
+                               "run_dir": str(job)}
+        results, error = job / "results.json", job / ERROR_FILE
+        if results.is_file():
+            data = json.loads(results.read_text())
+            row.update(status="ok", **{k: data.get(k) for k in COLUMNS[3:8]})
+        elif error.is_file():
+            row.update(status="failed", error=error.read_text().strip())
+        else:
+            row.update(status="unfinished")
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get("best_val_acc") or -1.0)))
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in COLUMNS:
+        table.add_column(column, justify="right" if column not in ("overrides", "status", "error") else "left")
+    for row in rows:
+        style = None if row["status"] == "ok" else "red"
+        table.add_row(*(_cell(row.get(c)) for c in COLUMNS), style=style)
+    # Off a terminal rich assumes 80 columns; a log file is better served by whole rows.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = job_rows(sweep_dir)
+    write_text_atomic(sweep_dir / "summary.csv", to_csv(rows))
+    write_text_atomic(sweep_dir / "summary.md", to_markdown(rows))
+    print_table(rows, f"sweep {sweep_dir} ({len(rows)} jobs, best validation accuracy first)")
+    print(f"summary written to {sweep_dir / 'summary.csv'} and {sweep_dir / 'summary.md'}")
+    return rows
+
+
 
 USAGE = "usage: swin-report RUN_OR_SWEEP_DIR [MORE_DIRS ...]"
 
@@ -28,10 +122,10 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 def collect(paths: list[Path]) -> list[Path]:
     runs: list[Path] = []
     for path in paths:
-        jobs = sweep.job_dirs(path)
+        jobs = job_dirs(path)
         if jobs:
             runs += jobs
-        elif (path / "metrics.csv").is_file() or (path / sweep.ERROR_FILE).is_file():
+        elif (path / "metrics.csv").is_file() or (path / ERROR_FILE).is_file():
             runs.append(path)
         else:
             raise SystemExit(f"swin-report: error: {path} is neither a run dir nor a sweep dir")
@@ -48,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         if not path.is_dir():
             raise SystemExit(f"swin-report: error: {path} is not a folder")
     runs = collect(paths)
-    rows = sweep.run_rows(runs)
-    sweep.print_table(rows, f"{len(rows)} run(s), best validation accuracy first")
+    rows = run_rows(runs)
+    print_table(rows, f"{len(rows)} run(s), best validation accuracy first")
     labels = {row["run_dir"]: row["overrides"] or row["job"] for row in rows}
     curves = {labels[str(r)]: h for r in runs if (h := _history(r))}
     out = plots.plot_comparison(curves, paths[0] / "val_acc_comparison.png")

@@ -30,6 +30,19 @@ def forward_flops(model: SwinTransformer, image_size: int, in_chans: int) -> tup
     return counter.get_total_flops(), stages
 
 
+def describe(cfg: Any, run_dir: Any) -> str:
+    """mode=summary: the panel a run of `cfg` would start with, without building anything it
+    would train with (the data is loaded for its sizes and classes)."""
+    from swin_cli.build import batch_plan, build_model, select_device
+    from swin_cli.data import load_data
+
+    device = select_device(plain(cfg.device))
+    data = load_data(cfg.data)
+    model = build_model(cfg.model, cfg.data.image_size, data.in_chans, data.num_classes).to(device)
+    batch_size, steps_per_epoch = batch_plan(cfg, len(data.train))
+    return start_panel(cfg, model, data, run_dir, device_name(device), steps_per_epoch, batch_size)
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the device type (with the thread count on a CPU)."""
     if device.type == "cuda":

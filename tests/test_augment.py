@@ -26,6 +26,7 @@ from swin_cli.augment import (
     MixBatch,
     Normalize,
 )
+from conftest import make_config
 
 
 def aug_cfg(**overrides) -> types.SimpleNamespace:
@@ -427,3 +428,25 @@ def test_op_space_picks_how_far_the_ops_reach():
     assert BatchAugment(aug_cfg(auto_augment="randaugment", op_space="wide")).auto.space == TRIVIAL_SPACE
     with pytest.raises(ValueError, match="op_space"):
         AutoAugment("randaugment", space="huge")
+
+
+def test_basic_aug_gives_each_image_its_own_crop_of_the_padded_image_and_flip():
+    images = (torch.arange(16 * 3 * 8 * 8) % 251 + 1).to(torch.uint8).view(16, 3, 8, 8)  # no zero pixels
+    out = BatchAugment(make_config("aug=basic").aug)(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    choices = set()
+    for i in range(len(images)):
+        found = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                 if torch.equal(out[i], (lambda c: c.flip(-1) if flip else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert found, f"image {i} is not a crop of its padded self (or its mirror image)"
+        choices.add(found[0])
+    assert len(choices) > 4  # drawn per image, not once per batch
+    assert not BatchAugment(make_config("aug=none").aug).active
+
+
+def test_normalize_matches_reference():
+    images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    mean, std = [0.1, 0.2, 0.3], [0.5, 0.25, 0.2]
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(Normalize(mean, std, torch.device("cpu"))(images), expected, atol=1e-6)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_config
+from conftest import CONF, make_config
 from swin_cli.config import ConfigError, validate
 
 PAPER = {  # Liu et al. 2021, Table 1 (embed dim C, layer numbers, heads)
@@ -95,3 +95,37 @@ def test_experiment_swin_composes_the_gpu_recipe():
     assert cfg.train.precision.value == "bf16" and cfg.train.compile and cfg.train.ema.decay == 0.9998
     assert cfg.aug.auto_augment.value == "trivialaugment" and cfg.epochs == 200
     validate(cfg)
+
+
+def _options() -> list[tuple[str, str]]:
+    """Every option of every config group in conf/, as (group, option)."""
+    found = []
+    for group in sorted(p for p in CONF.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+        name = group.relative_to(CONF).as_posix()
+        found += [(name, f.stem) for f in sorted(group.glob("*.yaml"))]
+    return found
+
+
+# Options that need a Hydra plugin from the `sweep` extra.
+_PLUGINS = {("hparams_search", "cifar10_optuna"): "hydra_plugins.hydra_optuna_sweeper",
+            ("hydra/launcher", "slurm"): "hydra_plugins.hydra_submitit_launcher"}
+
+
+@pytest.mark.parametrize("group,option", _options(), ids=lambda v: str(v))
+def test_every_config_option_composes_and_validates(group, option):
+    if (group, option) in _PLUGINS:
+        pytest.importorskip(_PLUGINS[group, option])
+    if group.startswith("hydra"):  # Hydra's own settings: what they set is in the hydra node
+        from hydra import compose, initialize_config_dir
+
+        overrides = [f"{group}={option}"] if group != "hydra" else []
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            hydra_cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True).hydra
+        assert hydra_cfg.job.name == "swin-train"
+        assert group == "hydra" or "submitit" in hydra_cfg.launcher._target_
+        return
+    extra = ["data.root=/some/folder"] if (group, option) == ("data", "imagefolder") else []
+    cfg = make_config(f"{group}={option}", *extra)
+    validate(cfg)
+    if group in ("model", "data", "aug", "optimizer", "scheduler"):
+        assert cfg[group].name == option

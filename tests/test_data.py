@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from conftest import make_config
-from swin_cli.augment import BatchAugment, Normalize
 from swin_cli.data import DataError, channel_stats, load_data
 
 
@@ -127,20 +126,3 @@ def test_channel_stats_match_float_computation():
     x = images.double() / 255
     assert np.allclose(mean, x.mean(dim=(0, 2, 3)).tolist())
     assert np.allclose(std, x.std(dim=(0, 2, 3), unbiased=False).tolist())
-
-
-def test_batch_augment_crops_and_flips_each_image_independently():
-    images = torch.arange(16 * 3 * 8 * 8, dtype=torch.int64).remainder(251).to(torch.uint8).view(16, 3, 8, 8)
-    aug = BatchAugment(make_config("aug=basic").aug)
-    out = aug(images, torch.Generator().manual_seed(0))
-    assert out.shape == images.shape and out.dtype == torch.uint8
-    assert not torch.equal(out, images)
-    none = BatchAugment(make_config("aug=none").aug)
-    assert not none.active
-
-
-def test_normalize_matches_reference():
-    images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
-    mean, std = [0.1, 0.2, 0.3], [0.5, 0.25, 0.2]
-    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    assert torch.allclose(Normalize(mean, std, torch.device("cpu"))(images), expected, atol=1e-6)

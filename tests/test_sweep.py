@@ -78,4 +78,3 @@ def test_failed_job_raises_for_optuna_and_returns_for_the_basic_sweeper(tmp_path
     optuna = OmegaConf.create({"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}})
     with pytest.raises(ValueError):  # Optuna records the trial as FAIL and carries on
         sweep.failed_job(tmp_path, str(error), optuna, error)
-    sweep.failed_jobs.clear()

@@ -271,9 +271,12 @@ def test_ema_is_validated_checkpointed_and_used_when_better(tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_this_device(tmp_path, precision):
-    trainer = Trainer(config("epochs=1", f"train.precision={precision}"), tmp_path)
+    reference = Trainer(config("epochs=1"), tmp_path / "fp32").fit()
+    trainer = Trainer(config("epochs=1", f"train.precision={precision}"), tmp_path / precision)
     results = trainer.fit()
-    assert math.isfinite(trainer.history[0]["train_loss"]) and results["test_acc"] >= 0
+    # Low precision follows the fp32 run closely: same data, same seed, a few bits less per product.
+    assert math.isfinite(trainer.history[0]["train_loss"])
+    assert abs(results["test_loss"] - reference["test_loss"]) < 0.05
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
 
 
