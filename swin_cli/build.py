@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -105,20 +105,35 @@ def model_from_checkpoint(state: dict[str, Any]) -> SwinTransformer:
     return model.eval()
 
 
-def param_groups(model: SwinTransformer, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: SwinTransformer, weight_decay: float, lr: float,
+                 layer_decay: Optional[float] = None) -> list[dict[str, Any]]:
     """Weight decay on weight matrices only; the model names the parameters it must not shrink
-    (norms, biases, position-bias tables)."""
+    (norms, biases, position-bias tables). With layer_decay, layer-wise lr decay for fine-tuning:
+    the head trains at lr and each depth below at layer_decay times the one above, so the
+    pretrained early layers move least (BEiT; the Swin fine-tuning recipes). Highest lr first."""
     exempt = model.no_weight_decay()
-    decay, no_decay = [], []
+    if layer_decay is None:
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if name in exempt else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    depths = model.layer_depths()
+    top = max(depths.values())
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if name in exempt else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            key = (top - depths[name], name in exempt)
+            scale = layer_decay ** key[0]
+            group = groups.setdefault(key, {"params": [], "weight_decay": 0.0 if key[1] else weight_decay,
+                                            "lr": lr * scale, "lr_scale": scale})
+            group["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
 
 
 def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     name = plain(opt_cfg.name)
-    groups = param_groups(model, opt_cfg.weight_decay)
+    groups = param_groups(model, opt_cfg.weight_decay, opt_cfg.lr, opt_cfg.layer_decay)
     # One fused kernel for all parameters on CUDA; elsewhere foreach batches the updates.
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if name == "adamw":

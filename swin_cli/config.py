@@ -26,68 +26,25 @@ class ConfigError(SwinCliError):
 RANDAUGMENT_MAX_MAGNITUDE = 30
 
 
-class DataSource(str, Enum):
-    digits = "digits"
-    cifar10 = "cifar10"
-    cifar100 = "cifar100"
-    imagefolder = "imagefolder"
+def choices(name: str, *values: str) -> type[Enum]:
+    """A str Enum of the allowed values of a key: Hydra rejects any other value at start-up and
+    names the allowed ones."""
+    return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
 
 
-class OptimizerName(str, Enum):
-    adamw = "adamw"
-    adam = "adam"
-    sgd = "sgd"
-
-
-class SchedulerName(str, Enum):
-    cosine = "cosine"
-    step = "step"
-    onecycle = "onecycle"
-    constant = "constant"
-
-
-class AutoAugment(str, Enum):
-    none = "none"
-    randaugment = "randaugment"
-    trivialaugment = "trivialaugment"
-
-
-class OpSpaceName(str, Enum):
-    standard = "standard"
-    wide = "wide"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class AttnImpl(str, Enum):
-    auto = "auto"
-    sdpa = "sdpa"
-    math = "math"
-
-
-class Stem(str, Enum):
-    patch = "patch"
-    conv = "conv"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class Mode(str, Enum):
-    train = "train"
-    eval = "eval"
-    predict = "predict"
-    summary = "summary"
-    # Write <run dir>/augment_preview.png: training images after the configured augmentation.
-    preview = "preview"
+DataSource = choices("DataSource", "digits", "cifar10", "cifar100", "imagefolder")
+OptimizerName = choices("OptimizerName", "adamw", "adam", "sgd")
+SchedulerName = choices("SchedulerName", "cosine", "step", "onecycle", "constant")
+AutoAugment = choices("AutoAugment", "none", "randaugment", "trivialaugment")
+OpSpaceName = choices("OpSpaceName", "standard", "wide")
+Precision = choices("Precision", "fp32", "bf16", "fp16")
+AttnImpl = choices("AttnImpl", "auto", "sdpa", "math")
+Stem = choices("Stem", "patch", "conv")
+Device = choices("Device", "auto", "cpu", "cuda", "mps")
+# preview: write <run dir>/augment_preview.png, training images after the configured augmentation.
+Mode = choices("Mode", "train", "eval", "predict", "summary", "preview")
+TTA = choices("TTA", "none", "flip")
+PredictBackend = choices("PredictBackend", "torch", "onnx")
 
 
 @dataclass
@@ -182,6 +139,9 @@ class OptimizerConfig:
     eps: float = 1e-8
     momentum: float = 0.9
     nesterov: bool = False
+    # Layer-wise lr decay, for fine-tuning: the head trains at lr and each block below it at
+    # layer_decay times the lr of the one above (patch embedding lowest); null: one lr for all.
+    layer_decay: Optional[float] = None
 
 
 @dataclass
@@ -212,11 +172,6 @@ class EarlyStoppingConfig:
     # more than min_delta points for `patience` epochs in a row; null: train every epoch.
     patience: Optional[int] = None
     min_delta: float = 0.0
-
-
-class TTA(str, Enum):
-    none = "none"
-    flip = "flip"
 
 
 @dataclass
@@ -293,6 +248,9 @@ class Config:
     ckpt: Optional[str] = None
     eval_split: str = "test"
     predict_dir: Optional[str] = None
+    # mode=predict: score with the checkpoint in torch, or with its ONNX export (swin-export,
+    # the .onnx beside the checkpoint) under ONNX Runtime.
+    predict_backend: PredictBackend = PredictBackend.torch
 
 
 def plain(value: Any) -> Any:
@@ -374,6 +332,8 @@ def validate(cfg: Any) -> None:
     _check(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0 (got {o.weight_decay})")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
            f"optimizer.betas must be two values in [0, 1) (got {list(o.betas)})")
+    _check(o.layer_decay is None or 0 < o.layer_decay <= 1,
+           f"optimizer.layer_decay must be in (0, 1] or null (got {o.layer_decay})")
     _check(0 <= o.momentum < 1, f"optimizer.momentum must be in [0, 1) (got {o.momentum})")
 
     _check(s.warmup_epochs >= 0, f"scheduler.warmup_epochs must be >= 0 (got {s.warmup_epochs})")

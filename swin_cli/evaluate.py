@@ -10,7 +10,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -102,10 +102,9 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
     if not files:
         raise SwinCliError(f"predict_dir={cfg.predict_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    model, state, device = _load_model(cfg)
-    size, channels = state["signature"]["data.image_size"], state["signature"]["in_chans"]
-    normalize = Normalize(state["mean"], state["std"], device)
-    classes = state["classes"]
+    model, info, device = _predictor(cfg)
+    size, channels, classes = info["image_size"], info["channels"], info["classes"]
+    normalize = Normalize(info["mean"], info["std"], device)
     top = min(5, len(classes))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -127,5 +126,24 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     out = Path(run_dir) / "predictions.csv"
     write_text_atomic(out, buffer.getvalue())
     skipped = f" ({unreadable} unreadable skipped)" if unreadable else ""
-    log.info(f"wrote {len(files) - unreadable:,} predictions to {out}{skipped}")
+    log.info(f"wrote {len(files) - unreadable:,} predictions ({info['backend']}) to {out}{skipped}")
     return out
+
+
+def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any], torch.device]:
+    """What scores images for mode=predict, what it expects (image size, channels, mean, std)
+    and its classes: the checkpoint's model in torch, or with predict_backend=onnx its export
+    (swin-export) under ONNX Runtime, so a user sees the deployed model's answers."""
+    if plain(cfg.predict_backend) == "onnx":
+        from swin_cli.export import OnnxClassifier, default_output, resolve_checkpoint
+
+        path = default_output(resolve_checkpoint(cfg.ckpt), "onnx", None)
+        if not path.is_file():
+            raise SwinCliError(f"predict_backend=onnx needs {path}; make it with: swin-export ckpt={cfg.ckpt}")
+        onnx_model = OnnxClassifier(path)
+        info = {k: getattr(onnx_model, k) for k in ("image_size", "channels", "mean", "std", "classes")}
+        return onnx_model, {**info, "backend": f"ONNX Runtime, {path.name}"}, torch.device("cpu")
+    model, state, device = _load_model(cfg)
+    info = {"image_size": state["signature"]["data.image_size"], "channels": state["signature"]["in_chans"],
+            "mean": state["mean"], "std": state["std"], "classes": state["classes"], "backend": "torch"}
+    return model, info, device

@@ -26,6 +26,7 @@ TOP_LEVEL_KEYS = {
     "ckpt": "mode=eval/predict: a checkpoint, or a run dir (its best.pt)",
     "eval_split": "mode=eval: train | val | test",
     "predict_dir": "mode=predict: a folder of images to label into predictions.csv",
+    "predict_backend": "mode=predict: torch | onnx (the checkpoint's swin-export under ONNX Runtime)",
 }
 GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log")
 EXAMPLES = """\
@@ -35,7 +36,9 @@ EXAMPLES = """\
   swin-train experiment=cifar10_nano data=imagefolder data.root=../shared/data/cifar10-jpg
   swin-train -m data=digits optimizer=adamw,sgd optimizer.lr=1e-3,3e-4 epochs=3
   swin-train mode=preview data=digits aug.auto_augment=trivialaugment   # augment_preview.png
-  swin-eval ckpt=outputs/DATE/TIME data=digits               # evaluate a run's best.pt"""
+  swin-eval ckpt=outputs/DATE/TIME data=digits               # evaluate a run's best.pt
+  swin-train experiment=finetune data.root=/data/my_images   # ImageNet Swin-T, fine-tuned
+  swin-export ckpt=outputs/DATE/TIME                         # best.onnx, checked against torch"""
 # Hydra's plugin groups, from the optional `sweep` extra.
 PLUGIN_GROUPS = """\
   hydra/launcher: basic*, joblib, slurm, submitit_local, submitit_slurm   (pip install "swin-cli[sweep]")

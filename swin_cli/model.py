@@ -454,6 +454,21 @@ class SwinTransformer(nn.Module):
                 if p.ndim <= 1 or name.endswith(("relative_position_bias_table", "logit_scale"))
                 or ".cpb_mlp." in name}
 
+    def layer_depths(self) -> dict[str, int]:
+        """Each parameter's depth for layer-wise lr decay: 0 for the patch embedding, 1, 2, ...
+        for the blocks in order (a patch merging goes with the last block before it), and one
+        past the last block for the final norm and the head."""
+        depths, first = {}, 1
+        for i, stage in enumerate(self.stages):
+            for j in range(len(stage.blocks)):
+                depths[f"stages.{i}.blocks.{j}."] = first + j
+            first += len(stage.blocks)
+            depths[f"stages.{i}.downsample."] = first - 1
+        top = first
+        return {name: next((d for prefix, d in depths.items() if name.startswith(prefix)),
+                           0 if name.startswith("patch_embed.") else top)
+                for name, _ in self.named_parameters()}
+
     def stage_summary(self) -> list[dict]:
         """Per stage: input resolution (h, w), effective window, shift of its odd blocks, heads,
         width, depth, and parameter count (its blocks plus the patch merging that follows it)."""

@@ -124,7 +124,7 @@ def test_every_config_option_composes_and_validates(group, option):
         assert hydra_cfg.job.name == "swin-train"
         assert group == "hydra" or "submitit" in hydra_cfg.launcher._target_
         return
-    extra = ["data.root=/some/folder"] if (group, option) == ("data", "imagefolder") else []
+    extra = ["data.root=/some/folder"] if (group, option) in (("data", "imagefolder"), ("experiment", "finetune")) else []
     cfg = make_config(f"{group}={option}", *extra)
     validate(cfg)
     if group in ("model", "data", "aug", "optimizer", "scheduler"):

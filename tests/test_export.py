@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -9,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from PIL import Image
 
 from conftest import TINY_MODEL, run_cli
 
@@ -197,3 +201,27 @@ def test_unloadable_data_falls_back_to_random_inputs_and_says_so(tmp_path):
              "config": {"data": {"name": "imagefolder", "root": str(tmp_path / "gone")}}}
     inputs, where = ex.check_inputs(state, 4)
     assert inputs.shape == (4, 3, 8, 8) and where.startswith("random inputs (data=imagefolder could not be loaded")
+
+
+def test_predict_with_the_onnx_backend_gives_the_torch_backends_answers(trained_run, tmp_path):
+    if not (trained_run / "best.onnx").is_file():
+        assert _swin_export(f"ckpt={trained_run}", cwd=trained_run.parent).returncode == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), "L").save(images / f"{i}.png")
+    tables = {}
+    for backend in ("torch", "onnx"):
+        proc = run_cli("mode=predict", f"ckpt={trained_run}", f"predict_dir={images}", f"predict_backend={backend}",
+                       f"hydra.run.dir={tmp_path / backend}", cwd=tmp_path, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        tables[backend] = list(csv.reader((tmp_path / backend / "predictions.csv").open()))
+    assert len(tables["torch"]) == 7
+    for row_torch, row_onnx in zip(tables["torch"], tables["onnx"]):
+        assert row_torch[:2] == row_onnx[:2] and row_torch[3:] == row_onnx[3:]
+        if row_torch[2] != "confidence":
+            assert abs(float(row_torch[2]) - float(row_onnx[2])) <= 1e-3
+    proc = run_cli("mode=predict", f"ckpt={trained_run / 'last.pt'}", f"predict_dir={images}", "predict_backend=onnx",
+                   f"hydra.run.dir={tmp_path / 'none'}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "predict_backend=onnx needs" in proc.stderr and "swin-export ckpt=" in proc.stderr

@@ -440,3 +440,42 @@ def test_strong_augmentation_on_digits_reaches_its_accuracy_floor(tmp_path):
                                   "train.label_smoothing=0.1"), tmp_path).fit()
     assert results["steps"] == 400
     assert results["test_acc"] >= 50.0
+
+
+def test_layer_decay_scales_the_lr_by_depth_from_the_head_down(tmp_path):
+    from swin_cli.build import param_groups
+
+    trainer = Trainer(config("optimizer.layer_decay=0.5", "optimizer.lr=1e-2"), tmp_path)
+    groups = trainer.optimizer.param_groups
+    lr_of = {n: g["initial_lr"] for g in groups for n, p in trainer.model.named_parameters() if any(p is q for q in g["params"])}
+    # TINY_MODEL: two stages of one block each, so depths 0 (patch embedding), 1, 2, 3 (norm, head)
+    assert lr_of["head.weight"] == lr_of["norm.weight"] == 1e-2 == trainer.scheduler.base_lrs[0]
+    assert lr_of["stages.1.blocks.0.mlp.fc1.weight"] == pytest.approx(5e-3)
+    assert lr_of["stages.0.blocks.0.attn.qkv.weight"] == lr_of["stages.0.downsample.reduction.weight"] == pytest.approx(2.5e-3)
+    assert lr_of["patch_embed.proj.weight"] == pytest.approx(1.25e-3)
+    assert len(lr_of) == len(list(trainer.model.parameters()))
+    for g in groups:  # decay is still decided by the model, per parameter
+        assert g["weight_decay"] in (0.0, trainer.cfg.optimizer.weight_decay)
+    # without layer decay: the two groups as before, one lr
+    plain_groups = param_groups(trainer.model, 0.05, 1e-2)
+    assert len(plain_groups) == 2 and "lr" not in plain_groups[0]
+    trainer.fit()
+    last = trainer.optimizer.param_groups
+    assert last[-1]["lr"] / last[0]["lr"] == pytest.approx(0.5 ** 3)  # the schedule scales every group alike
+
+
+def test_swin_v2_trains_on_digits_and_resumes_exactly(tmp_path):
+    v2 = ("model.version=2",)
+    whole = Trainer(config("epochs=2", *v2), tmp_path / "whole")
+    whole.fit()
+    assert whole.history[-1]["train_loss"] < whole.history[0]["train_loss"] * 1.05
+    first = Trainer(config("epochs=2", *v2), tmp_path / "first")
+    stop_at(first, 5)
+    with pytest.raises(TrainingInterrupted):
+        first.fit()
+    again = Trainer(config("epochs=2", *v2, f"resume={tmp_path / 'first'}"), tmp_path / "again")
+    again.fit()
+    assert comparable(again.history) == comparable(whole.history)
+    # a V1 run cannot continue from a V2 checkpoint, and says why
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.version=2 in the checkpoint vs 1 here"):
+        Trainer(config("epochs=2", f"resume={tmp_path / 'whole'}"), tmp_path / "v1")
