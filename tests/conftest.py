@@ -25,9 +25,10 @@ def make_config(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
     """Run the real swin-train console script (installed by `pip install -e .`)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     exe = Path(sys.executable).with_name("swin-train")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "swin_cli"]
     return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True,

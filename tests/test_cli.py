@@ -238,3 +238,37 @@ def test_help_is_fast_imports_no_torch_and_shows_defaults_and_keys(tmp_path):
     exe = Path(sys.executable).with_name("swin-eval")
     proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("swin-eval: ")
+
+
+@pytest.mark.slow
+def test_finetune_experiment_starts_from_the_cached_imagenet_weights(tmp_path):
+    """The README's fine-tune command, offline: torchvision-layout weights placed in the torch hub
+    cache where model.pretrained=imagenet looks for them."""
+    import os
+
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = torchvision.models.swin_t().state_dict()
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(weights, cache / os.path.basename(torchvision.models.Swin_T_Weights.IMAGENET1K_V1.url))
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / "folder" / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / "folder" / split / name / f"{i}.png")
+    proc = run_cli("experiment=finetune", f"data.root={tmp_path / 'folder'}", "epochs=1", "data.batch_size=4",
+                   "data.val_fraction=0", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path, timeout=600, env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")})
+    assert proc.returncode == 0, proc.stderr
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    # Started from the cached weights (one small step at lr 1e-4 x 0.9^12 moves them little) ...
+    assert (saved["model"]["patch_embed.proj.weight"] - weights["features.0.0.weight"]).abs().max() < 1e-3
+    # ... with a new two-class head, and the recipe's layer-wise decay.
+    assert saved["model"]["head.weight"].shape == (2, 768)
+    lrs = [g["initial_lr"] for g in saved["optimizer"]["param_groups"]]
+    assert lrs[0] == pytest.approx(1e-4) and min(lrs) == pytest.approx(1e-4 * 0.9 ** 13)
