@@ -1,8 +1,9 @@
-"""Checkpoints that survive crashes: atomic writes and loads that explain what is wrong.
+"""Checkpoints: their format and version, the one atomic-write helper every file of a run goes
+through, loads that explain what is wrong, which weights are best, and where a run resumes from.
 
-A checkpoint is written to a temporary file in the same folder, fsynced, then renamed over the
-old one, so at every instant `last.pt` is either the previous complete checkpoint or the new
-complete one — never a truncated mix, whatever kills the process.
+Every write goes to a temporary file in the same folder, fsynced, then renamed over the old
+one, so at every instant `last.pt` (or metrics.csv, results.json, a plot) is either the previous
+complete file or the new complete one — never a truncated mix, whatever kills the process.
 """
 
 from __future__ import annotations

@@ -134,9 +134,12 @@ class AugConfig:
 class OptimizerConfig:
     name: OptimizerName = MISSING
     lr: float = 2e-3
+    # On weight matrices only; the model names the parameters it exempts (norms, biases, ...).
     weight_decay: float = 0.05
+    # adamw, adam:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    # sgd:
     momentum: float = 0.9
     nesterov: bool = False
     # Layer-wise lr decay, for fine-tuning: the head trains at lr and each block below it at
@@ -146,16 +149,17 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
+    """The lr schedule, stepped once per optimizer step. warmup_epochs: a linear warmup from
+    warmup_start_factor*lr, in epochs (fractions allowed). cosine and onecycle end at
+    min_lr_factor*lr. step multiplies the lr by decay_rate every decay_epochs epochs. onecycle
+    rises to the peak lr over the first pct_start of all steps."""
+
     name: SchedulerName = MISSING
-    # Linear warmup from warmup_start_factor*lr, counted in epochs (fractions allowed).
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.01
-    # cosine and onecycle decay to min_lr_factor*lr at the last step.
     min_lr_factor: float = 0.01
-    # step: multiply the lr by decay_rate every decay_epochs epochs.
     decay_epochs: float = 30.0
     decay_rate: float = 0.1
-    # onecycle: the fraction of all steps spent rising to the peak lr.
     pct_start: float = 0.3
 
 
