@@ -41,11 +41,12 @@ class CheckpointError(SwinCliError):
 
 
 @contextmanager
-def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a hidden temporary file beside `path` for writing; on leaving the block it is fsynced
-    and renamed over `path`. A reader, or a crash at any instant, sees the old file or the new
-    one, never a half-written one. On an error the temporary file is removed and `path` is
-    untouched. Every file swin-cli writes goes through here."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A hidden temporary path beside `path` for a writer that takes a file name; on leaving the
+    block the file is fsynced and renamed over `path`. A reader, or a crash at any instant, sees
+    the old file or the new one, never a half-written one. On an error (a failed check, a full
+    disk) the temporary file is removed and `path` is untouched. Every file swin-cli writes goes
+    through here."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -53,15 +54,22 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """`atomic_path` for a writer that takes an open file."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:

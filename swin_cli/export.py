@@ -332,10 +332,9 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
     print(f"{PROGRAM}: {ckpt_path} -> {out} ({fmt}"
           f"{', exporter=' + args['exporter'] if fmt == 'onnx' else ''})", flush=True)
 
-    # Written under a temporary name and moved into place only once it has passed the check.
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    # Moved into place only once it has passed the check; a failed check leaves nothing behind.
     start = time.perf_counter()
-    try:
+    with checkpoint.atomic_path(out) as tmp:
         if fmt == "onnx":
             export_onnx(model, inputs[:EXAMPLE_BATCH].clone(), tmp, args["exporter"], args["opset"])
             runner = OnnxClassifier(tmp, sidecar=False)
@@ -354,9 +353,6 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
         if not worst <= TOLERANCE:  # also catches NaN
             raise SwinCliError(f"{engine} differs from torch by {worst:.3g} > {TOLERANCE:.0e} on {where}; "
                                f"nothing written" + (" (try the other exporter=)" if fmt == "onnx" else ""))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
     signature = state["signature"]
     meta = {

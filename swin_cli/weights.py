@@ -328,6 +328,11 @@ def load_pretrained(model: SwinTransformer, source: str, preset: Optional[str] =
         source_sd = torchvision_to_ours(source_sd)
     elif any(k.startswith("layers.") for k in source_sd):
         source_sd = timm_to_ours(source_sd)
+    # V2 weights carry per-head attention temperatures; V1 weights never do.
+    version = 2 if any(k.endswith("attn.logit_scale") for k in source_sd) else 1
+    if version != model.version:
+        raise ValueError(f"{label} holds Swin V{version} weights but this is a V{model.version} model: "
+                         f"set model.version={version}")
 
     target = model.state_dict()
     loaded: dict[str, Tensor] = {}

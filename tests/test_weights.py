@@ -224,3 +224,11 @@ def test_real_timm_model_parity(tmp_path, timm_name, version, size, window):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         assert (ours(x) - ref(x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("saved,wanted", [(2, 1), (1, 2)])
+def test_weights_of_the_other_swin_version_say_which_version_to_set(tmp_path, saved, wanted):
+    torch.save(SwinTransformer(**SMALL, version=saved).state_dict(), tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=rf"holds Swin V{saved} weights but this is a V{wanted} model: "
+                                         rf"set model.version={saved}$"):
+        load_pretrained(SwinTransformer(**SMALL, version=wanted), str(tmp_path / "w.pt"))
