@@ -216,7 +216,10 @@ def resume_source(resume: Optional[str], config: dict[str, Any], run_dir: Path,
     `config` (the resolved config as a dict); and, with no resume asked, the run dir's own last.pt
     when SLURM requeued this job after preemption."""
     if resume == "auto":
-        return _find_same_config(config, run_dir, outputs)
+        found = _find_same_config(config, run_dir, outputs)
+        if found is None:
+            log.info(f"resume=auto: no earlier run with this config under {outputs}/; starting fresh")
+        return found
     if resume:
         return resolve(resume)
     requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0

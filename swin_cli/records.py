@@ -35,6 +35,13 @@ class RunRecords:
         self.cfg, self.run_dir, self.active = cfg, Path(run_dir), active
         self.trackers = open_trackers(cfg, self.run_dir, sweep_dir) if active else []
 
+    def start(self, model: Any, data: Any, device: torch.device, steps_per_epoch: int, batch_size: int,
+              processes: int) -> None:
+        """The start panel (its FLOP count runs a forward pass: once, on rank 0 only)."""
+        if self.active:
+            log.info(summary.start_panel(self.cfg, model, data, self.run_dir, summary.device_name(device),
+                                         steps_per_epoch, batch_size, processes))
+
     def metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv and metrics.jsonl whole (a resumed run carries the earlier rows)."""
         if not self.active:

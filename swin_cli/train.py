@@ -22,13 +22,13 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from swin_cli import __version__, checkpoint, distributed, summary
+from swin_cli import __version__, checkpoint, distributed
 from swin_cli.augment import TrainBatch
 from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, configure_device,
                             select_device, training_module)
 from swin_cli.config import plain
 from swin_cli.data import DataBundle, ImageSplit, load_data, place_data
-from swin_cli.errors import SwinCliError
+from swin_cli.errors import NonFiniteLoss
 from swin_cli.evaluate import evaluate_split
 from swin_cli.model import count_parameters
 from swin_cli.interrupt import StopRequest, TrainingInterrupted
@@ -38,10 +38,6 @@ log = logging.getLogger("swin_cli")
 
 # evaluator(model, split, confusion) -> (loss, accuracy %, confusion matrix or None)
 Evaluator = Callable[[nn.Module, ImageSplit, bool], tuple[float, float, Optional[torch.Tensor]]]
-
-
-class NonFiniteLoss(SwinCliError):
-    pass
 
 
 def fresh_running() -> dict[str, float]:
@@ -133,8 +129,6 @@ class Trainer:
         source = checkpoint.resume_source(cfg.resume, config, self.run_dir)
         if source is not None:
             self._restore(checkpoint.load(source))
-        elif cfg.resume == "auto":
-            log.info("resume=auto: no earlier run with this config under outputs/; starting fresh")
         self.records = RunRecords(cfg, self.run_dir, sweep_dir, active=self.is_main)
         if self.resumed_from:  # the metrics so far, carried over from the checkpoint
             self.records.metrics(self.history)
@@ -198,9 +192,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ loop
 
     def fit(self) -> dict[str, Any]:
-        if self.is_main:  # the panel's FLOP count runs a forward pass: once, not once per rank
-            log.info(summary.start_panel(self.cfg, self.model, self.data, self.run_dir, summary.device_name(self.device),
-                                         self.steps_per_epoch, self.batch_size, self.world))
+        self.records.start(self.model, self.data, self.device, self.steps_per_epoch, self.batch_size, self.world)
         stop = StopRequest()
         try:
             with stop.installed():

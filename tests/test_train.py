@@ -15,11 +15,11 @@ import torch
 
 from conftest import TINY_MODEL, make_config
 from swin_cli import checkpoint
-from swin_cli.errors import SwinCliError
+from swin_cli.errors import NonFiniteLoss, SwinCliError
 from swin_cli.build import lr_factor, resolve_attn_impl, select_device
 from swin_cli.interrupt import TrainingInterrupted
 from swin_cli.records import TIMING_FIELDS
-from swin_cli.train import NonFiniteLoss, Trainer
+from swin_cli.train import Trainer
 
 FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
 
