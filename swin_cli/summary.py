@@ -89,7 +89,8 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
         ("device", device_name),
         ("data", f"{plain(cfg.data.name)}: {data.sizes()}, {data.num_classes} classes, "
                  f"{data.in_chans}x{cfg.data.image_size}x{cfg.data.image_size}"),
-        ("model", f"swin-{m.name}: {count_parameters(model):,} params, {total / 1e6:,.1f} MFLOPs/image forward, "
+        ("model", f"swin-{m.name}{' (V2)' if m.version == 2 else ''}: {count_parameters(model):,} params, "
+                  f"{total / 1e6:,.1f} MFLOPs/image forward, "
                   f"{plain(m.stem)} stem, patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, "
                   f"attention {model.attn_impl}"),
         ("optimizer", f"{plain(o.name)} lr {o.lr:g} weight decay {o.weight_decay:g}, {plain(s.name)} schedule"
