@@ -16,7 +16,7 @@ from swin_cli import checkpoint
 from swin_cli.config import plain
 from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer
-from swin_cli.weights import load_pretrained
+from swin_cli.weights import fit_weights, read_weights
 
 log = logging.getLogger("swin_cli")
 
@@ -77,9 +77,12 @@ def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int
     fields = {k: v for k, v in model_cfg.items() if k not in _NOT_ARCHITECTURE}
     fields["attn_impl"] = resolve_attn_impl(fields.get("attn_impl", "auto"))
     try:
+        # Weights first: a missing file or an offline download fails before the model is built.
+        weights = read_weights(model_cfg["pretrained"], model_cfg.get("name")) \
+            if pretrained and model_cfg.get("pretrained") else None
         model = SwinTransformer(image_size=image_size, in_chans=in_chans, num_classes=num_classes, **fields)
-        if pretrained and model_cfg.get("pretrained"):
-            load_pretrained(model, model_cfg["pretrained"], model_cfg.get("name"))
+        if weights is not None:
+            fit_weights(model, *weights)
     except (ValueError, FileNotFoundError) as exc:
         raise SwinCliError(str(exc)) from None
     return model

@@ -303,6 +303,13 @@ def load_pretrained(model: SwinTransformer, source: str, preset: Optional[str] =
     works at any window as it is). Anything else missing, unexpected or mis-shaped raises
     ValueError naming the keys. Prints nothing (but torch hub's download progress).
     """
+    fit_weights(model, *read_weights(source, preset))
+
+
+def read_weights(source: str, preset: Optional[str] = None) -> tuple[dict[str, Tensor], str]:
+    """The state_dict `source` names (see `load_pretrained`), unwrapped and in our key layout,
+    and a label for messages. Separate from fitting it so a missing file fails before a model
+    is built."""
     if source == IMAGENET:
         obj, label = _imagenet_state_dict(preset)
     else:
@@ -328,6 +335,11 @@ def load_pretrained(model: SwinTransformer, source: str, preset: Optional[str] =
         source_sd = torchvision_to_ours(source_sd)
     elif any(k.startswith("layers.") for k in source_sd):
         source_sd = timm_to_ours(source_sd)
+    return source_sd, label
+
+
+def fit_weights(model: SwinTransformer, source_sd: dict[str, Tensor], label: str) -> None:
+    """Load a state_dict from `read_weights` into `model` (head skipped, bias tables refitted)."""
     # V2 weights carry per-head attention temperatures; V1 weights never do.
     version = 2 if any(k.endswith("attn.logit_scale") for k in source_sd) else 1
     if version != model.version:
