@@ -34,3 +34,19 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
     return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
 
+
+
+def torchvision_reference(name: str, size: int, randomise=None):
+    """A randomly initialised torchvision model (`torchvision.models.<name>`, its constant-init
+    parameters moved by `randomise` when given), its state_dict, a batch of 2 inputs and its
+    logits: the reference the parity tests map into our model."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = getattr(torchvision.models, name)(weights=None).eval()
+    if randomise is not None:
+        randomise(tv)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        return tv.state_dict(), x, tv(x)

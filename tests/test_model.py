@@ -8,6 +8,8 @@ import pytest
 import torch
 import torchvision
 
+from conftest import torchvision_reference
+
 from swin_cli.model import (
     MASK_VALUE,
     SwinTransformer,
@@ -29,13 +31,7 @@ def build(**overrides) -> SwinTransformer:
 
 @pytest.fixture(scope="module")
 def tv_swin_t():
-    """A randomly initialised torchvision swin_t, its state_dict, an input and its logits."""
-    torch.manual_seed(0)
-    tv = torchvision.models.swin_t(weights=None).eval()
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        logits = tv(x)
-    return tv.state_dict(), x, logits
+    return torchvision_reference("swin_t", 224)
 
 
 # ----------------------------------------------------------------------------- torchvision parity
@@ -229,11 +225,12 @@ def test_map_smaller_than_window_is_clamped_without_shift():
 # ----------------------------------------------------------------------------- sdpa vs math
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("overrides", [{}, {"image_size": 36, "num_heads": [2, 4, 8]}])
-def test_sdpa_and_math_agree_on_outputs_and_grads(overrides):
+def test_sdpa_and_math_agree_on_outputs_and_grads(overrides, version):
     torch.manual_seed(0)
-    sdpa = build(attn_impl="sdpa", drop_path_rate=0.0, **overrides)
-    math = build(attn_impl="math", drop_path_rate=0.0, **overrides)
+    sdpa = build(attn_impl="sdpa", drop_path_rate=0.0, version=version, **overrides)
+    math = build(attn_impl="math", drop_path_rate=0.0, version=version, **overrides)
     math.load_state_dict(sdpa.state_dict())
     size = overrides.get("image_size", 32)
     x = torch.randn(3, 3, size, size)
@@ -243,8 +240,9 @@ def test_sdpa_and_math_agree_on_outputs_and_grads(overrides):
     out_m.square().sum().backward()
     for (name, p), q in zip(sdpa.named_parameters(), math.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
-    table_grad = sdpa.stages[0].blocks[1].attn.relative_position_bias_table.grad
-    assert table_grad.abs().sum() > 0
+    attn = sdpa.stages[0].blocks[1].attn  # the position bias learns (a table in V1, an MLP in V2)
+    bias_grad = attn.relative_position_bias_table.grad if version == 1 else attn.cpb_mlp[0].weight.grad
+    assert bias_grad.abs().sum() > 0
 
 
 def test_low_precision_forward_runs():
@@ -256,17 +254,22 @@ def test_low_precision_forward_runs():
 # ----------------------------------------------------------------------------- sizes and validation
 
 
-@pytest.mark.parametrize("name,embed_dim,depths,heads", [
-    ("swin_t", 96, [2, 2, 6, 2], [3, 6, 12, 24]),
-    ("swin_s", 96, [2, 2, 18, 2], [3, 6, 12, 24]),
-    ("swin_b", 128, [2, 2, 18, 2], [4, 8, 16, 32]),
+@pytest.mark.parametrize("name,embed_dim,depths,heads,version", [
+    ("swin_t", 96, [2, 2, 6, 2], [3, 6, 12, 24], 1),
+    ("swin_s", 96, [2, 2, 18, 2], [3, 6, 12, 24], 1),
+    ("swin_b", 128, [2, 2, 18, 2], [4, 8, 16, 32], 1),
+    ("swin_v2_t", 96, [2, 2, 6, 2], [3, 6, 12, 24], 2),
+    ("swin_v2_s", 96, [2, 2, 18, 2], [3, 6, 12, 24], 2),
+    ("swin_v2_b", 128, [2, 2, 18, 2], [4, 8, 16, 32], 2),
 ])
-def test_parameter_counts_match_torchvision(name, embed_dim, depths, heads):
+def test_parameter_counts_match_torchvision(name, embed_dim, depths, heads, version):
     # shapes are all that matter for counting, so skip allocating ~90M floats
+    size, window = (224, 7) if version == 1 else (256, 8)
     with torch.device("meta"):
-        ours = SwinTransformer(image_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dim=embed_dim,
-                               depths=depths, num_heads=heads, window_size=7)
+        ours = SwinTransformer(image_size=size, patch_size=4, in_chans=3, num_classes=1000, embed_dim=embed_dim,
+                               depths=depths, num_heads=heads, window_size=window, version=version)
         theirs = getattr(torchvision.models, name)(weights=None)
+    print(f"{name}: {count_parameters(ours):,} parameters")
     assert count_parameters(ours) == count_parameters(theirs)
 
 
