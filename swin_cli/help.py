@@ -62,7 +62,7 @@ def config_groups() -> dict[str, tuple[list[str], str | None]]:
 
 
 def help_text(program: str = "swin-train") -> str:
-    lines = [f"{program}: train a Swin Transformer (Liu et al. 2021) on image classification.", "",
+    lines = [f"{program}: train a Swin Transformer (V1: Liu et al. 2021, V2: 2022) on image classification.", "",
              f"Usage: {program} [group=option ...] [key=value ...]   (-m: one job per value of comma lists)", "",
              "Config groups (* the default):"]
     groups = config_groups()
