@@ -364,14 +364,9 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         best_path = self.run_dir / "best.pt"
-        tested = self.model
-        if best_path.is_file():
-            best = checkpoint.load(best_path)
-            self.model.load_state_dict(best["model"])
-            if self.ema is not None and best["ema"] is not None:
-                self.ema.module.load_state_dict(best["ema"])
-            tested = self.ema.module if self.best_source == "ema" and self.ema else self.model
-        test_loss, test_acc, confusion = self.evaluator(tested, self.data.test, True)
+        if best_path.is_file():  # the weights that scored best on validation: raw or EMA
+            self.model.load_state_dict(checkpoint.best_weights(checkpoint.load(best_path)))
+        test_loss, test_acc, confusion = self.evaluator(self.model, self.data.test, True)
         results = {
             "best_val_acc": self.best_val_acc if self.best_val_acc >= 0 else None,
             "best_epoch": self.best_epoch, "best_weights": self.best_source, "test_acc": test_acc, "test_loss": test_loss,
