@@ -176,8 +176,6 @@ def _cosine_decay(progress: float, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-
-
 def batch_plan(cfg: Any, train_size: int, processes: int = 1) -> tuple[int, int]:
     """(batch size per process, optimizer steps per epoch). data.batch_size is per process, so
     under torchrun a step consumes batch x accumulate x processes images."""

@@ -211,7 +211,8 @@ def _load_cifar(name: str, cfg: Any) -> tuple[ImageSplit, ImageSplit, list[str]]
 # ---------------------------------------------------------------------------- image folders
 
 
-def _list_classes(split_dir: Path) -> dict[str, list[Path]]:
+def list_classes(split_dir: Path) -> dict[str, list[Path]]:
+    """Class folder name -> its image files (searched recursively), both sorted."""
     classes = {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
@@ -225,7 +226,7 @@ def _scan_split(root: Path, split: str, required: bool) -> Optional[dict[str, li
         if required:
             raise DataError(f"data.root={root} has no {split}/ folder (expected {root}/{split}/<class>/<images>)")
         return None
-    classes = _list_classes(split_dir)
+    classes = list_classes(split_dir)
     if not classes:
         raise DataError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<images>)")
     empty = [c for c, files in classes.items() if not files]

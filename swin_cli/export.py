@@ -201,14 +201,13 @@ def _imagefolder_sample(data_cfg: dict[str, Any], size: int, channels: int, coun
     after another, decoded directly: no pass over the whole data set for a handful of images."""
     import torch
 
-    from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, decode_image
+    from swin_cli.data import ImageSplit, decode_image, list_classes
 
     root = Path(os.path.expanduser(str(data_cfg.get("root") or "")))
     split = next((root / s for s in ("test", "val", "train") if (root / s).is_dir()), None)
     if split is None:
         raise FileNotFoundError(f"no test/, val/ or train/ folder under {root}")
-    per_class = [sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-                 for d in sorted(split.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    per_class = list(list_classes(split).values())
     decoded: list[bytes] = []
     for rank in range(max((len(files) for files in per_class), default=0)):
         for files in per_class:
