@@ -48,15 +48,16 @@ def test_other_layout_keeps_values_and_breaks_views():
         out.view(2, 12, 5)
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("attn_impl", ["sdpa", "math"])
 @pytest.mark.parametrize("image_size", [16, 18])  # 18: padded maps and odd merges
-def test_model_does_not_depend_on_the_layout_ops_return(monkeypatch, attn_impl, image_size):
+def test_model_does_not_depend_on_the_layout_ops_return(monkeypatch, attn_impl, image_size, version):
     torch.manual_seed(0)
-    model = SwinTransformer(**{**SMALL, "image_size": image_size, "attn_impl": attn_impl})
+    model = SwinTransformer(**{**SMALL, "image_size": image_size, "attn_impl": attn_impl, "version": version})
     x = torch.randn(3, 3, image_size, image_size)
     want_out, want_grads = forward_backward(model, x)
 
-    for name in ("scaled_dot_product_attention", "linear", "layer_norm", "gelu", "pad"):
+    for name in ("scaled_dot_product_attention", "linear", "layer_norm", "gelu", "pad", "normalize"):
         monkeypatch.setattr(F, name, relayout(getattr(F, name)))
     monkeypatch.setattr(torch, "roll", relayout(torch.roll))
     got_out, got_grads = forward_backward(model, x)
@@ -75,9 +76,10 @@ def test_channels_last_input_gives_the_same_logits():
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_autocast_forward_backward_on_cpu_tracks_fp32():
+@pytest.mark.parametrize("version", [1, 2])
+def test_bf16_autocast_forward_backward_on_cpu_tracks_fp32(version):
     torch.manual_seed(0)
-    model = SwinTransformer(**{**SMALL, "attn_impl": "sdpa"})
+    model = SwinTransformer(**{**SMALL, "attn_impl": "sdpa", "version": version})
     x = torch.randn(8, 3, 16, 16)
     want_out, want_grads = forward_backward(model, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -109,16 +111,17 @@ def train_steps(model: SwinTransformer, forward, steps: int = 3) -> list[float]:
 
 
 # sdpa is the path that crashed under compile on an H100 (~50 s cold here); math is slow-only.
-@pytest.mark.parametrize("attn_impl", ["sdpa", pytest.param("math", marks=pytest.mark.slow)])
-def test_compiled_training_steps_match_eager_on_cpu(monkeypatch, attn_impl):
+@pytest.mark.parametrize("attn_impl,version", [("sdpa", 1), pytest.param("math", 1, marks=pytest.mark.slow),
+                                               pytest.param("sdpa", 2, marks=pytest.mark.slow)])
+def test_compiled_training_steps_match_eager_on_cpu(monkeypatch, attn_impl, version):
     """torch.compile with inductor's CPU backend: the same graph capture that crashed on CUDA
     (a view the traced layout does not allow) and the same losses as eager, step after step.
     SDPA returns CUDA's layout here, so the trace sees what it sees on a GPU."""
     torch._dynamo.reset()
     monkeypatch.setattr(F, "scaled_dot_product_attention", relayout(F.scaled_dot_product_attention))
     torch.manual_seed(0)
-    eager = SwinTransformer(**{**SMALL, "attn_impl": attn_impl, "stem": "conv"})
-    compiled = SwinTransformer(**{**SMALL, "attn_impl": attn_impl, "stem": "conv"})
+    eager = SwinTransformer(**{**SMALL, "attn_impl": attn_impl, "stem": "conv", "version": version})
+    compiled = SwinTransformer(**{**SMALL, "attn_impl": attn_impl, "stem": "conv", "version": version})
     compiled.load_state_dict(eager.state_dict())
     want = train_steps(eager, eager)
     got = train_steps(compiled, torch.compile(compiled))
