@@ -32,7 +32,12 @@ def choices(name: str, *values: str) -> type[Enum]:
     return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
 
 
-DataSource = choices("DataSource", "digits", "cifar10", "cifar100", "imagefolder")
+DataSource = choices("DataSource", "digits", "cifar10", "cifar100", "imagefolder", "webdataset", "huggingface")
+# memory: decode once into a uint8 tensor (fastest for sets that fit); stream: decode while
+# training in worker processes; auto: see swin_cli/data/storage.py choose_storage.
+Storage = choices("Storage", "auto", "memory", "stream")
+TrainCrop = choices("TrainCrop", "auto", "resize", "random_resized")
+Interpolation = choices("Interpolation", "bilinear", "bicubic")
 OptimizerName = choices("OptimizerName", "adamw", "adam", "sgd")
 SchedulerName = choices("SchedulerName", "cosine", "step", "onecycle", "constant")
 AutoAugment = choices("AutoAugment", "none", "randaugment", "trivialaugment")
@@ -93,8 +98,31 @@ class DataConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     batch_size: int = 64
-    eval_batch_size: int = 512
+    # null: 512 images up to 64 px, fewer for larger ones (the same pixels per batch), never
+    # fewer than batch_size.
+    eval_batch_size: Optional[int] = None
     download: bool = True
+    # memory, stream or auto: stream for data=webdataset, for data.train_crop=random_resized, or
+    # when the decoded set (N x C x image_size^2 bytes) is over memory_budget_gb; else memory.
+    storage: Storage = Storage.auto
+    # null: a quarter of the machine's RAM.
+    memory_budget_gb: Optional[float] = None
+    # Training view of each image: resize (squash the whole image to image_size, the memory
+    # storage's), random_resized (RandomResizedCrop from the image at its own resolution, stream
+    # storage), auto (random_resized for image files over 64 px, else resize).
+    train_crop: TrainCrop = TrainCrop.auto
+    # RandomResizedCrop: the fraction of the image area and the aspect-ratio range of the crop.
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    interpolation: Interpolation = Interpolation.bilinear
+    # Evaluation view: resize the shorter side to image_size / crop_pct, then the centre crop.
+    # null: 0.875 over 64 px (224 -> 256, the official Swin repo's), 1.0 for small images.
+    crop_pct: Optional[float] = None
+    # Stream storage: decoding processes (null: one per core, at most 8), batches each keeps
+    # ready, and how many training images (eval view) the mean/std are estimated from.
+    workers: Optional[int] = None
+    prefetch: int = 4
+    stats_images: int = 2000
     # Decoded images are cached here as uint8 tensors so later runs skip JPEG decoding.
     cache_dir: str = "~/.cache/swin-cli"
     # On a GPU, hold the decoded uint8 images in GPU memory when they take at most half of the
@@ -314,7 +342,22 @@ def validate(cfg: Any) -> None:
            f"data.channels must be 1, 3 or null (got {d.channels})")
     _check(0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1) (got {d.val_fraction})")
     _check(d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})")
-    _check(d.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1 (got {d.eval_batch_size})")
+    _check(d.eval_batch_size is None or d.eval_batch_size >= 1,
+           f"data.eval_batch_size must be >= 1 or null (got {d.eval_batch_size})")
+    _check(d.memory_budget_gb is None or d.memory_budget_gb >= 0,
+           f"data.memory_budget_gb must be >= 0 or null (got {d.memory_budget_gb})")
+    _check(d.crop_pct is None or 0 < d.crop_pct <= 1, f"data.crop_pct must be in (0, 1] or null (got {d.crop_pct})")
+    _check(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+           f"data.crop_scale must be [low, high] with 0 < low <= high <= 1 (got {list(d.crop_scale)})")
+    _check(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
+           f"data.crop_ratio must be [low, high] with 0 < low <= high (got {list(d.crop_ratio)})")
+    _check(d.workers is None or d.workers >= 0, f"data.workers must be >= 0 or null (got {d.workers})")
+    _check(d.prefetch >= 1, f"data.prefetch must be >= 1 (got {d.prefetch})")
+    _check(d.stats_images >= 1, f"data.stats_images must be >= 1 (got {d.stats_images})")
+    if d.name in (DataSource.digits, DataSource.cifar10, DataSource.cifar100):
+        _check(d.storage != Storage.stream and d.train_crop != TrainCrop.random_resized,
+               f"data={d.name.value} is held in memory at its own size: data.storage=stream and "
+               f"data.train_crop=random_resized are for image files (data=imagefolder, webdataset, huggingface)")
     if d.name == DataSource.imagefolder:
         _check(d.root is not None, "data=imagefolder needs data.root=/path/with/train_and_test_folders")
     for key in ("mean", "std"):

@@ -22,14 +22,14 @@ from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
 from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import plain
-from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, decode_image, load_data
+from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, Split, decode_image, eval_batch_size, load_data
 from swin_cli.errors import SwinCliError
 
 log = logging.getLogger("swin_cli")
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, split: ImageSplit, normalize: Normalize, device: torch.device,
+def evaluate_split(model: nn.Module, split: Split, normalize: Normalize, device: torch.device,
                    batch_size: int, num_classes: Optional[int] = None, tta: str = "none",
                    precision: str = "fp32") -> tuple[float, float, Optional[torch.Tensor]]:
     """Mean loss, accuracy (%) and, given num_classes, the confusion matrix (rows: true class).
@@ -38,14 +38,11 @@ def evaluate_split(model: nn.Module, split: ImageSplit, normalize: Normalize, de
     was_training = model.training
     model.eval()
     # Under torchrun each rank takes every world-th image; the sums are added over ranks.
-    rank, world = distributed.rank(), distributed.world_size()
-    if world > 1:
-        split = ImageSplit(split.images[rank::world], split.labels[rank::world])
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, images
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64) if num_classes else None
-    for start in range(0, len(split), batch_size):
-        images = split.images[start:start + batch_size].to(device, non_blocking=True)
-        labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
+    for images, labels in split.eval_batches(batch_size, distributed.rank(), distributed.world_size()):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         x = normalize(images)
         with autocast(device, precision):
             logits = model(x).float()
@@ -85,7 +82,7 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
                            f"but data={plain(cfg.data.name)} has {data.classes[:5]}...")
     split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
     loss, acc, _ = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
-                                  cfg.data.eval_batch_size, tta=plain(cfg.eval.tta))
+                                  eval_batch_size(cfg.data), tta=plain(cfg.eval.tta))
     result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc,
               "tta": plain(cfg.eval.tta)}
     write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
@@ -110,7 +107,7 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "prediction", "confidence"] + [f"top{k + 1}" for k in range(top)])
     unreadable = 0
-    batch = cfg.data.eval_batch_size
+    batch = eval_batch_size(cfg.data)
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         decoded = [decode_image(str(f), size, channels) for f in chunk]

@@ -16,7 +16,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -27,7 +27,7 @@ from swin_cli.augment import TrainBatch
 from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, configure_device,
                             select_device, training_module)
 from swin_cli.config import plain
-from swin_cli.data import DataBundle, ImageSplit, load_data, place_data
+from swin_cli.data import DataBundle, EpochPlan, LoaderDied, Split, eval_batch_size, load_data, place_data, step_seed
 from swin_cli.errors import NonFiniteLoss
 from swin_cli.evaluate import evaluate_split
 from swin_cli.model import count_parameters
@@ -37,21 +37,12 @@ from swin_cli.records import EpochProgress, PrepTimer, RunRecords, clean_up_afte
 log = logging.getLogger("swin_cli")
 
 # evaluator(model, split, confusion) -> (loss, accuracy %, confusion matrix or None)
-Evaluator = Callable[[nn.Module, ImageSplit, bool], tuple[float, float, Optional[torch.Tensor]]]
+Evaluator = Callable[[nn.Module, Split, bool], tuple[float, float, Optional[torch.Tensor]]]
 
 
 def fresh_running() -> dict[str, float]:
     """Sums over the current epoch's steps so far (saved in mid-epoch checkpoints)."""
     return {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0, "data_time": 0.0}
-
-
-def step_seed(seed: int, step: int) -> int:
-    # Distinct, well-spread seeds per (run seed, step); 2^61-1 is prime.
-    return (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9) % (2**61 - 1)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed + 7919, epoch)))
 
 
 class EMA:
@@ -87,7 +78,7 @@ class Trainer:
         configure_device(self.device, cfg.train.tf32, cfg.deterministic, announce=True)
         torch.manual_seed(cfg.seed)
 
-        self.data: DataBundle = place_data(load_data(cfg.data), self.device, cfg.data.on_device)
+        self.data: DataBundle = place_data(load_data(cfg.data, self.device), self.device, cfg.data.on_device)
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
         self.forward_model = training_module(self.model, self.device, self.world, cfg.train.compile)
@@ -110,7 +101,7 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if self.prepare.mix.active else cfg.train.label_smoothing)
         self.evaluator: Evaluator = evaluator or (
             lambda model, split, confusion: evaluate_split(
-                model, split, self.prepare.normalize, self.device, cfg.data.eval_batch_size,
+                model, split, self.prepare.normalize, self.device, eval_batch_size(cfg.data),
                 self.data.num_classes if confusion else None, plain(cfg.eval.tta), self.precision))
 
         # Where the loop stands; all of it is saved in checkpoints and restored by resume.
@@ -197,7 +188,12 @@ class Trainer:
         try:
             with stop.installed():
                 while self.epoch < self.cfg.epochs and self.stopped_early is None:
-                    self._train_epoch(stop)
+                    try:
+                        self._train_epoch(stop)
+                    except LoaderDied as exc:  # the steps so far are kept, resumable
+                        path = self.save("last.pt") if self.is_main else self.run_dir / "last.pt"
+                        raise LoaderDied(f"{exc}; saved a resumable checkpoint to {path}; resume with: "
+                                         f"{checkpoint.resume_command(self.overrides, self.run_dir)}") from None
                     if stop.signum is not None:
                         self._interrupted(stop.signum)
                     self._end_epoch()
@@ -213,9 +209,8 @@ class Trainer:
     def _train_epoch(self, stop: StopRequest) -> None:
         cfg, train = self.cfg, self.data.train
         self.model.train()
-        order = epoch_order(len(train), cfg.seed, self.epoch).to(train.images.device)
-        rank_images = self.batch_size * self.accumulate
-        step_images = rank_images * self.world
+        plan = EpochPlan(cfg.seed, self.epoch, self.batch_size * self.accumulate, self.steps_per_epoch,
+                         self.step_in_epoch, self.rank, self.world)
         # Each rank draws its own augmentation / stochastic-depth randomness (rank 0 = 1 process).
         rank_seed = cfg.seed + 7_919_093 * self.rank
         # Device-side accumulators: no host sync per step. [loss sum, correct, images]
@@ -224,15 +219,15 @@ class Trainer:
         progress = EpochProgress(self.is_main and cfg.log.progress and sys.stdout.isatty(), self.epoch + 1,
                                  cfg.epochs, self.steps_per_epoch, self.step_in_epoch)
         started = time.perf_counter()
+        batches = train.train_batches(plan)
         try:
             while self.step_in_epoch < self.steps_per_epoch:
-                start = self.step_in_epoch * step_images + self.rank * rank_images
-                index = order[start:start + rank_images]
+                images, labels = self._next_batch(batches)
                 torch.manual_seed(step_seed(rank_seed, self.global_step))
-                loss, step_correct = self._train_step(train.images[index], train.labels[index])
-                sums[0] += loss.double() * len(index)
+                loss, step_correct = self._train_step(images, labels)
+                sums[0] += loss.double() * len(labels)
                 sums[1] += step_correct
-                sums[2] += len(index)
+                sums[2] += len(labels)
                 recent.append(loss)
                 self.step_in_epoch += 1
                 self.global_step += 1
@@ -250,6 +245,7 @@ class Trainer:
                     stop.signum = stop.signum or signal.SIGTERM
                     break
         finally:
+            batches.close()  # stops a stream loader's workers
             progress.close()
             self.running["data_time"] += self.prep_timer.collect()
             loss_total, correct_total, seen_total = distributed.sum_(sums).tolist()
@@ -257,6 +253,13 @@ class Trainer:
             self.running["correct"] += int(correct_total)
             self.running["seen"] += int(seen_total)
             self.running["time"] += time.perf_counter() - started
+
+    def _next_batch(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch; the time the step waits for it counts as data time."""
+        waited = time.perf_counter()
+        batch = next(batches)
+        self.running["data_time"] += time.perf_counter() - waited
+        return batch
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over `accumulate` micro-batches; returns (mean loss, #correct)."""

@@ -72,12 +72,13 @@ def test_imagefolder_cache_is_reused_and_invalidated(tmp_path):
     cfg = folder_config(root, tmp_path)
     first = load_data(cfg)
     caches = sorted((tmp_path / "cache").glob("imagefolder-*.pt"))
-    assert len(caches) == 2  # train and test
+    assert len(caches) == 3  # train, the validation held out of it (eval crop), test
     assert torch.equal(load_data(cfg).test.images, first.test.images)
-    # A new image changes the key: the train cache is rebuilt, not served stale.
+    assert sorted((tmp_path / "cache").glob("imagefolder-*.pt")) == caches  # reused, none added
+    # A new image changes the key: the train caches are rebuilt, not served stale.
     Image.new("RGB", (8, 8)).save(root / "train" / "cat" / "new.png")
     assert len(load_data(cfg).train) + len(load_data(cfg).val) == 13
-    assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 3
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.pt"))) == 5
 
 
 def test_corrupt_image_is_skipped_with_a_warning(tmp_path, caplog):
@@ -122,7 +123,7 @@ def test_cifar_offline_failure_is_one_clear_line(tmp_path):
 
 def test_channel_stats_match_float_computation():
     images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
-    mean, std = channel_stats(images, chunk=7)
+    mean, std = channel_stats(images, chunk_bytes=7 * 3 * 8 * 8 * 4)  # 7 images a chunk
     x = images.double() / 255
     assert np.allclose(mean, x.mean(dim=(0, 2, 3)).tolist())
     assert np.allclose(std, x.std(dim=(0, 2, 3), unbiased=False).tolist())

@@ -1,0 +1,119 @@
+"""The one way batches reach the trainer: a split hands out uint8 batches (N, C, H, W) with int64
+labels, for a training epoch (from any step, for one rank of many) or for evaluation. Whether
+they come from a tensor in memory (`ImageSplit`) or are decoded while training
+(`swin_cli.data.stream.StreamSplit`) is the split's business alone.
+
+Training order is by construction: epoch e's order is a permutation seeded by (seed, e), step s
+of it takes the images at [s * step_images, (s + 1) * step_images), and rank r of w takes its
+own slice of those. Resuming at any step therefore replays exactly the batches the uninterrupted
+run would have seen, and the ranks' parts of an epoch are disjoint and cover it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import torch
+from torch import Tensor
+
+Batch = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)
+
+
+def step_seed(seed: int, step: int) -> int:
+    # Distinct, well-spread seeds per (run seed, step); 2^61-1 is prime.
+    return (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9) % (2**61 - 1)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed + 7919, epoch)))
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which images a rank trains on in one epoch: step s takes positions
+    [s * step_images + rank * rank_images, ... + rank_images) of epoch_order."""
+
+    seed: int
+    epoch: int
+    rank_images: int  # per optimizer step on this rank (batch size x accumulation)
+    steps: int  # steps in the epoch
+    start_step: int = 0
+    rank: int = 0
+    world: int = 1
+
+    def step_slices(self) -> Iterator[tuple[int, int]]:
+        step_images = self.rank_images * self.world
+        for step in range(self.start_step, self.steps):
+            start = step * step_images + self.rank * self.rank_images
+            yield start, start + self.rank_images
+
+
+class Split(Protocol):
+    """What the trainer, evaluation, preview and export ask of a split."""
+
+    storage: str  # "memory" or "stream"
+    skipped: list[str]  # unreadable files met so far, by name
+
+    def __len__(self) -> int: ...
+
+    def train_batches(self, plan: EpochPlan) -> Iterator[Batch]: ...
+
+    def eval_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]: ...
+
+    def sample(self, count: int, seed: int) -> Batch: ...
+
+
+@dataclass
+class ImageSplit:
+    """A split held in memory as one uint8 tensor: batches are gathers, on the GPU when the
+    tensor lives there."""
+
+    images: Tensor  # uint8 (N, C, H, W)
+    labels: Tensor  # int64 (N,)
+    skipped: list[str] = field(default_factory=list)
+    storage: str = "memory"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    def subset(self, index: Tensor) -> "ImageSplit":
+        return ImageSplit(self.images[index], self.labels[index], list(self.skipped))
+
+    def to(self, device: torch.device) -> "ImageSplit":
+        return ImageSplit(self.images.to(device), self.labels.to(device), list(self.skipped))
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes + self.labels.nbytes
+
+    @classmethod
+    def from_bytes(cls, images: list[bytes], size: int, channels: int, labels: list[int]) -> "ImageSplit":
+        """From HWC uint8 buffers of size x size x channels to one (N, C, H, W) tensor."""
+        import numpy as np
+
+        pixels = np.frombuffer(b"".join(images), dtype=np.uint8).copy()
+        hwc = torch.from_numpy(pixels).view(len(images), size, size, channels)
+        return cls(hwc.permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64))
+
+    def train_batches(self, plan: EpochPlan) -> Iterator[Batch]:
+        order = epoch_order(len(self), plan.seed, plan.epoch).to(self.images.device)
+        for start, stop in plan.step_slices():
+            index = order[start:stop]
+            yield self.images[index], self.labels[index]
+
+    def eval_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        # Under torchrun each rank takes every world-th image; callers add the sums over ranks.
+        images, labels = (self.images, self.labels) if world == 1 else (self.images[rank::world],
+                                                                        self.labels[rank::world])
+        for start in range(0, len(labels), batch_size):
+            yield images[start:start + batch_size], labels[start:start + batch_size]
+
+    def sample(self, count: int, seed: int) -> Batch:
+        """`count` random training images as they enter augmentation (for mode=preview)."""
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count]
+        return self.images[index.to(self.images.device)], self.labels[index.to(self.labels.device)]

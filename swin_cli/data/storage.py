@@ -1,0 +1,251 @@
+"""From a source's splits to the splits a run trains on: which storage (memory or stream), which
+transforms, the validation hold-out and the normalisation statistics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from swin_cli.config import plain
+from swin_cli.data import sources
+from swin_cli.data.memory import DecodeCache
+from swin_cli.data.sources import DataError, SourceData, hold_out_order
+from swin_cli.data.splits import ImageSplit, Split
+from swin_cli.data.stats import channel_stats, channel_stats_of
+from swin_cli.data.stream import StreamSplit, loader_settings
+from swin_cli.data.transforms import CenterCrop, RandomResizedCrop, Squash
+
+log = logging.getLogger(__name__)
+
+# Sources that only exist as files to read while training.
+STREAM_ONLY = ("webdataset",)
+# Sources already decoded in memory by the library that reads them (small, fixed-size sets).
+TENSOR_SOURCES = ("digits", "cifar10", "cifar100")
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    val: Split  # may be empty (data.val_fraction=0 and no val folder)
+    test: Split
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    channels: int
+    # Which folder the test split came from: "test", or "val" for an image folder without test/.
+    test_source: str = "test"
+    storage: str = "memory"
+    storage_reason: str = ""
+    where: str = ""  # the data set, for the panel, results.json and eval.json
+
+    @property
+    def in_chans(self) -> int:
+        return self.channels
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def skipped(self) -> list[str]:
+        return [name for split in (self.train, self.val, self.test) for name in split.skipped]
+
+    def sizes(self) -> str:
+        test = "test" if self.test_source == "test" else f"test (the {self.test_source}/ folder)"
+        return f"train {len(self.train):,} / val {len(self.val):,} / {test} {len(self.test):,}"
+
+
+def crop_pct(cfg: Any) -> float:
+    """data.crop_pct, or 0.875 (the official Swin repo's 224/256) for images over 64 px and 1.0
+    for small ones, whose whole frame matters (CIFAR: 32 px)."""
+    if cfg.crop_pct is not None:
+        return cfg.crop_pct
+    return 0.875 if cfg.image_size > 64 else 1.0
+
+
+def train_crop(cfg: Any) -> str:
+    """data.train_crop, or random_resized for image files over 64 px, else resize."""
+    choice = plain(cfg.train_crop)
+    if choice != "auto":
+        return choice
+    return "random_resized" if cfg.image_size > 64 and plain(cfg.name) not in TENSOR_SOURCES else "resize"
+
+
+def eval_batch_size(cfg: Any) -> int:
+    """data.eval_batch_size, or 512 images up to 64 px and fewer for larger ones (the same
+    pixels per batch), never fewer than the training batch."""
+    if cfg.eval_batch_size is not None:
+        return cfg.eval_batch_size
+    return max(cfg.batch_size, min(512, int(512 * (64 / cfg.image_size) ** 2)))
+
+
+def memory_budget_bytes(cfg: Any) -> int:
+    """data.memory_budget_gb, or a quarter of the machine's memory."""
+    if cfg.memory_budget_gb is not None:
+        return int(cfg.memory_budget_gb * 2**30)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def choose_storage(cfg: Any, source: SourceData, channels: int) -> tuple[str, str]:
+    """(memory or stream, why), for the start panel."""
+    requested, name = plain(cfg.storage), plain(cfg.name)
+    if name in TENSOR_SOURCES:
+        return "memory", f"data={name} is held in memory by its reader"
+    if name in STREAM_ONLY:
+        return "stream", f"data={name} is read as it streams"
+    n = len(source.train) + len(source.test) + (len(source.val) if source.val is not None else 0)
+    decoded = n * channels * cfg.image_size ** 2
+    size = f"{n:,} images, {decoded / 2**30:.2f} GiB decoded at {cfg.image_size} px"
+    if requested != "auto":
+        return requested, f"data.storage={requested} ({size})"
+    if train_crop(cfg) == "random_resized":
+        return "stream", f"the random resized crop reads each image at its own resolution ({size})"
+    budget = memory_budget_bytes(cfg)
+    if decoded > budget:
+        return "stream", f"{size}, over data.memory_budget_gb={budget / 2**30:.1f}"
+    return "memory", f"{size}, within data.memory_budget_gb={budget / 2**30:.1f}"
+
+
+def load_source(cfg: Any) -> SourceData:
+    name = plain(cfg.name)
+    if name == "digits":
+        return sources.load_digits()
+    if name in ("cifar10", "cifar100"):
+        return sources.load_cifar(name, cfg)
+    if name == "imagefolder":
+        return sources.load_imagefolder(cfg)
+    if name == "webdataset":
+        from swin_cli.data.webdataset import load_webdataset
+
+        return load_webdataset(cfg)
+    if name == "huggingface":
+        from swin_cli.data.huggingface import load_huggingface
+
+        return load_huggingface(cfg)
+    raise DataError(f"unknown data source {name!r}")  # the schema's enum makes this unreachable
+
+
+def load_data(cfg: Any, device: Optional[torch.device] = None) -> DataBundle:
+    """The train/val/test splits described by the `data` config group."""
+    source = load_source(cfg)
+    channels = cfg.channels or source.channels
+    storage, reason = choose_storage(cfg, source, channels)
+    if storage == "memory" and train_crop(cfg) == "random_resized":
+        raise DataError("data.train_crop=random_resized needs each image at its own resolution: "
+                        "use data.storage=stream (or auto)")
+    if storage == "memory":
+        train, val, test = _memory_splits(cfg, source, channels)
+    else:
+        train, val, test = _stream_splits(cfg, source, channels, device or torch.device("cpu"))
+    for split_name, split in (("train", train), ("test", test)):
+        if len(split) == 0:
+            raise DataError(f"the {split_name} split of data={plain(cfg.name)} is empty")
+    if cfg.mean and cfg.std:
+        mean, std = list(cfg.mean), list(cfg.std)
+    elif isinstance(train, ImageSplit):
+        mean, std = channel_stats(train.images)
+    else:  # a fixed sample of the training split through the eval crop
+        sample = val.with_samples(train.samples).sample(min(cfg.stats_images, len(train)), cfg.split_seed)
+        mean, std = channel_stats_of([sample[0]], channels)
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"data.mean/data.std have {len(mean)}/{len(std)} values for {channels}-channel images")
+    return DataBundle(train, val, test, source.classes, mean, std, channels, source.test_source, storage, reason,
+                      source.where)
+
+
+def _transforms(cfg: Any, channels: int) -> tuple[Any, Any]:
+    interpolation = plain(cfg.interpolation)
+    evaluation = CenterCrop(cfg.image_size, channels, crop_pct(cfg), interpolation)
+    if train_crop(cfg) == "random_resized":
+        training = RandomResizedCrop(cfg.image_size, channels, tuple(cfg.crop_scale), tuple(cfg.crop_ratio),
+                                     interpolation)
+    else:
+        training = Squash(cfg.image_size, channels, interpolation)
+    return training, evaluation
+
+
+def _memory_splits(cfg: Any, source: SourceData, channels: int) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
+    size = cfg.image_size
+    if isinstance(source.train, ImageSplit):  # digits, CIFAR: already tensors
+        train, test = _fit(source.train, size, channels), _fit(source.test, size, channels)
+        if source.val is None:
+            kept, held = hold_out_order(len(train), cfg.val_fraction, cfg.split_seed)
+            return train.subset(kept), train.subset(held), test
+        return train, _fit(source.val, size, channels), test
+    training, evaluation = _transforms(cfg, channels)
+    cache = DecodeCache(Path(os.path.expanduser(cfg.cache_dir)))
+    train_samples, val_samples = _hold_out_samples(cfg, source)
+    where = source.where
+    train = cache.load(train_samples, training, f"{where} train")
+    val = cache.load(val_samples, evaluation, f"{where} val") if len(val_samples) else _empty(channels, size)
+    test = cache.load(source.test, evaluation, f"{where} {source.test_source}")
+    return train, val, test
+
+
+def _stream_splits(cfg: Any, source: SourceData, channels: int, device: torch.device) -> tuple[Any, Any, Any]:
+    if isinstance(source.train, StreamSplit):  # the source streams by itself (webdataset)
+        return source.train, source.val, source.test
+    training, evaluation = _transforms(cfg, channels)
+    settings = loader_settings(cfg, device)
+    train_samples, val_samples = _hold_out_samples(cfg, source)
+    where = source.where
+    train = StreamSplit(train_samples, training, channels, seed=cfg.split_seed, where=f"{where} train", **settings)
+    val = StreamSplit(val_samples, evaluation, channels, where=f"{where} val", **settings)
+    test = StreamSplit(source.test, evaluation, channels, where=f"{where} {source.test_source}", **settings)
+    return train, val, test
+
+
+def _hold_out_samples(cfg: Any, source: SourceData) -> tuple[Any, Any]:
+    if source.val is not None:
+        return source.train, source.val
+    kept, held = hold_out_order(len(source.train), cfg.val_fraction, cfg.split_seed)
+    return source.train.subset(kept.tolist()), source.train.subset(held.tolist())
+
+
+def _empty(channels: int, size: int) -> ImageSplit:
+    return ImageSplit(torch.zeros(0, channels, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+
+
+def _fit(split: ImageSplit, size: int, channels: int) -> ImageSplit:
+    """Resize to size x size and convert to the requested channel count."""
+    x = split.images
+    if x.shape[1] != channels:
+        if channels == 3:
+            x = x.expand(-1, 3, -1, -1).contiguous()
+        else:  # ITU-R 601 luma, as PIL's convert("L") uses
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if x.shape[-2:] != (size, size) and len(x):
+        resized = [
+            F.interpolate(x[i:i + 2048].float(), size=(size, size), mode="bilinear",
+                          antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+            for i in range(0, len(x), 2048)
+        ]
+        x = torch.cat(resized)
+    return ImageSplit(x, split.labels)
+
+
+def place_data(data: DataBundle, device: torch.device, on_device: bool) -> DataBundle:
+    """On a GPU, move a memory-stored data set into GPU memory when `on_device` and it takes at
+    most half of the free memory (CIFAR-10: 184 MB): a batch is then one gather on the GPU, with
+    no host copy and no sync. Otherwise batches are gathered (or streamed) on the host."""
+    if device.type != "cuda" or not on_device or data.storage != "memory":
+        return data
+    nbytes = sum(s.nbytes for s in (data.train, data.val, data.test))
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes > free // 2:
+        log.info(f"data: {nbytes / 2**30:.1f} GiB stays in host memory "
+                 f"(over half of the GPU's {free / 2**30:.1f} GiB free)")
+        return data
+    moved = [s.to(device) for s in (data.train, data.val, data.test)]
+    return DataBundle(*moved, data.classes, data.mean, data.std, data.channels, data.test_source, data.storage,
+                      data.storage_reason, data.where)
