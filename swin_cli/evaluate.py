@@ -10,8 +10,9 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
 from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import plain
-from swin_cli.data import IMAGE_EXTENSIONS, ImageSplit, Split, decode_image, eval_batch_size, load_data
+from swin_cli.data import IMAGE_EXTENSIONS, Split, eval_batch_size, eval_transform, load_data
 from swin_cli.errors import SwinCliError
 
 log = logging.getLogger("swin_cli")
@@ -69,24 +70,49 @@ def _load_model(cfg: Any) -> tuple[nn.Module, dict[str, Any], torch.device]:
     return model_from_checkpoint(state).to(device), state, device
 
 
-def evaluate_checkpoint(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """mode=eval: loss and accuracy of a checkpoint on one split of the configured data."""
-    model, state, device = _load_model(cfg)
+def _names_data(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key == "data" or key.startswith("data.")
+
+
+def checkpoint_data_config(cfg: Any, state: dict[str, Any], overrides: Sequence[str] = ()) -> Any:
+    """The data a checkpoint is scored on: the data config it was trained with (source, root,
+    splits, transforms), unless the command line names `data=`; `data.*` keys given on the
+    command line apply on top. Image size, channels and normalisation are always the model's."""
     signature = state["signature"]
-    data_cfg = OmegaConf.merge(cfg.data, {"image_size": signature["data.image_size"],
-                                          "channels": signature["in_chans"],
-                                          "mean": state["mean"], "std": state["std"]})
-    data = load_data(data_cfg)
+    given = [o.split("=", 1)[0].lstrip("+~") for o in overrides if _names_data(o)]
+    if "data" in given or "data" not in state["config"]:
+        data_cfg = cfg.data
+    else:
+        data_cfg = OmegaConf.merge(cfg.data, state["config"]["data"])
+        for key in given:  # data.root=... and friends from the command line win
+            OmegaConf.update(data_cfg, key[len("data."):], OmegaConf.select(cfg, key), merge=False)
+    return OmegaConf.merge(data_cfg, {"image_size": signature["data.image_size"], "channels": signature["in_chans"],
+                                      "mean": state["mean"], "std": state["std"]})
+
+
+def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """mode=eval: loss and accuracy of a checkpoint on one split of the data it was trained on
+    (or of the data the command line names)."""
+    model, state, device = _load_model(cfg)
+    data_cfg = checkpoint_data_config(cfg, state, overrides)
+    data = load_data(data_cfg, device)
+    name = plain(data_cfg.name)
     if data.classes != state["classes"]:
         raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
-                           f"but data={plain(cfg.data.name)} has {data.classes[:5]}...")
+                           f"but data={name} has {data.classes[:5]}...")
     split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
     loss, acc, _ = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
-                                  eval_batch_size(cfg.data), tta=plain(cfg.eval.tta))
-    result = {"checkpoint": state["path"], "split": cfg.eval_split, "images": len(split), "loss": loss, "acc": acc,
-              "tta": plain(cfg.eval.tta)}
+                                  eval_batch_size(data_cfg), tta=plain(cfg.eval.tta))
+    shown = cfg.eval_split
+    if shown == "test" and data.test_source != "test":
+        shown = f"test (the {data.test_source}/ folder)"
+    result = {"checkpoint": state["path"], "data": name, "data_root": data.where, "split": cfg.eval_split,
+              "test_split": data.test_source, "images": len(split), "loss": loss, "acc": acc,
+              "tta": plain(cfg.eval.tta), "skipped_images": split.skipped}
     write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
-    log.info(f"{state['path']}: {cfg.eval_split} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images")
+    log.info(f"{state['path']}: {shown} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images "
+             f"of data={name} ({data.where})")
     return result
 
 
@@ -106,25 +132,36 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "prediction", "confidence"] + [f"top{k + 1}" for k in range(top)])
-    unreadable = 0
+    unreadable: list[str] = []
+    view = eval_transform(info["data"], size, channels)
     batch = eval_batch_size(cfg.data)
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
-        decoded = [decode_image(str(f), size, channels) for f in chunk]
+        decoded = [_decoded(view, f) for f in chunk]
         good = [(f, d) for f, d in zip(chunk, decoded) if d is not None]
-        unreadable += len(chunk) - len(good)
+        unreadable += [str(f) for f, d in zip(chunk, decoded) if d is None]
         if not good:
             continue
-        images = ImageSplit.from_bytes([d for _, d in good], size, channels, labels=[0] * len(good)).images
+        images = torch.from_numpy(np.stack([d for _, d in good]))
         probs = model(normalize(images.to(device))).float().softmax(1)
         conf, idx = probs.topk(top, dim=1)
         for (f, _), c, i in zip(good, conf.tolist(), idx.tolist()):
             writer.writerow([str(f), classes[i[0]], f"{c[0]:.4f}"] + [classes[k] for k in i])
     out = Path(run_dir) / "predictions.csv"
     write_text_atomic(out, buffer.getvalue())
-    skipped = f" ({unreadable} unreadable skipped)" if unreadable else ""
-    log.info(f"wrote {len(files) - unreadable:,} predictions ({info['backend']}) to {out}{skipped}")
+    if unreadable:
+        log.warning(f"skipped {len(unreadable)} unreadable image(s): {', '.join(unreadable[:5])}"
+                    + (" ..." if len(unreadable) > 5 else ""))
+    skipped = f" ({len(unreadable)} unreadable skipped)" if unreadable else ""
+    log.info(f"wrote {len(files) - len(unreadable):,} predictions ({info['backend']}) to {out}{skipped}")
     return out
+
+
+def _decoded(view: Callable, path: Path) -> Optional[np.ndarray]:
+    try:
+        return view(str(path))
+    except Exception:  # PIL raises many types for truncated/corrupt files
+        return None
 
 
 def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any], torch.device]:
@@ -139,8 +176,10 @@ def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[s
             raise SwinCliError(f"predict_backend=onnx needs {path}; make it with: swin-export ckpt={cfg.ckpt}")
         onnx_model = OnnxClassifier(path)
         info = {k: getattr(onnx_model, k) for k in ("image_size", "channels", "mean", "std", "classes")}
-        return onnx_model, {**info, "backend": f"ONNX Runtime, {path.name}"}, torch.device("cpu")
+        view = {"crop_pct": onnx_model.meta.get("crop_pct"), "interpolation": onnx_model.meta.get("interpolation")}
+        return onnx_model, {**info, "data": view, "backend": f"ONNX Runtime, {path.name}"}, torch.device("cpu")
     model, state, device = _load_model(cfg)
     info = {"image_size": state["signature"]["data.image_size"], "channels": state["signature"]["in_chans"],
-            "mean": state["mean"], "std": state["std"], "classes": state["classes"], "backend": "torch"}
+            "mean": state["mean"], "std": state["std"], "classes": state["classes"], "backend": "torch",
+            "data": state["config"].get("data", {})}
     return model, info, device

@@ -185,7 +185,7 @@ def sample_images(state: dict[str, Any], count: int):
             # Never download during an export; mean/std as trained (no statistics pass).
             cfg = OmegaConf.create({**data_cfg, "image_size": size, "channels": channels, "download": False,
                                     "mean": list(state["mean"]), "std": list(state["std"])})
-            images, where = load_data(cfg).test.images, f"test images of data={name}"
+            images, where = next(load_data(cfg).test.eval_batches(count))[0], f"test images of data={name}"
     except Exception as exc:  # whatever stops the data loading, the check goes on with random inputs
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None, f"data={name} could not be loaded ({reason})"
@@ -201,25 +201,29 @@ def _imagefolder_sample(data_cfg: dict[str, Any], size: int, channels: int, coun
     after another, decoded directly: no pass over the whole data set for a handful of images."""
     import torch
 
-    from swin_cli.data import ImageSplit, decode_image, list_classes
+    import numpy as np
+
+    from swin_cli.data import eval_transform, list_classes
 
     root = Path(os.path.expanduser(str(data_cfg.get("root") or "")))
     split = next((root / s for s in ("test", "val", "train") if (root / s).is_dir()), None)
     if split is None:
         raise FileNotFoundError(f"no test/, val/ or train/ folder under {root}")
     per_class = list(list_classes(split).values())
-    decoded: list[bytes] = []
+    view = eval_transform(data_cfg, size, channels)
+    decoded: list[np.ndarray] = []
     for rank in range(max((len(files) for files in per_class), default=0)):
         for files in per_class:
             if rank < len(files) and len(decoded) < count:
-                data = decode_image(str(files[rank]), size, channels)
-                if data is not None:
-                    decoded.append(data)
+                try:
+                    decoded.append(view(str(files[rank])))
+                except Exception:  # an unreadable file: the next one
+                    pass
         if len(decoded) >= count:
             break
     if not decoded:
         return torch.empty(0, channels, size, size, dtype=torch.uint8), str(split)
-    return ImageSplit.from_bytes(decoded, size, channels, [0] * len(decoded)).images, f"images of {split}"
+    return torch.from_numpy(np.stack(decoded)), f"images of {split}"
 
 
 def check_inputs(state: dict[str, Any], batch: int):
@@ -312,6 +316,8 @@ def _torchscript_runner(path: Path):
 
 def export(args: dict[str, Any]) -> dict[str, Any]:
     """Run one export as parsed by parse_args; returns the sidecar's contents."""
+    from swin_cli.data import crop_pct
+
     fmt = args["format"]
     if fmt == "onnx":
         require_onnx()
@@ -366,6 +372,9 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
         "std": list(state["std"]),
         "image_size": signature["data.image_size"],
         "channels": signature["in_chans"],
+        # The eval view predict applies before the model: shorter side to image_size / crop_pct, centre crop.
+        "crop_pct": crop_pct({**state["config"].get("data", {}), "image_size": signature["data.image_size"]}),
+        "interpolation": state["config"].get("data", {}).get("interpolation", "bilinear"),
         "num_classes": signature["num_classes"],
         "model": {k: v for k, v in state["config"]["model"].items() if k != "pretrained"},
         "checkpoint": str(ckpt_path.resolve()),

@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     try:
         validate(cfg)
         if cfg.mode.value == "eval":
-            return evaluate_checkpoint(cfg, run_dir)["acc"]
+            return evaluate_checkpoint(cfg, run_dir, hydra_cfg.overrides.task)["acc"]
         if cfg.mode.value == "summary":  # describe the model and data, train nothing
             from swin_cli.summary import describe
 

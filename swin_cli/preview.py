@@ -35,8 +35,7 @@ def write_preview(cfg: Any, run_dir: Path) -> Path:
     prepare = TrainBatch(cfg.aug, data.num_classes, cfg.train.label_smoothing, data.mean, data.std,
                          torch.device("cpu"))
     torch.manual_seed(cfg.seed)
-    index = torch.randperm(len(data.train))[:min(PREVIEW_IMAGES, len(data.train))]
-    x, targets = prepare(data.train.images[index], data.train.labels[index])
+    x, targets = prepare(*data.train.sample(min(PREVIEW_IMAGES, len(data.train)), cfg.seed))
     # Back from normalised values to [0, 1] pixels (erased noise shows as static).
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)

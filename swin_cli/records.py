@@ -22,7 +22,7 @@ from swin_cli.tracking import open_trackers
 log = logging.getLogger("swin_cli")
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc", "lr",
-                 "epoch_time_s", "data_time_s", "train_img_per_s"]
+                 "epoch_time_s", "data_time_s", "train_img_per_s", "skipped_images"]
 # Fields that depend on wall-clock time; everything else is reproducible bit for bit on CPU.
 TIMING_FIELDS = ("epoch_time_s", "data_time_s", "train_img_per_s")
 
@@ -99,7 +99,8 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
         val += f" (ema {row['ema_val_acc']:6.2f}%)"
     return (f"epoch {row['epoch']:>{width}}/{epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}% | "
             f"{val} | lr {row['lr']:.2e} | {row['epoch_time_s']:.1f}s (data {data_share:.0%}) "
-            f"{row['train_img_per_s']:.0f} img/s")
+            f"{row['train_img_per_s']:.0f} img/s"
+            + (f" | {row['skipped_images']} unreadable skipped" if row.get("skipped_images") else ""))
 
 
 def mean(values: list[float]) -> Optional[float]:

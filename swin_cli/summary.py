@@ -89,6 +89,7 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
         ("device", device_name),
         ("data", f"{plain(cfg.data.name)}: {data.sizes()}, {data.num_classes} classes, "
                  f"{data.in_chans}x{cfg.data.image_size}x{cfg.data.image_size}"),
+        ("storage", storage_text(cfg.data, data)),
         ("model", f"swin-{m.name}{' (V2)' if m.version == 2 else ''}: {count_parameters(model):,} params, "
                   f"{total / 1e6:,.1f} MFLOPs/image forward, "
                   f"{plain(m.stem)} stem, patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, "
@@ -111,6 +112,22 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
         text.append(value + "\n")
     return render(Panel(Group(text, stage_table(model, per_stage), Text(), config_tree(cfg)),
                         title="swin-train", expand=False))
+
+
+def storage_text(data_cfg: Any, data: Any) -> str:
+    """Which storage the run reads from, why, and the views of an image it trains and tests on."""
+    from swin_cli.data import crop_pct, eval_batch_size, train_crop
+
+    text = f"{data.storage} ({data.storage_reason})"
+    if data.storage == "stream":
+        workers = getattr(data.train, "workers", None)
+        text += f", {workers} worker processes" if workers is not None else ""
+    if plain(data_cfg.name) not in ("digits", "cifar10", "cifar100"):
+        crop = train_crop(data_cfg)
+        scale = "-".join(f"{v:g}" for v in data_cfg.crop_scale)
+        text += (f"; train: {'random resized crop, scale ' + scale if crop == 'random_resized' else 'resize'}"
+                 f"; eval: centre crop {crop_pct(data_cfg):g}")
+    return text + f"; eval batch {eval_batch_size(data_cfg)}"
 
 
 # The groups a reader looks at first; the rest of the resolved config follows them.

@@ -321,7 +321,8 @@ class Trainer:
             "train_acc": 100.0 * self.running["correct"] / seen, "val_loss": val_loss, "val_acc": val_acc,
             "ema_val_loss": ema_loss, "ema_val_acc": ema_acc, "lr": self.scheduler.get_last_lr()[0],
             "epoch_time_s": train_time, "data_time_s": self.running["data_time"],
-            "train_img_per_s": self.running["seen"] / max(train_time, 1e-9)})
+            "train_img_per_s": self.running["seen"] / max(train_time, 1e-9),
+            "skipped_images": len(self.data.skipped)})
         self.step_in_epoch = 0
         self.running = fresh_running()
         # The best of the raw and EMA weights counts; without a validation split, the latest.
@@ -377,7 +378,9 @@ class Trainer:
             "wall_time_this_part_s": round(time.time() - self.start_time, 2),
             "train_img_per_s": mean([r["train_img_per_s"] for r in self.history]),
             "params": count_parameters(self.model), "device": str(self.device), "processes": self.world,
-            "model": self.cfg.model.name, "data": plain(self.cfg.data.name), "test_split": self.data.test_source,
+            "model": self.cfg.model.name, "data": plain(self.cfg.data.name), "data_root": self.data.where,
+            "storage": self.data.storage, "test_split": self.data.test_source,
+            "skipped_images": self.data.skipped,
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
             "stopped_early": {"epoch": self.epoch, "reason": self.stopped_early} if self.stopped_early else None,
             "tta": plain(self.cfg.eval.tta),

@@ -63,10 +63,18 @@ class DataBundle:
 
 def crop_pct(cfg: Any) -> float:
     """data.crop_pct, or 0.875 (the official Swin repo's 224/256) for images over 64 px and 1.0
-    for small ones, whose whole frame matters (CIFAR: 32 px)."""
-    if cfg.crop_pct is not None:
-        return cfg.crop_pct
-    return 0.875 if cfg.image_size > 64 else 1.0
+    for small ones, whose whole frame matters (CIFAR: 32 px). `cfg`: a data config or the
+    `data` dict of a checkpoint (older ones have no crop keys)."""
+    if cfg.get("crop_pct") is not None:
+        return cfg.get("crop_pct")
+    return 0.875 if cfg.get("image_size") > 64 else 1.0
+
+
+def eval_transform(cfg: Any, size: int, channels: int) -> CenterCrop:
+    """The evaluation view of an image file, the same for validation, test, swin-eval, predict
+    and the export check."""
+    return CenterCrop(size, channels, crop_pct({**dict(cfg), "image_size": size}),
+                      plain(cfg.get("interpolation", "bilinear")))
 
 
 def train_crop(cfg: Any) -> str:
@@ -164,7 +172,7 @@ def load_data(cfg: Any, device: Optional[torch.device] = None) -> DataBundle:
 
 def _transforms(cfg: Any, channels: int) -> tuple[Any, Any]:
     interpolation = plain(cfg.interpolation)
-    evaluation = CenterCrop(cfg.image_size, channels, crop_pct(cfg), interpolation)
+    evaluation = eval_transform(cfg, cfg.image_size, channels)
     if train_crop(cfg) == "random_resized":
         training = RandomResizedCrop(cfg.image_size, channels, tuple(cfg.crop_scale), tuple(cfg.crop_ratio),
                                      interpolation)
