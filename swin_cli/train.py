@@ -27,7 +27,8 @@ from swin_cli.augment import TrainBatch
 from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, configure_device,
                             select_device, training_module)
 from swin_cli.config import plain
-from swin_cli.data import DataBundle, EpochPlan, LoaderDied, Split, eval_batch_size, load_data, place_data, step_seed
+from swin_cli.data import (DataBundle, EpochPlan, LoaderDied, Split, eval_batch_size, load_data, loader_death,
+                           place_data, step_seed)
 from swin_cli.errors import NonFiniteLoss
 from swin_cli.evaluate import evaluate_split
 from swin_cli.model import count_parameters
@@ -190,9 +191,12 @@ class Trainer:
                 while self.epoch < self.cfg.epochs and self.stopped_early is None:
                     try:
                         self._train_epoch(stop)
-                    except LoaderDied as exc:  # the steps so far are kept, resumable
+                    except (LoaderDied, RuntimeError) as exc:  # the steps so far are kept, resumable
+                        died = loader_death(exc)
+                        if died is None:
+                            raise
                         path = self.save("last.pt") if self.is_main else self.run_dir / "last.pt"
-                        raise LoaderDied(f"{exc}; saved a resumable checkpoint to {path}; resume with: "
+                        raise LoaderDied(f"{died}; saved a resumable checkpoint to {path}; resume with: "
                                          f"{checkpoint.resume_command(self.overrides, self.run_dir)}") from None
                     if stop.signum is not None:
                         self._interrupted(stop.signum)

@@ -18,10 +18,10 @@ from swin_cli.data.splits import Batch, EpochPlan, ImageSplit, Split, epoch_orde
 from swin_cli.data.stats import channel_stats
 from swin_cli.data.storage import (DataBundle, crop_pct, eval_batch_size, eval_transform, load_data, place_data,
                                    train_crop)
-from swin_cli.data.stream import LoaderDied, StreamSplit
+from swin_cli.data.stream import LoaderDied, StreamSplit, loader_death
 from swin_cli.data.transforms import CenterCrop, RandomResizedCrop, Squash
 
 __all__ = ["IMAGE_EXTENSIONS", "Batch", "CenterCrop", "DataBundle", "DataError", "EpochPlan", "FileSamples",
            "ImageSplit", "LoaderDied", "RandomResizedCrop", "Samples", "Split", "Squash", "StreamSplit",
            "channel_stats", "crop_pct", "decode_image", "epoch_order", "eval_batch_size", "eval_transform", "guess_channels",
-           "list_classes", "load_data", "open_image", "place_data", "step_seed", "to_mode", "train_crop"]
+           "list_classes", "load_data", "loader_death", "open_image", "place_data", "step_seed", "to_mode", "train_crop"]

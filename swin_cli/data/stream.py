@@ -33,6 +33,18 @@ class LoaderDied(DataError):
     """A worker process of the stream loader exited (killed, out of memory)."""
 
 
+def loader_death(exc: BaseException) -> Optional[LoaderDied]:
+    """The LoaderDied an exception means, or None. A worker's death reaches the main process as
+    a RuntimeError from the loader, or from torch's SIGCHLD handler wherever the main process
+    happens to be (inside a training step, say)."""
+    if isinstance(exc, LoaderDied):
+        return exc
+    if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
+        return LoaderDied(f"a data loader worker died ({str(exc).splitlines()[0]}); "
+                          f"out of memory? try fewer data.workers or a smaller data.prefetch")
+    return None
+
+
 class _Decoded(Dataset):
     """Item (index, epoch) -> (uint8 C x H x W, label, names of unreadable files met)."""
 
@@ -106,10 +118,10 @@ class StreamSplit:
                 self._note_skipped(failed)
                 yield images, labels
         except RuntimeError as exc:
-            if "DataLoader worker" in str(exc):
-                raise LoaderDied(f"a data loader worker died ({str(exc).splitlines()[0]}); "
-                                 f"out of memory? try fewer data.workers or a smaller data.prefetch") from None
-            raise
+            died = loader_death(exc)
+            if died is None:
+                raise
+            raise died from None
 
     def _note_skipped(self, failed: list[str]) -> None:
         for name in failed:
