@@ -123,6 +123,11 @@ class DataConfig:
     workers: Optional[int] = None
     prefetch: int = 4
     stats_images: int = 2000
+    # Stream storage of image files: read a copy prepared once under cache_dir, each image
+    # re-encoded with its shorter side at most prepare_side (null: 1.15 x image_size), in a few
+    # shard files. Decoding fewer pixels is the loader's main cost (benchmarks/RESULTS.md).
+    prepare: bool = False
+    prepare_side: Optional[int] = None
     # Decoded images are cached here as uint8 tensors so later runs skip JPEG decoding.
     cache_dir: str = "~/.cache/swin-cli"
     # On a GPU, hold the decoded uint8 images in GPU memory when they take at most half of the
@@ -354,6 +359,11 @@ def validate(cfg: Any) -> None:
     _check(d.workers is None or d.workers >= 0, f"data.workers must be >= 0 or null (got {d.workers})")
     _check(d.prefetch >= 1, f"data.prefetch must be >= 1 (got {d.prefetch})")
     _check(d.stats_images >= 1, f"data.stats_images must be >= 1 (got {d.stats_images})")
+    _check(d.prepare_side is None or d.prepare_side >= d.image_size,
+           f"data.prepare_side must be >= data.image_size={d.image_size} or null (got {d.prepare_side})")
+    _check(not (d.storage == Storage.memory and d.train_crop == TrainCrop.random_resized),
+           "data.train_crop=random_resized needs each image at its own resolution: "
+           "use data.storage=stream (or auto)")
     if d.name in (DataSource.digits, DataSource.cifar10, DataSource.cifar100):
         _check(d.storage != Storage.stream and d.train_crop != TrainCrop.random_resized,
                f"data={d.name.value} is held in memory at its own size: data.storage=stream and "

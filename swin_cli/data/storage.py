@@ -3,6 +3,7 @@ transforms, the validation hold-out and the normalisation statistics."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -204,12 +205,24 @@ def _stream_splits(cfg: Any, source: SourceData, channels: int, device: torch.de
         return source.train, source.val, source.test
     training, evaluation = _transforms(cfg, channels)
     settings = loader_settings(cfg, device)
+    if cfg.prepare:
+        source = _prepared(cfg, source)
     train_samples, val_samples = _hold_out_samples(cfg, source)
     where = source.where
     train = StreamSplit(train_samples, training, channels, seed=cfg.split_seed, where=f"{where} train", **settings)
     val = StreamSplit(val_samples, evaluation, channels, where=f"{where} val", **settings)
     test = StreamSplit(source.test, evaluation, channels, where=f"{where} {source.test_source}", **settings)
     return train, val, test
+
+
+def _prepared(cfg: Any, source: SourceData) -> SourceData:
+    from swin_cli.data.prepared import prepare
+
+    side = cfg.prepare_side or int(round(1.15 * cfg.image_size))
+    cache = Path(os.path.expanduser(cfg.cache_dir))
+    splits = {name: prepare(getattr(source, name), side, cache, f"{source.where} {name}")
+              if getattr(source, name) is not None else None for name in ("train", "val", "test")}
+    return dataclasses.replace(source, **splits)
 
 
 def _hold_out_samples(cfg: Any, source: SourceData) -> tuple[Any, Any]:
