@@ -116,6 +116,7 @@ class Trainer:
         self.plateau = {"best": -1.0, "epochs": 0}
         self.stopped_early: Optional[str] = None
         self.resumed_from: Optional[str] = None
+        self.first_step_s: Optional[float] = None  # from start-up to the end of the first step
         self.earlier_wall_time = 0.0  # of the runs this one resumed, carried in checkpoints
         config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         source = checkpoint.resume_source(cfg.resume, config, self.run_dir)
@@ -235,6 +236,8 @@ class Trainer:
                 recent.append(loss)
                 self.step_in_epoch += 1
                 self.global_step += 1
+                if self.first_step_s is None:
+                    self.first_step_s = time.time() - self.start_time
                 if self.on_step is not None:
                     self.on_step(self)
                 # All ranks must stop at the same step, or DDP's next all-reduce would hang.
@@ -380,6 +383,7 @@ class Trainer:
             "best_epoch": self.best_epoch, "best_weights": self.best_source, "test_acc": test_acc, "test_loss": test_loss,
             "epochs": self.epoch, "steps": self.global_step, "wall_time_s": round(self.wall_time(), 2),
             "wall_time_this_part_s": round(time.time() - self.start_time, 2),
+            "first_step_after_s": round(self.first_step_s, 2) if self.first_step_s is not None else None,
             "train_img_per_s": mean([r["train_img_per_s"] for r in self.history]),
             "params": count_parameters(self.model), "device": str(self.device), "processes": self.world,
             "model": self.cfg.model.name, "data": plain(self.cfg.data.name), "data_root": self.data.where,

@@ -162,9 +162,9 @@ def load_data(cfg: Any, device: Optional[torch.device] = None) -> DataBundle:
         mean, std = list(cfg.mean), list(cfg.std)
     elif isinstance(train, ImageSplit):
         mean, std = channel_stats(train.images)
-    else:  # a fixed sample of the training split through the eval crop
-        sample = val.with_samples(train.samples).sample(min(cfg.stats_images, len(train)), cfg.split_seed)
-        mean, std = channel_stats_of([sample[0]], channels)
+    else:  # a fixed sample of the training split through the eval crop, a batch at a time
+        batches = val.with_samples(train.samples).sample_batches(min(cfg.stats_images, len(train)), cfg.split_seed)
+        mean, std = channel_stats_of((images for images, _ in batches), channels)
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/data.std have {len(mean)}/{len(std)} values for {channels}-channel images")
     return DataBundle(train, val, test, source.classes, mean, std, channels, source.test_source, storage, reason,

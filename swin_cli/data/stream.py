@@ -139,11 +139,14 @@ class StreamSplit:
         keys = [[(i, 0) for i in mine[start:start + batch_size]] for start in range(0, len(mine), batch_size)]
         return self._batches(keys)
 
-    def sample(self, count: int, seed: int) -> Batch:
-        """`count` random images through this split's transform (mode=preview, statistics)."""
+    def sample_batches(self, count: int, seed: int, batch_size: int = 64) -> Iterator[Batch]:
+        """`count` random images through this split's transform, a batch at a time."""
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-        images, labels = zip(*self._batches([[(i, 0) for i in index[s:s + 256]]
-                                             for s in range(0, len(index), 256)]))
+        return self._batches([[(i, 0) for i in index[s:s + batch_size]] for s in range(0, len(index), batch_size)])
+
+    def sample(self, count: int, seed: int) -> Batch:
+        """`count` random images through this split's transform (mode=preview)."""
+        images, labels = zip(*self.sample_batches(count, seed))
         return torch.cat(images), torch.cat(labels)
 
 
