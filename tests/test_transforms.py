@@ -95,6 +95,9 @@ def mode_cases(tmp_path):
     reopened = saved(tmp_path, see_through, "palette-transparent.png")
     assert reopened.mode == "P" and "transparency" in reopened.info
     cases.append(("P+transparency", reopened, table[index]))  # the colour under the alpha
+    with_alpha = palette_im.convert("PA")
+    with_alpha.putalpha(Image.fromarray(rgba[..., 3]))
+    cases.append(("PA", with_alpha, table[index]))  # in memory: no format here writes PA
 
     cases.append(("LA", saved(tmp_path, Image.fromarray(np.dstack([grey, rgba[..., 3]]), "LA"), "la.png"), grey))
     cases.append(("RGB", saved(tmp_path, Image.fromarray(rgb), "rgb.png"), rgb))
