@@ -53,25 +53,38 @@ def random_resized_box(width: int, height: int, scale: tuple[float, float], rati
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _draft(im: Any, needed_w: float, needed_h: float) -> tuple[float, float]:
+def _draft(im: Any, needed_w: float, needed_h: float) -> float:
     """Let a not-yet-decoded JPEG decode at the smallest 1/k scale (k = 1, 2, 4, 8) that still
-    has needed_w x needed_h pixels for the full image; returns the factors from original to
-    decoded coordinates."""
+    has needed_w x needed_h pixels for the full image; returns 1/k, the factor from original to
+    decoded coordinates.
+
+    The factor is 1/k and not decoded/original size: the decoder rounds its size up, so the last
+    row and column of a drafted image cover less than k source pixels."""
     width, height = im.size
     if getattr(im, "format", None) != "JPEG" or needed_w <= 0 or needed_h <= 0:
-        return 1.0, 1.0
-    k = 1
-    while k < 8 and width / (2 * k) >= needed_w and height / (2 * k) >= needed_h:
-        k *= 2
-    if k > 1:
-        im.draft(None, (math.ceil(width / k), math.ceil(height / k)))
-    return im.size[0] / width, im.size[1] / height
+        return 1.0
+    # PIL picks the largest k with k * requested <= size, which is this rule for the ceiling
+    requested = (max(1, math.ceil(needed_w)), max(1, math.ceil(needed_h)))
+    if 2 * requested[0] > width or 2 * requested[1] > height:
+        return 1.0
+    drafted = im.draft(None, requested)
+    if drafted is None:  # already loaded, or drafted before
+        return 1.0
+    return drafted[1][2] / width
 
 
 def as_chw(im: Any) -> np.ndarray:
     """A PIL L/RGB image as a uint8 array (C, H, W)."""
     pixels = np.asarray(im, dtype=np.uint8)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _resize_whole(im: Any, width: float, height: float, size: tuple[int, int], resample: Any) -> Any:
+    """The whole source image, which covers width x height of a (maybe drafted) decoded image,
+    resized to size: without a draft it is PIL's plain resize (torchvision's pixels, exactly)."""
+    if (width, height) == im.size:
+        return im if im.size == size else im.resize(size, resample)
+    return im.resize(size, resample, box=(0, 0, width, height))
 
 
 @dataclass(frozen=True)
@@ -86,11 +99,20 @@ class RandomResizedCrop:
     def __call__(self, source: ImageInput, rng: random.Random) -> np.ndarray:
         with open_image(source) as im:
             left, top, w, h = random_resized_box(im.size[0], im.size[1], self.scale, self.ratio, rng)
-            fx, fy = (_draft(im, im.size[0] * self.size / w, im.size[1] * self.size / h) if self.draft
-                      else (1.0, 1.0))
+            f = _draft(im, im.size[0] * self.size / w, im.size[1] * self.size / h) if self.draft else 1.0
             im = to_mode(im, self.channels)
-            box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
-            return as_chw(im.resize((self.size, self.size), _resample(self.interpolation), box=box))
+            resample = _resample(self.interpolation)
+            if f == 1.0:
+                # Crop, then resize: the filter stops at the crop's edges, as torchvision's
+                # resized_crop does (resize(box=) reads pixels beyond them: up to 26 LSB apart)
+                crop = im.crop((left, top, left + w, top + h))
+                return as_chw(crop.resize((self.size, self.size), resample))
+            # Drafted: the box falls between decoded pixels; crop the pixels it touches, resize
+            # the box within them
+            x0, y0, x1, y1 = left * f, top * f, (left + w) * f, (top + h) * f
+            cx, cy = math.floor(x0), math.floor(y0)
+            crop = im.crop((cx, cy, min(math.ceil(x1), im.size[0]), min(math.ceil(y1), im.size[1])))
+            return as_chw(crop.resize((self.size, self.size), resample, box=(x0 - cx, y0 - cy, x1 - cx, y1 - cy)))
 
 
 @dataclass(frozen=True)
@@ -104,12 +126,11 @@ class Squash:
 
     def __call__(self, source: ImageInput, rng: Any = None) -> np.ndarray:
         with open_image(source) as im:
-            if self.draft:
-                _draft(im, self.size, self.size)
+            width, height = im.size
+            f = _draft(im, self.size, self.size) if self.draft else 1.0
             im = to_mode(im, self.channels)
-            if im.size != (self.size, self.size):
-                im = im.resize((self.size, self.size), _resample(self.interpolation))
-            return as_chw(im)
+            return as_chw(_resize_whole(im, width * f, height * f, (self.size, self.size),
+                                        _resample(self.interpolation)))
 
 
 def resized_shape(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -136,12 +157,11 @@ class CenterCrop:
 
     def __call__(self, source: ImageInput, rng: Any = None) -> np.ndarray:
         with open_image(source) as im:
-            w, h = resized_shape(im.size[0], im.size[1], self.resize_to)
-            if self.draft:
-                _draft(im, w, h)
+            width, height = im.size
+            w, h = resized_shape(width, height, self.resize_to)
+            f = _draft(im, w, h) if self.draft else 1.0
             im = to_mode(im, self.channels)
-            if im.size != (w, h):
-                im = im.resize((w, h), _resample(self.interpolation))
+            im = _resize_whole(im, width * f, height * f, (w, h), _resample(self.interpolation))
             top = int(round((h - self.size) / 2.0))
             left = int(round((w - self.size) / 2.0))
             return as_chw(im.crop((left, top, left + self.size, top + self.size)))
