@@ -223,7 +223,10 @@ def test_wds_counts_classes_and_batches(shards, tmp_path, monkeypatch):
     assert len(again.train) == 24 and again.classes == ["a", "b", "c"]
 
 
-def test_wds_worker_count_keeps_each_epochs_samples(shards, tmp_path):
+def test_wds_worker_count_keeps_each_epochs_samples(shards, tmp_path, monkeypatch):
+    from swin_cli.data import webdataset
+
+    monkeypatch.setattr(webdataset, "CHUNK", 3)  # workers hand over chunks that batches cut across
     runs = []
     for workers in (0, 2):
         cfg = wds_config(shards, tmp_path, f"data.workers={workers}", "data.train_crop=random_resized")
@@ -248,7 +251,10 @@ def test_wds_ranks_split_shards_and_yield_equal_batch_counts(shards, tmp_path):
         assert {i for x, _ in batches for i in identity(x)} <= own
 
 
-def test_wds_resume_mid_epoch_replays_the_rest(shards, tmp_path):
+def test_wds_resume_mid_epoch_replays_the_rest(shards, tmp_path, monkeypatch):
+    from swin_cli.data import webdataset
+
+    monkeypatch.setattr(webdataset, "CHUNK", 5)
     train = load_data(wds_config(shards, tmp_path, "data.workers=2")).train
     whole, tail = epoch(train, epoch_no=1), epoch(train, epoch_no=1, start=4)
     assert len(tail) == 2

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 Chunk = tuple[torch.Tensor, torch.Tensor, list[str]]  # images, labels, names of unreadable samples met
 COUNTS_FILE = "webdataset-counts.json"
 COUNTS_VERSION = 1  # bumped when what a count means changes
+# Samples a worker hands over at a time: batches are cut from these chunks in the main process,
+# so the memory in flight (chunk x prefetch x workers) does not grow with a 512-image eval batch.
+CHUNK = 64
 
 
 def _import_wds() -> Any:
@@ -295,7 +298,7 @@ class ShardSplit:
         while True:
             seed = step_seed(self.seed + 104_729 * plan.epoch, pass_no)
             got = 0
-            with closing(self._chunks(shards, self.transform, seed, plan.rank_images, self.shuffle_buffer)) as chunks:
+            with closing(self._chunks(shards, self.transform, seed, CHUNK, self.shuffle_buffer)) as chunks:
                 for chunk in chunks:
                     got += len(chunk[1])
                     yield chunk
@@ -326,14 +329,14 @@ class ShardSplit:
         mine = self.shards[rank::world]
         if not mine:
             return
-        with closing(self._chunks(mine, self.eval_transform, 0, batch_size, 0)) as chunks:
+        with closing(self._chunks(mine, self.eval_transform, 0, CHUNK, 0)) as chunks:
             yield from self._batches(chunks, batch_size, keep_last=True)
 
     def _first(self, count: int, seed: int, transform: Callable) -> Batch:
         order = list(self.shards)
         random.Random(seed).shuffle(order)
         images, labels = [], []
-        with closing(self._chunks(order, transform, seed, min(count, 256), self.shuffle_buffer)) as chunks:
+        with closing(self._chunks(order, transform, seed, CHUNK, self.shuffle_buffer)) as chunks:
             for batch in self._batches(chunks, min(count, 256), keep_last=True):
                 images.append(batch[0])
                 labels.append(batch[1])
