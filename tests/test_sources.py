@@ -221,6 +221,11 @@ def test_wds_counts_classes_and_batches(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(webdataset, "count_shard", lambda *a: pytest.fail("recounted"))
     again = load_data(wds_config(shards, tmp_path, "data.workers=0", "data.classes=[a,b,c]"))
     assert len(again.train) == 24 and again.classes == ["a", "b", "c"]
+    # Without data.test_urls the final test is on the val shards, and there is no validation.
+    cfg = wds_config(shards, tmp_path, "data.workers=0")
+    cfg.test_urls = None
+    no_test = load_data(cfg)
+    assert no_test.test_source == "val" and (len(no_test.val), len(no_test.test)) == (0, 8)
 
 
 def test_wds_worker_count_keeps_each_epochs_samples(shards, tmp_path, monkeypatch):

@@ -400,7 +400,7 @@ def load_webdataset(cfg: Any) -> SourceData:
         return ShardSplit(shards, [c[0] for c in counts], transform, evaluation, image_exts, label_ext,
                           default_workers(cfg.workers), cfg.prefetch, cuda,
                           shuffle_buffer=cfg.shuffle_buffer if name == "train" else 0, seed=cfg.split_seed,
-                          where=f"{cfg.get(f'{name}_urls')}")
+                          where=str(cfg.get(f"{name}_urls") or ""))
 
     train, val = split_of("train", training), split_of("val", evaluation)
     where = f"WebDataset shards {cfg.train_urls}"
