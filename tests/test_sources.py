@@ -5,6 +5,7 @@ and one real swin-train run each."""
 from __future__ import annotations
 
 import io
+import os
 import sys
 import tarfile
 from collections import Counter
@@ -155,8 +156,17 @@ def test_hf_hub_name_offline_names_the_folder_to_use(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    # No network: the hub's host does not answer, so offline mode is switched on before datasets
+    # is imported in a fresh process (here it is imported already, hence the settings above).
+    import socket
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("no route")))
     with pytest.raises(DataError) as err:
         load_data(hf_config("someone/some-images", tmp_path))
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
     message = str(err.value)
     assert message.startswith("could not load hub dataset someone/some-images (offline?")
     assert "save_to_disk" in message and "data.path=/that/folder" in message and "\n" not in message

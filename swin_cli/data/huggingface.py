@@ -116,10 +116,33 @@ def _samples(ds: Any, datasets: Any, split: str, cfg: Any, mapping: Optional[dic
     return HFSamples(table, image, labels, list(range(len(ds))), f"{cfg.path}[{split}]")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers at all. Without it, datasets retries for ~25 s, logging each
+    try, before it fails; behind a proxy, the proxy decides, so say yes."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_huggingface(cfg: Any) -> SourceData:
+    offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if _is_local(cfg.path):
         # A local folder needs no network: keep datasets from asking the hub about anything.
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    elif not offline and not _hub_reachable():
+        # No network: offline mode still finds a copy in the datasets cache, and fails at once
+        # (with our one line) when there is none. Read when datasets is first imported.
+        log.info("data: the Hugging Face hub is unreachable; looking for the data set in the local cache only")
+        os.environ["HF_HUB_OFFLINE"] = "1"
     datasets = _import_datasets()
     if _is_local(cfg.path):
         datasets.disable_progress_bars()  # converting a local folder takes seconds; no bars in the log
