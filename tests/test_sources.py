@@ -44,6 +44,15 @@ def labels_of(i: int) -> int:
     return i % 3
 
 
+@pytest.fixture(autouse=True)
+def hub_settings_restored(monkeypatch):
+    """data=huggingface sets offline switches in os.environ (a CLI run is one process); each test
+    starts without them and leaves none behind."""
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, "")  # records the value before, for the undo
+        monkeypatch.delenv(name)
+
+
 # ------------------------------------------------------------------------- Hugging Face
 
 
@@ -160,7 +169,6 @@ def test_hf_hub_name_offline_names_the_folder_to_use(tmp_path, monkeypatch):
     # is imported in a fresh process (here it is imported already, hence the settings above).
     import socket
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "")
     monkeypatch.delenv("HTTPS_PROXY", raising=False)
     monkeypatch.delenv("https_proxy", raising=False)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("no route")))
@@ -224,7 +232,8 @@ def test_wds_counts_classes_and_batches(shards, tmp_path, monkeypatch):
     assert sorted(seen) == list(range(24))  # the whole split, once
     assert torch.cat([y for _, y in batches]).tolist() == [labels_of(i) for i in seen]
     test = list(data.test.eval_batches(5))
-    assert [len(y) for _, y in test] == [5, 3] and sorted(i for x, _ in test for i in identity(x)) == list(range(32, 40))
+    assert [len(y) for _, y in test] == [5, 3]
+    assert sorted(i for x, _ in test for i in identity(x)) == list(range(32, 40))
     # The counts are cached: a second load scans no tar file.
     from swin_cli.data import webdataset
 

@@ -356,7 +356,8 @@ class ShardSplit:
 def _first_image(shard: str, image_exts: list[str]) -> Any:
     import webdataset as wds
 
-    for sample in wds.DataPipeline(wds.SimpleShardList([shard]), wds.tarfile_to_samples(handler=wds.ignore_and_continue)):
+    samples = wds.DataPipeline(wds.SimpleShardList([shard]), wds.tarfile_to_samples(handler=wds.ignore_and_continue))
+    for sample in samples:
         image = next((sample[e] for e in image_exts if e in sample), None)
         if image is not None:
             return image
