@@ -136,6 +136,27 @@ class DataConfig:
     # Per-channel normalisation; None computes it from the training split.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    # data=huggingface: a folder written by datasets' save_to_disk, a folder of parquet files, or
+    # a hub name (needs the network, or its copy in the datasets cache with HF_HUB_OFFLINE=1);
+    # the columns holding the image and the label.
+    path: Optional[str] = None
+    image_column: str = "image"
+    label_column: str = "label"
+    # data=webdataset: tar shards, brace-expanded ('/data/train-{0000..0127}.tar', quoted for
+    # Hydra) or globbed (/data/train-*.tar). test_urls may be left out when val_urls is given
+    # (the final test is then on val); without val_urls there is no validation.
+    train_urls: Optional[str] = None
+    val_urls: Optional[str] = None
+    test_urls: Optional[str] = None
+    # The extensions of a sample's image (the first present of ;-separated alternatives) and of
+    # its integer label: WebDataset's conventions.
+    image_key: str = "jpg;jpeg;png;webp"
+    label_key: str = "cls"
+    # Class names by label (webdataset; null: "0".."K-1" from the largest label in the shards).
+    classes: Optional[list[str]] = None
+    # Encoded samples each loader worker shuffles among, on top of the per-epoch shard order
+    # (0: off). Costs this many encoded images of memory per worker.
+    shuffle_buffer: int = 1000
 
 
 @dataclass
@@ -370,6 +391,18 @@ def validate(cfg: Any) -> None:
                f"data.train_crop=random_resized are for image files (data=imagefolder, webdataset, huggingface)")
     if d.name == DataSource.imagefolder:
         _check(d.root is not None, "data=imagefolder needs data.root=/path/with/train_and_test_folders")
+    if d.name == DataSource.huggingface:
+        _check(bool(d.path), "data=huggingface needs data.path=/folder/saved/with/save_to_disk "
+                             "(or a folder of parquet files, or a hub name)")
+    if d.name == DataSource.webdataset:
+        _check(bool(d.train_urls), "data=webdataset needs data.train_urls='/data/train-{0000..0127}.tar'")
+        _check(bool(d.test_urls or d.val_urls),
+               "data=webdataset needs data.test_urls (or data.val_urls, which the final test then uses)")
+        _check(d.storage != Storage.memory, "data=webdataset streams its shards: data.storage=memory cannot "
+                                            "hold them (use stream or auto)")
+    _check(d.shuffle_buffer >= 0, f"data.shuffle_buffer must be >= 0 (got {d.shuffle_buffer})")
+    _check(bool(d.image_key.strip(" ;")), "data.image_key must name at least one extension, e.g. jpg;png")
+    _check(bool(d.label_key.strip()), "data.label_key must name the label's extension, e.g. cls")
     for key in ("mean", "std"):
         value = getattr(d, key)
         _check(value is None or len(value) in (1, 3), f"data.{key} must list 1 or 3 values (got {value})")

@@ -21,7 +21,7 @@ from swin_cli.data.splits import ImageSplit
 log = logging.getLogger(__name__)
 
 # Bumped whenever the cached tensor layout or decoding changes, so stale caches are ignored.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 _worker_state: dict[str, Any] = {}
 

@@ -162,6 +162,9 @@ def load_data(cfg: Any, device: Optional[torch.device] = None) -> DataBundle:
         mean, std = list(cfg.mean), list(cfg.std)
     elif isinstance(train, ImageSplit):
         mean, std = channel_stats(train.images)
+    elif getattr(train, "streams_itself", False):  # shards: the first images read, eval crop
+        mean, std = channel_stats_of([train.stats_sample(min(cfg.stats_images, len(train)), cfg.split_seed)[0]],
+                                     channels)
     else:  # a fixed sample of the training split through the eval crop, a batch at a time
         batches = val.with_samples(train.samples).sample_batches(min(cfg.stats_images, len(train)), cfg.split_seed)
         mean, std = channel_stats_of((images for images, _ in batches), channels)
@@ -201,7 +204,7 @@ def _memory_splits(cfg: Any, source: SourceData, channels: int) -> tuple[ImageSp
 
 
 def _stream_splits(cfg: Any, source: SourceData, channels: int, device: torch.device) -> tuple[Any, Any, Any]:
-    if isinstance(source.train, StreamSplit):  # the source streams by itself (webdataset)
+    if getattr(source.train, "streams_itself", False):  # the source streams by itself (webdataset)
         return source.train, source.val, source.test
     training, evaluation = _transforms(cfg, channels)
     settings = loader_settings(cfg, device)
