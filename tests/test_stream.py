@@ -22,10 +22,10 @@ from swin_cli.interrupt import TrainingInterrupted
 from swin_cli.train import Trainer
 
 
-def photo_folder(root: Path, per_class: int = 10, classes=("cat", "dog")) -> Path:
+def photo_folder(root: Path, per_class: int = 10, classes=("cat", "dog"), test_split: str = "test") -> Path:
     """JPEGs of mixed sizes and aspect ratios, with class-dependent content."""
     rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("test", per_class // 2)):
+    for split, count in (("train", per_class), (test_split, per_class // 2)):
         for label, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
@@ -195,3 +195,17 @@ def test_bad_crop_settings_are_one_line(override, message):
     cfg = make_config("data=imagefolder", "data.root=/x", override)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         validate(cfg)
+
+
+@pytest.mark.slow
+def test_imagenet_recipe_runs_end_to_end_on_a_made_folder(tmp_path):
+    root = photo_folder(tmp_path / "imagenet", per_class=6, classes=("n01", "n02", "n03"), test_split="val")
+    run_dir = tmp_path / "run"
+    proc = run_cli("experiment=imagenet_swin_t", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+                   "data.batch_size=2", "data.eval_batch_size=4", "data.workers=1", "epochs=1",
+                   "train.max_steps_per_epoch=2", "threads=2", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["storage"] == "stream" and results["test_split"] == "val" and results["steps"] == 2
+    assert "random resized crop, scale 0.08-1; eval: centre crop 0.875" in proc.stdout
+    assert "preparing a copy" in proc.stdout + proc.stderr
