@@ -51,17 +51,22 @@ def main() -> None:
         argv = argv[1:]
     start = time.perf_counter()
     proc = subprocess.Popen(argv)
-    peak_rss = peak_pss = peak_procs = 0
+    peak_rss = peak_pss = peak_procs = peak_main = peak_child = 0
     while proc.poll() is None:
         pids = tree(proc.pid)
         sums = [memory_kb(p) for p in pids]
         peak_rss = max(peak_rss, sum(r for r, _ in sums))
         peak_pss = max(peak_pss, sum(p for _, p in sums))
         peak_procs = max(peak_procs, len(pids))
+        # The command's own process (the first below a wrapper such as a console script).
+        own = max(sums, key=lambda m: m[1], default=(0, 0))[1]
+        peak_main = max(peak_main, own)
+        peak_child = max([peak_child] + [p for _, p in sums if p != own])
         time.sleep(0.1)
     seconds = time.perf_counter() - start
     print(f"peak memory of the process tree: RSS {peak_rss / 2**20:.2f} GiB, PSS {peak_pss / 2**20:.2f} GiB "
-          f"(up to {peak_procs} processes), {seconds:.0f} s, exit {proc.returncode}", flush=True)
+          f"(up to {peak_procs} processes; largest process PSS {peak_main / 2**20:.2f} GiB, largest other "
+          f"{peak_child / 2**20:.2f} GiB), {seconds:.0f} s, exit {proc.returncode}", flush=True)
     sys.exit(proc.returncode)
 
 

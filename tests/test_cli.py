@@ -52,6 +52,7 @@ def test_digits_nano_trains_end_to_end(tmp_path):
     assert rows[0].startswith("path,prediction,confidence,top1") and len(rows) == 4
     assert all(r.split(",")[1] in [str(d) for d in range(10)] for r in rows[1:])
     assert "1 unreadable skipped" in proc.stdout
+    assert "bad.png" in proc.stdout + proc.stderr  # the skipped file is named
 
 
 def test_mode_preview_writes_the_augmented_batch_and_trains_nothing(tmp_path):
