@@ -78,6 +78,9 @@ class ModelConfig:
     # torch hub's cache, $TORCH_HOME/hub/checkpoints), or a state_dict file: torchvision's, timm's
     # or swin-cli's. The head is dropped when the number of classes differs.
     pretrained: Optional[str] = None
+    # Recompute each block's activations during backward instead of keeping them (torch.utils
+    # .checkpoint): less activation memory for more compute; the gradients are the same.
+    grad_checkpointing: bool = False
 
 
 @dataclass
