@@ -43,6 +43,8 @@ Stem = choices("Stem", "patch", "conv")
 Device = choices("Device", "auto", "cpu", "cuda", "mps")
 # preview: write <run dir>/augment_preview.png, training images after the configured augmentation.
 Mode = choices("Mode", "train", "eval", "predict", "summary", "preview")
+# torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernels.
+CompileMode = choices("CompileMode", "default", "reduce-overhead", "max-autotune")
 TTA = choices("TTA", "none", "flip")
 PredictBackend = choices("PredictBackend", "torch", "onnx")
 
@@ -199,6 +201,8 @@ class TrainConfig:
     precision: Precision = Precision.fp32
     # torch.compile the model (compile time is paid in the first steps).
     compile: bool = False
+    # The torch.compile mode for the model and the batch pipeline (with train.compile=true).
+    compile_mode: CompileMode = CompileMode.default
     # Feed the patch embedding channels-last images (faster convolutions on GPUs).
     channels_last: bool = False
     # CUDA only: fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa, ~7x the
