@@ -42,7 +42,8 @@ AttnImpl = choices("AttnImpl", "auto", "sdpa", "math")
 Stem = choices("Stem", "patch", "conv")
 Device = choices("Device", "auto", "cpu", "cuda", "mps")
 # preview: write <run dir>/augment_preview.png, training images after the configured augmentation.
-Mode = choices("Mode", "train", "eval", "predict", "summary", "preview")
+# benchmark: time the configured training step on random data, write <run dir>/benchmark.json.
+Mode = choices("Mode", "train", "eval", "predict", "summary", "preview", "benchmark")
 # torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernels.
 CompileMode = choices("CompileMode", "default", "reduce-overhead", "max-autotune")
 TTA = choices("TTA", "none", "flip")
@@ -214,6 +215,19 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
+@dataclass
+class BenchmarkConfig:
+    """mode=benchmark: the configured training step timed on random data of the configured
+    shape. Warm-up steps (compilation, autotuning) are run and not timed."""
+
+    warmup_steps: int = 10
+    steps: int = 30
+    # The batch per step; null: data.batch_size.
+    batch_size: Optional[int] = None
+    # Also write a torch.profiler trace of a few steps (<run dir>/trace.json) and print the top ops.
+    profile: bool = False
+
+
 LOGGERS = ("none", "tensorboard", "mlflow")
 
 
@@ -239,6 +253,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     mode: Mode = Mode.train
     epochs: int = 10
     seed: int = 0
@@ -362,6 +377,10 @@ def validate(cfg: Any) -> None:
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
            f"train.max_steps_per_epoch must be >= 1 or null (got {t.max_steps_per_epoch})")
     _check(cfg.log.interval >= 1, f"log.interval must be >= 1 (got {cfg.log.interval})")
+    b = cfg.benchmark
+    _check(b.warmup_steps >= 0, f"benchmark.warmup_steps must be >= 0 (got {b.warmup_steps})")
+    _check(b.steps >= 1, f"benchmark.steps must be >= 1 (got {b.steps})")
+    _check(b.batch_size is None or b.batch_size >= 1, f"benchmark.batch_size must be >= 1 or null (got {b.batch_size})")
     es = t.early_stopping
     _check(es.patience is None or es.patience >= 1,
            f"train.early_stopping.patience must be >= 1 or null (got {es.patience})")
