@@ -228,12 +228,17 @@ def run_benchmark(cfg: Any, run_dir: Path) -> dict[str, Any]:
     return result
 
 
+def rate(img_per_s: float) -> str:
+    # Thousands separated on a GPU; three significant digits for a slow CPU step (1.32, not 1).
+    return f"{img_per_s:,.0f}" if img_per_s >= 100 else f"{img_per_s:.3g}"
+
+
 def format_result(r: dict[str, Any]) -> str:
     gib = r["peak_memory_bytes"] / 2**30
     rows = [
-        ("train", f"{r['train_img_per_s']:,.0f} img/s ({r['train_step_ms']:.1f} ms/step of {r['batch_size']}), "
+        ("train", f"{rate(r['train_img_per_s'])} img/s ({r['train_step_ms']:.1f} ms/step of {r['batch_size']}), "
                   f"data {100 * r['data_share']:.0f}% of the step"),
-        ("inference", f"{r['inference_img_per_s']:,.0f} img/s"),
+        ("inference", f"{rate(r['inference_img_per_s'])} img/s"),
         ("FLOPs", f"{r['forward_gflops_per_image']:.3g} GFLOP/image forward, x{TRAIN_FLOPS_PER_FORWARD} per training image"),
         ("achieved", f"{r['train_tflops']:.3g} TFLOP/s training, {r['inference_tflops']:.3g} inference"),
         ("MFU", f"{100 * r['mfu']:.1f}% training, {100 * r['inference_mfu']:.1f}% inference, of "
