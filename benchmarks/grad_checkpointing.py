@@ -2,16 +2,21 @@
 without it, the same weights and batch, alternated step by step in one process so that load
 from other jobs falls on both alike; prints the min and median step time of each.
 
-    python benchmarks/grad_checkpointing.py --size 224 --batch 8 --steps 8 --threads 2
+    python benchmarks/grad_checkpointing.py --size 224 --batch 8 --steps 8 --threads 1
+    python benchmarks/grad_checkpointing.py --rss --batch 32 --threads 1   # peak RSS of one step
 
-The memory it saves is measured by tests/test_grad_checkpointing.py (counted op by op;
-`python -m pytest -m slow tests/test_grad_checkpointing.py` for Swin-T at 224 px, batch 32).
+The memory it saves is measured exactly by tests/test_grad_checkpointing.py (counted op by op;
+`python -m pytest -m slow tests/test_grad_checkpointing.py` for Swin-T at 224 px, batch 32);
+--rss cross-checks it with the process's peak resident memory, one fresh process per variant.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -30,9 +35,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps of each variant (after one warm-up)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rss", action="store_true", help="peak RSS of one step instead of step times")
+    parser.add_argument("--rss-child", choices=["false", "true"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.rss:
+        for on in ("false", "true"):  # a fresh process each: RSS peaks never come down
+            subprocess.run([sys.executable, __file__, "--rss-child", on, "--size", str(args.size),
+                            "--batch", str(args.batch), "--threads", str(args.threads or 0)], check=True)
+        return
+    if args.rss_child:
+        return rss_step(args.rss_child == "true", args.size, args.batch)
     device = torch.device(args.device)
     torch.manual_seed(0)
     models = {on: SwinTransformer(image_size=args.size, grad_checkpointing=on, **TINY).to(device).train()
@@ -60,6 +74,20 @@ def main() -> None:
               f"median {statistics.median(t) * 1000:8.0f} ms  ({len(t)} steps)")
     print(f"cost: {min(times[True]) / min(times[False]) - 1:+.1%} (min), "
           f"{statistics.median(times[True]) / statistics.median(times[False]) - 1:+.1%} (median)")
+
+
+def rss_step(on: bool, size: int, batch: int) -> None:
+    """Peak RSS over one training step, and how far above the peak before it (a batch-1 step
+    first, so that the gradients and torch's own buffers already exist)."""
+    torch.manual_seed(0)
+    model = SwinTransformer(image_size=size, grad_checkpointing=on, **TINY).train()
+    x = torch.randn(batch, 3, size, size)
+    model(x[:1]).sum().backward()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    model(x).square().mean().backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"grad_checkpointing={str(on).lower():<5}  peak RSS {peak / 2**20:.2f} GiB, "
+          f"{(peak - before) / 2**20:.2f} GiB above the peak before the step")
 
 
 if __name__ == "__main__":
