@@ -56,6 +56,27 @@ note "swin-cli GPU check: data $data, out $out"
   "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } >"$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
+# mode=benchmark first (issue 21): img/s, TFLOP/s, MFU, peak memory and data share of nano,
+# cifar10_swin and tiny@224 in bf16, eager then compiled (torch.compile mode $BENCH_COMPILE_MODE,
+# default "default"), one at a time so that no run times another; each writes
+# bench/<name>/benchmark.json, which summary.md tabulates. Random data: no data set is read.
+# A compiled run compiles twice in its warm-up (the train and the eval graph): name:limit:args,
+# the limit for the compiled run (eager runs get 30 s). All six take at most 450 s, about 300 s
+# expected on an H100 (unmeasured), so the parts after them get what is left of $BUDGET_S.
+bench_mode=${BENCH_COMPILE_MODE:-default}
+for spec in "nano:70:model=nano data=cifar10 data.batch_size=256" \
+            "cifar10_swin:150:experiment=cifar10_swin data=imagefolder data.root=$data" \
+            "tiny224:140:model=tiny data=cifar10 data.image_size=224 data.batch_size=128"; do
+  IFS=: read -r bench_name bench_limit bench_rest <<<"$spec"
+  read -ra bench_args <<<"$bench_rest"
+  for compiled in false true; do
+    tag=bench_${bench_name}$([ "$compiled" = true ] && echo _compiled)
+    part "$tag" "$([ "$compiled" = true ] && echo "$bench_limit" || echo 30)" "${train[@]}" mode=benchmark \
+      train.precision=bf16 "${bench_args[@]}" "train.compile=$compiled" "train.compile_mode=$bench_mode" \
+      benchmark.warmup_steps=5 benchmark.steps=30 "hydra.run.dir=$out/bench/$tag"
+  done
+done
+
 for precision in fp32 bf16 bf16+compile; do
   name=digits_${precision/+/_}
   compile=$([ "$precision" = bf16+compile ] && echo true || echo false)

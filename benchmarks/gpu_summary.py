@@ -30,6 +30,17 @@ def run_row(run_dir: Path) -> str:
     return f"| {run_dir.name} | {len(rows)} | {val:.2f} | {test} | {rate:,.0f} | {data:.1%} | {wall} |"
 
 
+def bench_rows(out: Path) -> list[str]:
+    """mode=benchmark results (bench/*/benchmark.json) as table rows."""
+    rows = []
+    for path in sorted((out / "bench").glob("*/benchmark.json")):
+        r = json.loads(path.read_text())
+        rows.append(f"| {path.parent.name} | {r['device']} | {r['batch_size']} | {r['train_img_per_s']:,.0f} | "
+                    f"{r['inference_img_per_s']:,.0f} | {r['train_tflops']:.1f} | {r['mfu']:.1%} | "
+                    f"{r['peak_memory_bytes'] / 2**30:.2f} | {r['data_share']:.1%} | {r['warmup_s']:.0f} |")
+    return rows
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     print("# swin-cli GPU check\n")
@@ -39,6 +50,12 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run_dir in sorted((out / "runs").glob("*")):
         print(run_row(run_dir))
+    bench = bench_rows(out)
+    if bench:
+        print("\n## mode=benchmark (bf16)\n")
+        print("| run | device | batch | train img/s | inference img/s | TFLOP/s | MFU | peak GiB | data share | warm-up s |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(bench))
     tta = out / "eval_tta_flip" / "eval.json"
     if tta.is_file():
         print(f"\ncifar10_swin test accuracy with eval.tta=flip: {json.loads(tta.read_text())['acc']:.2f}%")

@@ -88,13 +88,15 @@ def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int
     return model
 
 
-def training_module(model: nn.Module, device: torch.device, processes: int, compile: bool) -> nn.Module:
+def training_module(model: nn.Module, device: torch.device, processes: int, compile: bool,
+                    compile_mode: str = "default") -> nn.Module:
     """The module that runs the training forward pass: wrapped in DDP across processes (which
-    averages gradients during backward) and compiled when asked; it shares `model`'s parameters."""
+    averages gradients during backward) and compiled when asked (train.compile_mode: default,
+    reduce-overhead for CUDA graphs, max-autotune); it shares `model`'s parameters."""
     module = model
     if processes > 1:
         module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(module) if compile else module
+    return torch.compile(module, mode=compile_mode) if compile else module
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> SwinTransformer:
@@ -137,7 +139,9 @@ def param_groups(model: SwinTransformer, weight_decay: float, lr: float,
 def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     name = plain(opt_cfg.name)
     groups = param_groups(model, opt_cfg.weight_decay, opt_cfg.lr, opt_cfg.layer_decay)
-    # One fused kernel for all parameters on CUDA; elsewhere foreach batches the updates.
+    # One fused kernel for all parameters on CUDA; elsewhere foreach batches the updates. The
+    # step is not compiled, so the float lr that LambdaLR writes each step costs no recompile
+    # (a tensor lr is only needed when the optimizer step itself is captured).
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **fast)

@@ -47,7 +47,10 @@ AttnImpl = choices("AttnImpl", "auto", "sdpa", "math")
 Stem = choices("Stem", "patch", "conv")
 Device = choices("Device", "auto", "cpu", "cuda", "mps")
 # preview: write <run dir>/augment_preview.png, training images after the configured augmentation.
-Mode = choices("Mode", "train", "eval", "predict", "summary", "preview")
+# benchmark: time the configured training step on random data, write <run dir>/benchmark.json.
+Mode = choices("Mode", "train", "eval", "predict", "summary", "preview", "benchmark")
+# torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernels.
+CompileMode = choices("CompileMode", "default", "reduce-overhead", "max-autotune")
 TTA = choices("TTA", "none", "flip")
 PredictBackend = choices("PredictBackend", "torch", "onnx")
 
@@ -83,6 +86,9 @@ class ModelConfig:
     # torch hub's cache, $TORCH_HOME/hub/checkpoints), or a state_dict file: torchvision's, timm's
     # or swin-cli's. The head is dropped when the number of classes differs.
     pretrained: Optional[str] = None
+    # Recompute each block's activations during backward instead of keeping them (torch.utils
+    # .checkpoint): less activation memory for more compute; the gradients are the same.
+    grad_checkpointing: bool = False
 
 
 @dataclass
@@ -250,6 +256,8 @@ class TrainConfig:
     precision: Precision = Precision.fp32
     # torch.compile the model (compile time is paid in the first steps).
     compile: bool = False
+    # The torch.compile mode for the model and the batch pipeline (with train.compile=true).
+    compile_mode: CompileMode = CompileMode.default
     # Feed the patch embedding channels-last images (faster convolutions on GPUs).
     channels_last: bool = False
     # CUDA only: fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa, ~7x the
@@ -259,6 +267,19 @@ class TrainConfig:
     # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
     max_steps_per_epoch: Optional[int] = None
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class BenchmarkConfig:
+    """mode=benchmark: the configured training step timed on random data of the configured
+    shape. Warm-up steps (compilation, autotuning) are run and not timed."""
+
+    warmup_steps: int = 10
+    steps: int = 30
+    # The batch per step; null: data.batch_size.
+    batch_size: Optional[int] = None
+    # Also write a torch.profiler trace of a few steps (<run dir>/trace.json) and print the top ops.
+    profile: bool = False
 
 
 LOGGERS = ("none", "tensorboard", "mlflow")
@@ -286,6 +307,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     mode: Mode = Mode.train
     epochs: int = 10
     seed: int = 0
@@ -441,6 +463,10 @@ def validate(cfg: Any) -> None:
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
            f"train.max_steps_per_epoch must be >= 1 or null (got {t.max_steps_per_epoch})")
     _check(cfg.log.interval >= 1, f"log.interval must be >= 1 (got {cfg.log.interval})")
+    b = cfg.benchmark
+    _check(b.warmup_steps >= 0, f"benchmark.warmup_steps must be >= 0 (got {b.warmup_steps})")
+    _check(b.steps >= 1, f"benchmark.steps must be >= 1 (got {b.steps})")
+    _check(b.batch_size is None or b.batch_size >= 1, f"benchmark.batch_size must be >= 1 or null (got {b.batch_size})")
     es = t.early_stopping
     _check(es.patience is None or es.patience >= 1,
            f"train.early_stopping.patience must be >= 1 or null (got {es.patience})")

@@ -15,7 +15,7 @@ from swin_cli.config import Config, plain
 
 # One line per top-level key (tests check that every key of the schema has one).
 TOP_LEVEL_KEYS = {
-    "mode": "train | eval | predict | summary | preview (augment_preview.png, then exit)",
+    "mode": "train | eval | predict | summary | preview (augment_preview.png) | benchmark (benchmark.json)",
     "epochs": "passes over the training split",
     "seed": "seeds init, shuffling and augmentation; the same seed repeats a CPU run bit for bit",
     "device": "auto (CUDA, else MPS, else CPU) | cpu | cuda | mps",
@@ -28,7 +28,7 @@ TOP_LEVEL_KEYS = {
     "predict_dir": "mode=predict: a folder of images to label into predictions.csv",
     "predict_backend": "mode=predict: torch | onnx (the checkpoint's swin-export under ONNX Runtime)",
 }
-GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log")
+GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log", "benchmark")
 EXAMPLES = """\
   swin-train data=digits model=nano epochs=2                # offline, a minute on a laptop
   swin-train model=tiny model.patch_size=2 model.window_size=4 data=cifar10 epochs=10

@@ -98,6 +98,11 @@ def run(cfg: DictConfig) -> Optional[float]:
         if cfg.mode.value == "predict":
             predict_folder(cfg, run_dir)
             return None
+        if cfg.mode.value == "benchmark":  # time the configured step on random data, train nothing
+            from swin_cli.benchmark import run_benchmark
+
+            run_benchmark(cfg, run_dir)
+            return None
         if cfg.mode.value == "preview":
             from swin_cli.preview import write_preview
 

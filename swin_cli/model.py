@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "SwinTransformer",
@@ -385,13 +386,24 @@ class PatchMergingV2(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, blocks: list[SwinBlock], downsample: Optional[nn.Module]):
+    """Blocks, then the patch merging. With grad_checkpointing each block keeps only its input
+    for backward and recomputes the rest: one more forward pass for most of the activation
+    memory. Non-reentrant checkpointing restores the RNG, so drop path and dropout draw the
+    same masks again and the gradients are those of a plain run."""
+
+    def __init__(self, blocks: list[SwinBlock], downsample: Optional[nn.Module], grad_checkpointing: bool = False):
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
         self.downsample = downsample
+        self.grad_checkpointing = grad_checkpointing
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.blocks(x)
+        # Without autograd (evaluation) there is nothing to save, so nothing to recompute.
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
         return x if self.downsample is None else self.downsample(x)
 
 
@@ -403,7 +415,8 @@ class SwinTransformer(nn.Module):
                  embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, patch_norm: bool = True,
-                 attn_impl: str = "sdpa", stem: str = "patch", stem_convs: int = 1, version: int = 1):
+                 attn_impl: str = "sdpa", stem: str = "patch", stem_convs: int = 1, version: int = 1,
+                 grad_checkpointing: bool = False):
         super().__init__()
         depths, num_heads = list(depths), list(num_heads)
         problem = architecture_problem(
@@ -431,7 +444,7 @@ class SwinTransformer(nn.Module):
                     drop_rate, attn_drop_rate, drop_path_rate * k / max(total - 1, 1), attn_impl))
                 k += 1
             last = i == len(depths) - 1
-            stages.append(Stage(blocks, None if last else merge_cls(dim)))
+            stages.append(Stage(blocks, None if last else merge_cls(dim), grad_checkpointing))
             res = (res + 1) // 2  # merging pads odd maps by one
         self.stages = nn.ModuleList(stages)
 

@@ -93,14 +93,15 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
         ("model", f"swin-{m.name}{' (V2)' if m.version == 2 else ''}: {count_parameters(model):,} params, "
                   f"{total / 1e6:,.1f} MFLOPs/image forward, "
                   f"{plain(m.stem)} stem, patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, "
-                  f"attention {model.attn_impl}"),
+                  f"attention {model.attn_impl}" + (", grad checkpointing" if m.grad_checkpointing else "")),
         ("optimizer", f"{plain(o.name)} lr {o.lr:g} weight decay {o.weight_decay:g}, {plain(s.name)} schedule"
                       + (f", warmup {s.warmup_epochs:g} epochs" if s.warmup_epochs else "")),
         ("training", f"{cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}"
                      + (f" x {t.accumulate} accumulated" if t.accumulate > 1 else "")
                      + (f" x {processes} processes = global batch {batch_size * t.accumulate * processes}"
                         if processes > 1 else "")
-                     + f", {plain(t.precision)}" + (", compiled" if t.compile else "")
+                     + f", {plain(t.precision)}"
+                     + (f", compiled ({plain(t.compile_mode)})" if t.compile else "")
                      + (f", EMA {t.ema.decay}" if t.ema.decay else "")
                      + (f", label smoothing {t.label_smoothing}" if t.label_smoothing else "")
                      + f", seed {cfg.seed}"),

@@ -82,7 +82,8 @@ class Trainer:
         self.data: DataBundle = place_data(load_data(cfg.data, self.device), self.device, cfg.data.on_device)
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
-        self.forward_model = training_module(self.model, self.device, self.world, cfg.train.compile)
+        compile_mode = plain(cfg.train.compile_mode)
+        self.forward_model = training_module(self.model, self.device, self.world, cfg.train.compile, compile_mode)
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
         self.precision = plain(cfg.train.precision)
@@ -96,7 +97,7 @@ class Trainer:
                                   self.data.std, self.device)
         # Compiled, the batch preparation is a few fused kernels instead of a few hundred small
         # launches (on an H100 the eager pipeline took 13% of a cifar10_swin step).
-        self.prepare_batch = torch.compile(self.prepare) if cfg.train.compile else self.prepare
+        self.prepare_batch = torch.compile(self.prepare, mode=compile_mode) if cfg.train.compile else self.prepare
         self.prep_timer = PrepTimer(self.device)
         # With mixing, targets arrive as class probabilities (smoothing already folded in).
         self.criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if self.prepare.mix.active else cfg.train.label_smoothing)

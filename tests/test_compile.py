@@ -1,0 +1,115 @@
+"""What train.compile=true needs to stay fast on a GPU, checked on the CPU: the model's forward
+and backward capture as one graph (a graph break is a trip back to Python and lost fusion;
+with CUDA graphs it also splits the captured region), and a run compiles once, however the lr,
+the epoch or the step change. The aot_eager backend traces exactly what inductor would receive
+(forward and backward graphs) without generating code, so these take seconds, not minutes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from conftest import TINY_MODEL, make_config
+from swin_cli.build import build_model, build_optimizer, build_scheduler, training_module
+
+# TINY_MODEL's architecture as constructor arguments; drop path on, so training-mode randomness
+# is part of the graph.
+TINY = dict(image_size=16, patch_size=2, in_chans=3, num_classes=5, embed_dim=8, depths=[1, 1], num_heads=[2, 2],
+            window_size=4, drop_path_rate=0.1)
+
+
+# The default path (V1, math, no checkpointing) is also captured whole inside the Trainer run of
+# the recompile test below; the other combinations are slow-only to keep the default run short.
+@pytest.mark.parametrize("version,attn_impl,checkpointing", [
+    (1, "math", True), (2, "sdpa", False), pytest.param(1, "sdpa", False, marks=pytest.mark.slow),
+    pytest.param(2, "math", False, marks=pytest.mark.slow), pytest.param(1, "math", False, marks=pytest.mark.slow)])
+def test_forward_and_backward_compile_to_one_graph_without_breaks(version, attn_impl, checkpointing):
+    from swin_cli.model import SwinTransformer
+
+    torch._dynamo.reset()
+    model = SwinTransformer(**TINY, version=version, attn_impl=attn_impl, grad_checkpointing=checkpointing).train()
+    x = torch.randn(4, 3, 16, 16)
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter)
+    F.cross_entropy(compiled(x), torch.arange(4)).backward()
+    assert counter.frame_count == 1
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: seen.append(mode) or module)
+    cfg = make_config(*TINY_MODEL, "train.compile=true", "train.compile_mode=max-autotune")
+    model = build_model(cfg.model, cfg.data.image_size, 1, 10)
+    training_module(model, torch.device("cpu"), 1, cfg.train.compile, cfg.train.compile_mode.value)
+    assert seen == ["max-autotune"]
+
+
+def test_a_bad_compile_mode_names_the_key():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as raised:
+        make_config("train.compile_mode=fast")
+    assert "compile_mode" in str(raised.value.__cause__ or raised.value)
+
+
+def test_a_run_compiles_once_across_steps_epochs_and_lr_changes(monkeypatch, tmp_path):
+    """The Trainer over 2 epochs of 3 steps, the cosine schedule moving the lr every step, the
+    model switched to eval for validation in between: every compiled function (model, batch
+    pipeline) compiles during the first step and never again."""
+    from swin_cli.train import Trainer
+
+    torch._dynamo.reset()
+    counters: list[CompileCounterWithBackend] = []
+    real_compile = torch.compile
+
+    def counting_compile(fn, mode=None):
+        counters.append(CompileCounterWithBackend("aot_eager"))
+        return real_compile(fn, backend=counters[-1])
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    cfg = make_config(*TINY_MODEL, "data=digits", "aug=basic", "data.batch_size=16", "train.max_steps_per_epoch=3",
+                      "epochs=2", "threads=1", "train.compile=true", "model.drop_path_rate=0.1",
+                      "scheduler.warmup_epochs=0.5")
+    after_first: list[int] = []
+    lrs: list[float] = []
+
+    def on_step(trainer: Trainer) -> None:
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        if trainer.global_step == 1:
+            after_first.extend(c.frame_count for c in counters)
+
+    trainer = Trainer(cfg, tmp_path, on_step=on_step)
+    trainer.fit()
+    # The model and the batch pipeline: one graph each (no breaks) in the first step, none later.
+    assert len(counters) == 2 and after_first == [1, 1]
+    assert [c.frame_count for c in counters] == after_first
+    assert len(lrs) == 6 and all(a != b for a, b in zip(lrs, lrs[1:]))  # a new lr every step
+
+
+def test_fused_adamw_follows_the_float_lr_of_the_schedule():
+    """On CUDA the optimizer is fused. LambdaLR writes a float lr into it every step; the fused
+    kernel takes it as it is (a tensor lr is only needed to compile the optimizer step, which we
+    do not). Fused AdamW also runs on the CPU, so the CUDA configuration is run here."""
+    cfg = make_config(*TINY_MODEL, "scheduler.warmup_epochs=1")
+    model = build_model(cfg.model, cfg.data.image_size, 1, 10)
+    optimizer = build_optimizer(cfg.optimizer, model, torch.device("cuda"))
+    assert optimizer.defaults["fused"] is True
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps=8, steps_per_epoch=4)
+    x, y = torch.randn(4, 1, 16, 16), torch.arange(4)
+    lrs = []
+    for _ in range(4):
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+        assert isinstance(lrs[-1], float)
+        assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert lrs == sorted(lrs) and len(set(lrs)) == 4  # warming up
