@@ -125,6 +125,7 @@ def test_every_config_option_composes_and_validates(group, option):
         assert group == "hydra" or "submitit" in hydra_cfg.launcher._target_
         return
     extra = {("data", "imagefolder"): ["data.root=/some/folder"], ("experiment", "finetune"): ["data.root=/some/folder"],
+             ("experiment", "imagenet_swin_t"): ["data.root=/some/folder"],
              ("data", "huggingface"): ["data.path=/some/folder"],
              ("data", "webdataset"): ["data.train_urls=/s/train.tar", "data.test_urls=/s/test.tar"]}.get((group, option), [])
     cfg = make_config(f"{group}={option}", *extra)
