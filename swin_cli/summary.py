@@ -37,7 +37,7 @@ def describe(cfg: Any, run_dir: Any) -> str:
     from swin_cli.data import load_data
 
     device = select_device(plain(cfg.device))
-    data = load_data(cfg.data)
+    data = load_data(cfg.data, statistics=False)
     model = build_model(cfg.model, cfg.data.image_size, data.in_chans, data.num_classes).to(device)
     batch_size, steps_per_epoch = batch_plan(cfg, len(data.train))
     return start_panel(cfg, model, data, run_dir, device_name(device), steps_per_epoch, batch_size)

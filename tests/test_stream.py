@@ -209,3 +209,24 @@ def test_imagenet_recipe_runs_end_to_end_on_a_made_folder(tmp_path):
     assert results["storage"] == "stream" and results["test_split"] == "val" and results["steps"] == 2
     assert "random resized crop, scale 0.08-1; eval: centre crop 0.875" in proc.stdout
     assert "preparing a copy" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_stream_the_whole_split_between_them(tmp_path):
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this python")
+    root = photo_folder(tmp_path / "imgs", per_class=16)
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "swin_cli", *TINY_MODEL,
+                           "data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+                           "data.storage=stream", "data.train_crop=random_resized", "data.batch_size=4",
+                           "data.workers=1", "data.val_fraction=0", "epochs=1", "threads=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / "outputs").glob("*/*/results.json")).read_text())
+    # 32 training images, 4 per process per step on 2 processes: 4 steps cover the split once.
+    assert results["processes"] == 2 and results["steps"] == 4 and results["storage"] == "stream"
+    assert sum(map(sum, results["test_confusion"])) == 16  # the whole test split, summed over ranks

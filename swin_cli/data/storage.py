@@ -143,8 +143,9 @@ def load_source(cfg: Any) -> SourceData:
     raise DataError(f"unknown data source {name!r}")  # the schema's enum makes this unreachable
 
 
-def load_data(cfg: Any, device: Optional[torch.device] = None) -> DataBundle:
-    """The train/val/test splits described by the `data` config group."""
+def load_data(cfg: Any, device: Optional[torch.device] = None, statistics: bool = True) -> DataBundle:
+    """The train/val/test splits described by the `data` config group. statistics=False skips
+    the mean/std pass of a streamed split (mode=summary needs only sizes), reporting 0.5/0.25."""
     source = load_source(cfg)
     channels = cfg.channels or source.channels
     storage, reason = choose_storage(cfg, source, channels)
@@ -162,6 +163,8 @@ def load_data(cfg: Any, device: Optional[torch.device] = None) -> DataBundle:
         mean, std = list(cfg.mean), list(cfg.std)
     elif isinstance(train, ImageSplit):
         mean, std = channel_stats(train.images)
+    elif not statistics:
+        mean, std = [0.5] * channels, [0.25] * channels
     elif getattr(train, "streams_itself", False):  # shards: the first images read, eval crop
         mean, std = channel_stats_of([train.stats_sample(min(cfg.stats_images, len(train)), cfg.split_seed)[0]],
                                      channels)
