@@ -163,6 +163,18 @@ def one_line(message: str) -> str:
     return line
 
 
+def _os_error(exc: BaseException) -> Optional[OSError]:
+    """The OSError that `exc` is or was raised from, if any."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://swin_cli.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> Any:
     return run(cfg)
@@ -197,11 +209,14 @@ def main() -> None:
             message += "\n" + str(cause)
         print(f"{program}: error: {one_line(message)}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except OSError as exc:  # e.g. Hydra cannot create the run dir: read-only, full disk
-        if full_trace:
+    except (OSError, ValueError) as exc:
+        # Hydra cannot create the run dir (OSError), or cannot open swin-train.log in a run dir
+        # that exists but refuses writes (logging's ValueError, caused by the OSError).
+        os_error = _os_error(exc)
+        if full_trace or os_error is None:
             raise
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"{program}: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        where = f" {os_error.filename}" if os_error.filename else ""
+        print(f"{program}: error: cannot write{where}: {os_error.strerror or os_error}", file=sys.stderr, flush=True)
         sys.exit(1)
     finally:
         distributed.teardown()
