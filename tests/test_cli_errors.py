@@ -57,3 +57,13 @@ def test_an_existing_run_dir_that_refuses_writes_is_one_line(tmp_path):
     with folder_refusing_writes(tmp_path / "locked") as locked:
         proc = run_cli(f"hydra.run.dir={locked}", *TINY_MODEL, "epochs=1", cwd=tmp_path, timeout=120)
     assert_one_error_line(proc, 1, f"cannot write {locked}/swin-train.log")
+
+
+def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    # A PATH with python's folder but no srun on it.
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    assert shutil.which("srun", path=env["PATH"]) is None
+    proc = run_cli("-m", "hydra/launcher=slurm", *TINY_MODEL, "epochs=1", cwd=tmp_path, env=env, timeout=120)
+    assert_one_error_line(proc, 1, "no SLURM here", "hydra/launcher=submitit_local")
+    assert not (tmp_path / "outputs").exists()  # no sweep dir left behind
