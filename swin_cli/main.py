@@ -35,10 +35,19 @@ program = "swin-train"
 _HYDRA_ONLY = {".hydra", "swin-train.log"}
 
 
+def print_error(line: str) -> None:
+    """An error line on stderr, from rank 0 only under torchrun: every rank meets the same bad
+    config or missing file, and one line says it (the others exit with the same code)."""
+    from swin_cli import distributed
+
+    if distributed.reports_errors():
+        print(line, file=sys.stderr, flush=True)
+
+
 def report_error(message: str) -> None:
     """One `<program>: error: ...` line on stderr, and the same line at the end of the run's log."""
     line = f"{program}: error: {message}"
-    print(line, file=sys.stderr, flush=True)
+    print_error(line)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(logging.makeLogRecord({"name": "swin_cli", "levelno": logging.ERROR,
@@ -189,7 +198,11 @@ def main() -> None:
     # Imported here, not at the top: printing help must not pay for importing torch.
     from swin_cli import distributed
 
-    distributed.setup()
+    try:
+        distributed.setup()
+    except SwinCliError as exc:
+        print_error(f"{program}: error: {exc}")
+        sys.exit(1)
     if not distributed.is_main():
         # One run dir, one log: the other ranks write neither Hydra's files nor log lines.
         sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[]"]
@@ -207,7 +220,7 @@ def main() -> None:
         cause = exc.__cause__ or exc.__context__
         if cause is not None and str(cause) not in message:
             message += "\n" + str(cause)
-        print(f"{program}: error: {one_line(message)}", file=sys.stderr, flush=True)
+        print_error(f"{program}: error: {one_line(message)}")
         sys.exit(2)
     except (OSError, ValueError) as exc:
         # Hydra cannot create the run dir (OSError), or cannot open swin-train.log in a run dir
@@ -216,7 +229,7 @@ def main() -> None:
         if full_trace or os_error is None:
             raise
         where = f" {os_error.filename}" if os_error.filename else ""
-        print(f"{program}: error: cannot write{where}: {os_error.strerror or os_error}", file=sys.stderr, flush=True)
+        print_error(f"{program}: error: cannot write{where}: {os_error.strerror or os_error}")
         sys.exit(1)
     finally:
         distributed.teardown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,3 +68,45 @@ def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
     proc = run_cli("-m", "hydra/launcher=slurm", *TINY_MODEL, "epochs=1", cwd=tmp_path, env=env, timeout=120)
     assert_one_error_line(proc, 1, "no SLURM here", "hydra/launcher=submitit_local")
     assert not (tmp_path / "outputs").exists()  # no sweep dir left behind
+
+
+def test_only_rank_0_prints_the_error_line(monkeypatch, capsys):
+    from swin_cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    main.report_error("data.root=/nope does not exist")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    main.report_error("data.root=/nope does not exist")
+    assert capsys.readouterr().err == "swin-train: error: data.root=/nope does not exist\n"
+
+
+def test_more_torchrun_processes_than_gpus_stops_every_rank_with_one_line(monkeypatch):
+    import torch
+
+    from swin_cli import distributed
+    from swin_cli.errors import SwinCliError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for rank in ("0", "1"):  # every rank, rank 0 too, which would otherwise wait for the others
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        with pytest.raises(SwinCliError, match="started 2 processes on this node but it has 1 GPU: "
+                                               "use --nproc_per_node=1"):
+            distributed.setup()
+
+
+@pytest.mark.slow
+def test_torchrun_reports_a_bad_value_once_and_every_rank_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "swin_cli", *TINY_MODEL, "model.window_size=0", "epochs=1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("swin-train: error: ")]
+    assert errors == ["swin-train: error: model.window_size must be >= 1 (got 0)"], proc.stderr
+    # torchrun's own failure summary lists both ranks with our exit code, and no trace of ours.
+    assert len(re.findall(r"exitcode\s*:\s*2\b", proc.stderr)) == 2, proc.stderr
+    assert "swin_cli/" not in proc.stderr
