@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from swin_cli import report
 from swin_cli.checkpoint import write_text_atomic
+from swin_cli.text import plural
 
 
 def failed_job(run_dir: Path, message: str, hydra_cfg: Any, exc: Exception) -> None:
@@ -54,7 +55,7 @@ class SweepSummary(Callback):
         # Jobs may have run in other processes (joblib, submitit): count failures from disk.
         failed = [r for r in report.write_summary(sweep_dir) if r["status"] == "failed"]
         if failed:
-            print(f"{config.hydra.job.name}: error: {len(failed)} sweep job(s) failed (see the summary above)",
+            print(f"{config.hydra.job.name}: error: {plural(len(failed), 'sweep job')} failed (see the summary above)",
                   file=sys.stderr, flush=True)
             # SystemExit, not an Exception: Hydra turns a callback's exceptions into warnings.
             raise SystemExit(1)

@@ -33,6 +33,7 @@ from swin_cli.evaluate import evaluate_split
 from swin_cli.model import count_parameters
 from swin_cli.interrupt import StopRequest, TrainingInterrupted
 from swin_cli.records import EpochProgress, PrepTimer, RunRecords, clean_up_after_a_kill, mean, prepare_run_dir
+from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
@@ -348,7 +349,7 @@ class Trainer:
         self.plateau["epochs"] += 1
         if self.plateau["epochs"] >= rule.patience:
             self.stopped_early = (f"validation accuracy has not risen by more than {rule.min_delta:g} points "
-                                  f"for {rule.patience} epochs (best {self.best_val_acc:.2f}% at epoch "
+                                  f"for {plural(rule.patience, 'epoch')} (best {self.best_val_acc:.2f}% at epoch "
                                   f"{self.best_epoch})")
 
     def _interrupted(self, signum: int) -> None:
