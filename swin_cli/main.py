@@ -161,10 +161,12 @@ def one_line(message: str) -> str:
         parts[-1] += " " + ", ".join(items)
     line = " ".join(p if p.endswith((":", ".")) else p + ";" for p in parts).rstrip(";")
     if "token recognition error" in line:
-        odd = next((a for a in sys.argv[1:] if "=" in a and not a.isascii()), None)
-        if odd is not None:
-            key, value = odd.split("=", 1)
-            line += f" (a value with non-ASCII characters must be quoted: '{key}=\"{value}\"')"
+        # Only the key comes from argv: the shell may have split the value at a space (dáta set
+        # -> dáta, set), so the value shown would not be the one the user meant.
+        odd = next((a for a in sys.argv[1:] if "=" in a and not a.isascii()), "key=")
+        key = odd.split("=", 1)[0]
+        line += (f" (a value with non-ASCII characters must be quoted twice, in double quotes for Hydra "
+                 f"inside single quotes for the shell: '{key}=\"...\"' with the whole value between the double quotes)")
     for config_name, extra in _PLUGIN_EXTRAS.items():
         if f"Could not find '{config_name}" in line or (f"'{config_name}" in line and "Could not" in line):
             line += f" (a Hydra plugin from an optional extra: pip install \"swin-cli[{extra}]\")"

@@ -119,7 +119,8 @@ def test_multirun_makes_one_run_dir_per_job_and_a_summary(tmp_path):
     (["data.image_size=30", "model.patch_size=4"], "data.image_size=30 is not divisible by model.patch_size=4"),
     (["device=cuda"], "device=cuda was requested but no CUDA GPU is available"),
     (["data.root=/data/dáta"], """token recognition error at: 'á' (a value with non-ASCII characters must be """
-                               """quoted: 'data.root="/data/dáta"')"""),
+                               """quoted twice, in double quotes for Hydra inside single quotes for the shell: """
+                               """'data.root="..."' with the whole value between the double quotes)"""),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     if args == ["device=cuda"]:

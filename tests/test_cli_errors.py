@@ -110,3 +110,13 @@ def test_torchrun_reports_a_bad_value_once_and_every_rank_exits_2(tmp_path):
     # torchrun's own failure summary lists both ranks with our exit code, and no trace of ours.
     assert len(re.findall(r"exitcode\s*:\s*2\b", proc.stderr)) == 2, proc.stderr
     assert "swin_cli/" not in proc.stderr
+
+
+def test_the_quoting_hint_never_shows_a_value_the_shell_cut_at_a_space(monkeypatch):
+    from swin_cli.main import one_line
+
+    # `swin-train data.root=/data/dáta set`: the shell passed the value in two words.
+    monkeypatch.setattr(sys, "argv", ["swin-train", "data.root=/data/dáta", "set", "epochs=1"])
+    line = one_line("LexerNoViableAltException: data.root=/data/dáta\n    ^\ntoken recognition error at: 'á'")
+    assert """'data.root="..."' with the whole value between the double quotes""" in line
+    assert '"/data/dáta"' not in line
