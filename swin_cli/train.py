@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 
 from swin_cli import __version__, checkpoint, distributed
 from swin_cli.augment import TrainBatch
-from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, configure_device,
-                            select_device, training_module)
+from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, check_pretrained,
+                            configure_device, select_device, training_module)
 from swin_cli.config import plain
 from swin_cli.data import DataBundle, ImageSplit, load_data, place_data
 from swin_cli.errors import NonFiniteLoss
@@ -88,6 +88,9 @@ class Trainer:
         configure_device(self.device, cfg.train.tf32, cfg.deterministic, announce=True)
         torch.manual_seed(cfg.seed)
 
+        # Pretrained weights that cannot be had (offline, not cached) stop the run before the
+        # data is decoded, which for an image folder can take a while.
+        check_pretrained(cfg.model)
         self.data: DataBundle = place_data(load_data(cfg.data), self.device, cfg.data.on_device)
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
