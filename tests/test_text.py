@@ -36,3 +36,17 @@ def test_preview_title_names_the_augmentation_applied_not_the_preset():
     assert preview_title(cfg.aug) == "training batch after trivialaugment"
     assert preview_title(make_config("data=digits").aug) == "training batch, no augmentation"
     assert preview_title(make_config("aug=basic").aug) == "training batch after crop pad 4, hflip"
+
+
+def test_readme_commands_use_no_folder_a_new_user_lacks():
+    import re
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    commands = "\n".join(re.findall(r"```bash\n(.*?)```", readme, re.S))
+    assert "../shared" not in commands  # the developers' own data folder
+    # The placeholder the commands use instead is explained, with how to make the folder.
+    assert "data.root=path/to/cifar10-jpg" in commands
+    section = readme.split("#### An image-folder CIFAR-10", 1)[1].split("\n#", 1)[0]
+    assert "`path/to/cifar10-jpg`" in section and "CIFAR10(" in section and "train/<class>/" in section
