@@ -335,9 +335,10 @@ class Trainer:
         if has_val:
             self._watch_plateau(score)
         if self.is_main:
-            self.save("last.pt")
-            if improved:
-                checkpoint.copy_atomic(self.run_dir / "last.pt", self.run_dir / "best.pt")
+            state = self.state()
+            checkpoint.save_atomic(state, self.run_dir / "last.pt")
+            if improved:  # the weights alone: resuming reads last.pt
+                checkpoint.save_atomic(checkpoint.best_state(state), self.run_dir / "best.pt")
         self.records.epoch(self.history, improved and has_val)
         distributed.barrier()  # checkpoints are complete before any rank reads them
 
