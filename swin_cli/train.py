@@ -10,6 +10,7 @@ random draws the uninterrupted run would have made.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import signal
 import sys
@@ -55,6 +56,22 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed + 7919, epoch)))
 
 
+def debug_subset(data: DataBundle, cfg: Any, processes: int) -> DataBundle:
+    """The splits a debug run uses: with train.overfit_batches, the first that many batches of
+    the training split, validated on themselves (in eval mode, so a model that fits them scores
+    ~100% there too); with train.limit_eval_batches, the first that many eval batches of the
+    validation and test splits. The data as it is otherwise."""
+    t = cfg.train
+    train, val, test = data.train, data.val, data.test
+    if t.overfit_batches:
+        batch_images = min(cfg.data.batch_size, len(train)) * t.accumulate * processes
+        train = val = train.subset(torch.arange(min(len(train), t.overfit_batches * batch_images)))
+    if t.limit_eval_batches:
+        keep = t.limit_eval_batches * cfg.data.eval_batch_size
+        val, test = (split.subset(torch.arange(min(len(split), keep))) for split in (val, test))
+    return dataclasses.replace(data, train=train, val=val, test=test)
+
+
 class EMA:
     """Exponential moving average of a model's weights (buffers are copied as they are)."""
 
@@ -91,7 +108,8 @@ class Trainer:
         # Pretrained weights that cannot be had (offline, not cached) stop the run before the
         # data is decoded, which for an image folder can take a while.
         check_pretrained(cfg.model)
-        self.data: DataBundle = place_data(load_data(cfg.data), self.device, cfg.data.on_device)
+        self.data: DataBundle = place_data(debug_subset(load_data(cfg.data), cfg, self.world), self.device,
+                                           cfg.data.on_device)
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
         self.forward_model = training_module(self.model, self.device, self.world, cfg.train.compile)
@@ -199,7 +217,8 @@ class Trainer:
         self.records.start(self.model, self.data, self.device, self.steps_per_epoch, self.batch_size, self.world)
         stop = StopRequest()
         try:
-            with stop.installed():
+            anomaly = torch.autograd.detect_anomaly() if self.cfg.train.detect_anomaly else nullcontext()
+            with stop.installed(), anomaly:
                 while self.epoch < self.cfg.epochs and self.stopped_early is None:
                     self._train_epoch(stop)
                     if stop.signum is not None:
@@ -217,7 +236,9 @@ class Trainer:
     def _train_epoch(self, stop: StopRequest) -> None:
         cfg, train = self.cfg, self.data.train
         self.model.train()
-        order = epoch_order(len(train), cfg.seed, self.epoch).to(train.images.device)
+        # Overfitting a few batches uses the same batches, in the same order, every epoch.
+        order = (torch.arange(len(train)) if cfg.train.overfit_batches
+                 else epoch_order(len(train), cfg.seed, self.epoch)).to(train.images.device)
         rank_images = self.batch_size * self.accumulate
         step_images = rank_images * self.world
         # Each rank draws its own augmentation / stochastic-depth randomness (rank 0 = 1 process).
@@ -284,7 +305,16 @@ class Trainer:
                     logits = self.forward_model(x)
                     loss = self.criterion(logits.float(), target)
                 # Weighted so that k micro-batches give the gradient of one k-times batch.
-                self.scaler.scale(loss * (len(y) / len(labels))).backward()
+                try:
+                    self.scaler.scale(loss * (len(y) / len(labels))).backward()
+                except RuntimeError as exc:
+                    # Anomaly detection's own error; any other (out of memory, ...) stays as it is.
+                    if not self.cfg.train.detect_anomaly or "returned nan values" not in str(exc):
+                        raise
+                    # Torch has printed the forward op's traceback as a warning just above.
+                    raise NonFiniteLoss(f"anomaly detection stopped step {self.global_step + 1} (epoch "
+                                        f"{self.epoch + 1}): {str(exc).splitlines()[0]}; the forward op "
+                                        f"behind it is in the traceback above") from None
             total_loss += loss.detach() * (len(y) / len(labels))
             correct += (logits.argmax(1) == y).sum()
         if self.cfg.train.grad_clip:
