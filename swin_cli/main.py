@@ -175,14 +175,15 @@ def one_line(message: str) -> str:
 
 
 def _os_error(exc: BaseException) -> Optional[OSError]:
-    """The OSError that `exc` is or was raised from, if any."""
+    """The OSError that `exc` is or was raised from (`raise ... from`), if any; not one that
+    was merely being handled when it was raised, which may have nothing to do with it."""
     seen: set[int] = set()
     current: Optional[BaseException] = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, OSError):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return None
 
 
