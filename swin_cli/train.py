@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -217,7 +218,12 @@ class Trainer:
         self.records.start(self.model, self.data, self.device, self.steps_per_epoch, self.batch_size, self.world)
         stop = StopRequest()
         try:
-            anomaly = torch.autograd.detect_anomaly() if self.cfg.train.detect_anomaly else nullcontext()
+            anomaly = nullcontext()
+            if self.cfg.train.detect_anomaly:
+                # Said once here, in our words, instead of torch's warning pointing at this line.
+                warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
+                log.info("autograd anomaly detection is on (train.detect_anomaly): training runs several times slower")
+                anomaly = torch.autograd.detect_anomaly()
             with stop.installed(), anomaly:
                 while self.epoch < self.cfg.epochs and self.stopped_early is None:
                     self._train_epoch(stop)
@@ -313,7 +319,7 @@ class Trainer:
                         raise
                     # Torch has printed the forward op's traceback as a warning just above.
                     raise NonFiniteLoss(f"anomaly detection stopped step {self.global_step + 1} (epoch "
-                                        f"{self.epoch + 1}): {str(exc).splitlines()[0]}; the forward op "
+                                        f"{self.epoch + 1}): {str(exc).splitlines()[0].rstrip('.')}; the forward op "
                                         f"behind it is in the traceback above") from None
             total_loss += loss.detach() * (len(y) / len(labels))
             correct += (logits.argmax(1) == y).sum()
