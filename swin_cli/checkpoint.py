@@ -191,10 +191,10 @@ def check_compatible(state: dict[str, Any], signature: dict[str, Any]) -> None:
 def check_resumable(state: dict[str, Any], signature: dict[str, Any], epochs: int) -> None:
     """Raise a one-line error when a run of `epochs` epochs with this `signature` cannot continue
     from `state`; say so when it continues to a different number of epochs."""
+    check_compatible(state, signature)
     if "optimizer" not in state:  # a best.pt: weights without the optimizer's state
         raise CheckpointError(f"{state['path']} holds only the best weights, not the training state a run "
                               f"resumes from; resume from {Path(state['path']).with_name('last.pt')}")
-    check_compatible(state, signature)
     if state["epoch"] > epochs:
         raise ConfigError(f"the run in {Path(state['path']).parent} is already complete at epoch {state['epoch']}; "
                           f"to train it further, resume it with epochs greater than {state['epoch']}")
