@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
 
-from conftest import TINY_MODEL, make_config, run_cli
+from conftest import TINY_MODEL, make_config
 from swin_cli import plots
 from swin_cli.config import ConfigError, validate
 from swin_cli.errors import NonFiniteLoss
@@ -31,16 +28,24 @@ def test_help_lists_the_debug_options():
     assert "anomaly" in line and "fast" in line and "overfit" in line and "(default: none)" in line
 
 
-def test_debug_fast_runs_one_step_of_each_and_leaves_nothing_in_outputs(tmp_path):
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    proc = run_cli("debug=fast", *FAST, "data.eval_batch_size=100", cwd=tmp_path, timeout=120,
-                   env={**os.environ, "TMPDIR": str(temp)})
-    assert proc.returncode == 0, proc.stderr
-    assert "epoch 1/1 |" in proc.stdout and "train 1,294 / val 100 / test 100" in proc.stdout
-    assert not (tmp_path / "outputs").exists()
-    run_dir, = (p.parent for p in temp.glob("swin-cli-debug/*/*/results.json"))
-    results = json.loads((run_dir / "results.json").read_text())
+def test_debug_fast_runs_one_step_of_each_with_its_run_dir_under_the_temp_folder(tmp_path, monkeypatch, no_curves):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from swin_cli.config import register_configs
+
+    register_configs()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    overrides = ["debug=fast", *FAST, "data.eval_batch_size=100"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True).hydra
+    # Where Hydra puts the run (and a sweep): the temp folder, not outputs/.
+    assert hydra_cfg.run.dir.startswith(f"{tmp_path}/tmp/swin-cli-debug/20")
+    assert hydra_cfg.sweep.dir.startswith(f"{tmp_path}/tmp/swin-cli-debug/multirun/20")
+
+    trainer = Trainer(make_config(*overrides), tmp_path / "run")
+    assert (len(trainer.data.train), len(trainer.data.val), len(trainer.data.test)) == (1294, 100, 100)
+    results = trainer.fit()
     assert results["epochs"] == 1 and results["steps"] == 1
     assert sum(map(sum, results["test_confusion"])) == 100  # one eval batch of the test split
 
