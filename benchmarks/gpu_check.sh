@@ -17,23 +17,36 @@
 # swin-cli must be importable by $PYTHON (default python3); timm adds the comparison rows.
 # swin-train runs as `python -m swin_cli` from a scratch folder, so the installed package (with
 # its conf/) is what runs. Each part has its own time limit and a failure does not stop the
-# others; progress.log says which part ended how. README.md ("GPU check") shows how to carry
-# hydra-core and omegaconf to a GPU machine that lacks them.
+# others; progress.log says which part ended how, and the script exits 1 when any part failed
+# (or was skipped for time). Without a GPU it stops at once with one line. README.md ("GPU
+# check") shows how to carry hydra-core and omegaconf to a GPU machine that lacks them.
 set -uo pipefail
 if [ $# -ne 2 ]; then
   echo "usage: bash benchmarks/gpu_check.sh CIFAR10_ROOT OUT_DIR" >&2
   exit 2
 fi
+py=${PYTHON:-python3}
+# For a dry run of this script's plumbing on a CPU: DEVICE=cpu CIFAR_EXTRA="train.compile=false ..."
+device=${DEVICE:-cuda}
+# Every part needs the GPU: without one, say so now rather than after nine minutes of failures.
+if [ "$device" = cuda ]; then
+  gpu=$("$py" -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null) || gpu="no torch"
+  if [ "$gpu" != True ]; then
+    why=$([ "$gpu" = "no torch" ] && echo "$py cannot import torch" || echo "torch.cuda.is_available() is False")
+    echo "gpu_check: error: no CUDA GPU here ($why); for a dry run on a CPU set DEVICE=cpu" >&2
+    exit 1
+  fi
+fi
 data=$(cd "$1" && pwd) || exit 2
 mkdir -p "$2" && out=$(cd "$2" && pwd) || exit 2
 here=$(cd "$(dirname "$0")" && pwd)
-py=${PYTHON:-python3}
 epochs=${CIFAR_EPOCHS:-20}
 warmup=${CIFAR_WARMUP:-3}
-# For a dry run of this script's plumbing on a CPU: DEVICE=cpu CIFAR_EXTRA="train.compile=false ..."
-device=${DEVICE:-cuda}
 read -ra cifar_extra <<<"${CIFAR_EXTRA:-}"
 scratch=$(mktemp -d)
+# One line per part that failed or did not run; parts in the background append to it too.
+failed=$scratch/failed
+: >"$failed"
 deadline=$(( $(date +%s) + ${BUDGET_S:-570} ))
 export PYTHONUNBUFFERED=1
 
@@ -44,10 +57,12 @@ part() {
   local name=$1 limit=$2 left=$(( deadline - $(date +%s) - 15 ))
   shift 2
   (( left < limit )) && limit=$left
-  (( limit < 20 )) && { note "skip $name: out of time"; return; }
+  (( limit < 20 )) && { note "skip $name: out of time"; echo "$name (out of time)" >>"$failed"; return; }
   note "start $name (limit ${limit}s)"
   (cd "$scratch" && timeout --kill-after=10 "$limit" "$@") >"$out/$name.log" 2>&1
-  note "end $name rc=$?"
+  local rc=$?
+  note "end $name rc=$rc"
+  (( rc == 0 )) || echo "$name (rc=$rc, see $name.log)" >>"$failed"
 }
 train=("$py" -m swin_cli log.progress=false "device=$device")
 
@@ -96,6 +111,14 @@ part throughput_compiled 170 "$py" "$here/throughput.py" --device "$device" --co
 # Flip test-time augmentation on the cifar10_swin weights (its results.json has the plain score).
 part tta_flip 60 "${train[@]}" mode=eval "ckpt=$out/runs/cifar10_swin" data=imagefolder "data.root=$data" \
   eval.tta=flip "hydra.run.dir=$out/eval_tta_flip"
-"$py" "$here/gpu_summary.py" "$out" >"$out/summary.md" 2>>"$out/progress.log"
+"$py" "$here/gpu_summary.py" "$out" >"$out/summary.md" 2>>"$out/progress.log" \
+  || echo "summary (gpu_summary.py failed, see progress.log)" >>"$failed"
 note "done: $out/summary.md"
 cat "$out/summary.md"
+if [ -s "$failed" ]; then
+  n=$(wc -l <"$failed")
+  parts=$(paste -sd ';' "$failed" | sed 's/;/; /g')
+  echo "failed: $parts" >>"$out/progress.log"
+  echo "gpu_check: error: $n part$([ "$n" -eq 1 ] || echo s) failed: $parts (logs in $out)" >&2
+  exit 1
+fi

@@ -16,7 +16,7 @@ from swin_cli import checkpoint
 from swin_cli.config import plain
 from swin_cli.errors import SwinCliError
 from swin_cli.model import SwinTransformer
-from swin_cli.weights import fit_weights, read_weights
+from swin_cli.weights import check_available, fit_weights, read_weights
 
 log = logging.getLogger("swin_cli")
 
@@ -86,6 +86,16 @@ def build_model(model_cfg: Any, image_size: int, in_chans: int, num_classes: int
     except (ValueError, FileNotFoundError) as exc:
         raise SwinCliError(str(exc)) from None
     return model
+
+
+def check_pretrained(model_cfg: Any) -> None:
+    """Stop at once when model.pretrained's weights cannot be had (offline and not cached, a
+    missing file): a fine-tuning run checks this before it decodes its image folder."""
+    if model_cfg.get("pretrained"):
+        try:
+            check_available(model_cfg.pretrained, model_cfg.get("name"))
+        except ValueError as exc:
+            raise SwinCliError(str(exc)) from None
 
 
 def training_module(model: nn.Module, device: torch.device, processes: int, compile: bool,

@@ -35,6 +35,13 @@ SHAPE_KEYS = ("model.version", "model.patch_size", "model.embed_dim", "model.dep
 
 SIGNATURE_DEFAULTS = {"model.version": 1, "model.stem": "patch", "model.stem_convs": 1}
 
+# What best.pt keeps: everything evaluation, export and fine-tuning read (the weights, raw and
+# EMA, which of them scored best, and how to rebuild and feed the model). The optimizer,
+# scheduler and scaler state and the loop's position are for resuming, which reads last.pt;
+# with AdamW they are twice the size of the weights (best.pt: a third of last.pt without EMA).
+BEST_KEYS = ("format", "format_version", "version", "config", "signature", "classes", "mean", "std",
+             "model", "ema", "best_source", "best_val_acc", "best_epoch", "epoch", "wall_time_s")
+
 
 class CheckpointError(SwinCliError):
     pass
@@ -145,6 +152,11 @@ def load(path_or_dir: str | Path) -> dict[str, Any]:
     return state
 
 
+def best_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of a full training state (Trainer.state) that best.pt keeps: BEST_KEYS."""
+    return {key: state[key] for key in BEST_KEYS if key in state}
+
+
 def best_weights(state: dict[str, Any]) -> dict[str, Any]:
     """The model weights of a checkpoint that scored best on validation: the EMA's when they
     were the better ones, the raw weights otherwise."""
@@ -180,6 +192,9 @@ def check_resumable(state: dict[str, Any], signature: dict[str, Any], epochs: in
     """Raise a one-line error when a run of `epochs` epochs with this `signature` cannot continue
     from `state`; say so when it continues to a different number of epochs."""
     check_compatible(state, signature)
+    if "optimizer" not in state:  # a best.pt: weights without the optimizer's state
+        raise CheckpointError(f"{state['path']} holds only the best weights, not the training state a run "
+                              f"resumes from; resume from {Path(state['path']).with_name('last.pt')}")
     if state["epoch"] > epochs:
         raise ConfigError(f"the run in {Path(state['path']).parent} is already complete at epoch {state['epoch']}; "
                           f"to train it further, resume it with epochs greater than {state['epoch']}")

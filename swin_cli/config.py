@@ -267,6 +267,16 @@ class TrainConfig:
     # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
     max_steps_per_epoch: Optional[int] = None
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    # Debugging (the debug config group sets these). overfit_batches: train on only the first N
+    # batches of the training split, the same batches in the same order every epoch, and
+    # validate on them, to check that the model can fit them (debug=overfit). limit_eval_batches:
+    # validation and the final test score only their first N batches of data.eval_batch_size
+    # images (debug=fast).
+    # detect_anomaly: torch.autograd's anomaly detection, so that a backward op making a NaN
+    # stops the run naming it and the forward op behind it (debug=anomaly; slow).
+    overfit_batches: Optional[int] = None
+    limit_eval_batches: Optional[int] = None
+    detect_anomaly: bool = False
 
 
 @dataclass
@@ -462,6 +472,9 @@ def validate(cfg: Any) -> None:
     _check(t.ema.decay is None or 0 < t.ema.decay < 1, f"train.ema.decay must be in (0, 1) or null (got {t.ema.decay})")
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
            f"train.max_steps_per_epoch must be >= 1 or null (got {t.max_steps_per_epoch})")
+    for key in ("overfit_batches", "limit_eval_batches"):
+        value = getattr(t, key)
+        _check(value is None or value >= 1, f"train.{key} must be >= 1 or null (got {value})")
     _check(cfg.log.interval >= 1, f"log.interval must be >= 1 (got {cfg.log.interval})")
     b = cfg.benchmark
     _check(b.warmup_steps >= 0, f"benchmark.warmup_steps must be >= 0 (got {b.warmup_steps})")

@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from swin_cli.errors import SwinCliError
+
 # Read by conf/config.yaml's run dir, so every rank resolves the same folder.
 STAMP_VARIABLE = "SWIN_CLI_RUN_STAMP"
 
@@ -39,6 +41,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def reports_errors() -> bool:
+    """Whether this process prints error lines: rank 0 only, so that a mistake every rank makes
+    is reported once (the others exit with the same code, silently). Read from torchrun's
+    RANK, so it holds before the process group exists and after it is gone."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def local_device() -> Optional[torch.device]:
     """This rank's GPU when running distributed on CUDA."""
     if initialised() and torch.cuda.is_available():
@@ -51,6 +60,12 @@ def setup() -> None:
     if not requested() or initialised():
         return
     if torch.cuda.is_available():
+        # Every rank checks the node's process count, not its own index, so that all of them
+        # stop here: rank 0 would otherwise wait for the others in init_process_group.
+        per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+        if per_node > gpus:
+            raise SwinCliError(f"torchrun started {per_node} processes on this node but it has "
+                               f"{gpus} GPU{'' if gpus == 1 else 's'}: use --nproc_per_node={gpus}")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     stamp = [time.strftime("%Y-%m-%d/%H-%M-%S")]

@@ -33,9 +33,10 @@ EXAMPLES = """\
   swin-train data=digits model=nano epochs=2                # offline, a minute on a laptop
   swin-train model=tiny model.patch_size=2 model.window_size=4 data=cifar10 epochs=10
   swin-train data=imagefolder data.root=/data/my_images data.image_size=64
-  swin-train experiment=cifar10_nano data=imagefolder data.root=../shared/data/cifar10-jpg
+  swin-train experiment=cifar10_nano                         # CIFAR-10, downloaded once
   swin-train -m data=digits optimizer=adamw,sgd optimizer.lr=1e-3,3e-4 epochs=3
   swin-train mode=preview data=digits aug.auto_augment=trivialaugment   # augment_preview.png
+  swin-train debug=fast model=tiny                           # 1 step each of train, val, test; run dir in /tmp
   swin-eval ckpt=outputs/DATE/TIME data=digits               # evaluate a run's best.pt
   swin-train experiment=finetune data.root=/data/my_images   # ImageNet Swin-T, fine-tuned
   swin-export ckpt=outputs/DATE/TIME                         # best.onnx, checked against torch"""

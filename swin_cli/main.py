@@ -35,10 +35,19 @@ program = "swin-train"
 _HYDRA_ONLY = {".hydra", "swin-train.log"}
 
 
+def print_error(line: str) -> None:
+    """An error line on stderr, from rank 0 only under torchrun: every rank meets the same bad
+    config or missing file, and one line says it (the others exit with the same code)."""
+    from swin_cli import distributed
+
+    if distributed.reports_errors():
+        print(line, file=sys.stderr, flush=True)
+
+
 def report_error(message: str) -> None:
     """One `<program>: error: ...` line on stderr, and the same line at the end of the run's log."""
     line = f"{program}: error: {message}"
-    print(line, file=sys.stderr, flush=True)
+    print_error(line)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(logging.makeLogRecord({"name": "swin_cli", "levelno": logging.ERROR,
@@ -157,15 +166,30 @@ def one_line(message: str) -> str:
         parts[-1] += " " + ", ".join(items)
     line = " ".join(p if p.endswith((":", ".")) else p + ";" for p in parts).rstrip(";")
     if "token recognition error" in line:
-        odd = next((a for a in sys.argv[1:] if "=" in a and not a.isascii()), None)
-        if odd is not None:
-            key, value = odd.split("=", 1)
-            line += f" (a value with non-ASCII characters must be quoted: '{key}=\"{value}\"')"
+        # Only the key comes from argv: the shell may have split the value at a space (dáta set
+        # -> dáta, set), so the value shown would not be the one the user meant.
+        odd = next((a for a in sys.argv[1:] if "=" in a and not a.isascii()), "key=")
+        key = odd.split("=", 1)[0]
+        line += (f" (a value with non-ASCII characters must be quoted twice, in double quotes for Hydra "
+                 f"inside single quotes for the shell: '{key}=\"...\"' with the whole value between the double quotes)")
     for config_name, extra in _PLUGIN_EXTRAS.items():
         if f"Could not find '{config_name}" in line or (f"'{config_name}" in line and "Could not" in line):
             line += f" (a Hydra plugin from an optional extra: pip install \"swin-cli[{extra}]\")"
             break
     return line
+
+
+def _os_error(exc: BaseException) -> Optional[OSError]:
+    """The OSError that `exc` is or was raised from (`raise ... from`), if any; not one that
+    was merely being handled when it was raised, which may have nothing to do with it."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="pkg://swin_cli.conf", config_name="config")
@@ -182,7 +206,11 @@ def main() -> None:
     # Imported here, not at the top: printing help must not pay for importing torch.
     from swin_cli import distributed
 
-    distributed.setup()
+    try:
+        distributed.setup()
+    except SwinCliError as exc:
+        print_error(f"{program}: error: {exc}")
+        sys.exit(1)
     if not distributed.is_main():
         # One run dir, one log: the other ranks write neither Hydra's files nor log lines.
         sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[]"]
@@ -200,13 +228,16 @@ def main() -> None:
         cause = exc.__cause__ or exc.__context__
         if cause is not None and str(cause) not in message:
             message += "\n" + str(cause)
-        print(f"{program}: error: {one_line(message)}", file=sys.stderr, flush=True)
+        print_error(f"{program}: error: {one_line(message)}")
         sys.exit(2)
-    except OSError as exc:  # e.g. Hydra cannot create the run dir: read-only, full disk
-        if full_trace:
+    except (OSError, ValueError) as exc:
+        # Hydra cannot create the run dir (OSError), or cannot open swin-train.log in a run dir
+        # that exists but refuses writes (logging's ValueError, caused by the OSError).
+        os_error = _os_error(exc)
+        if full_trace or os_error is None:
             raise
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"{program}: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        where = f" {os_error.filename}" if os_error.filename else ""
+        print_error(f"{program}: error: cannot write{where}: {os_error.strerror or os_error}")
         sys.exit(1)
     finally:
         distributed.teardown()

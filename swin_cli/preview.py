@@ -13,6 +13,7 @@ from swin_cli import plots
 from swin_cli.augment import TrainBatch
 from swin_cli.data import load_data
 from swin_cli.errors import SwinCliError
+from swin_cli.summary import augment_text
 
 PREVIEW_IMAGES = 32
 # Target mass below this is label smoothing, not a mixed-in class.
@@ -30,6 +31,13 @@ def target_text(target: torch.Tensor, classes: list[str]) -> str:
     return " + ".join(f"{name} {weight:.2f}".replace("0.", ".") for name, weight in shown)
 
 
+def preview_title(aug: Any) -> str:
+    """What was applied, not what the preset is called: digits' aug=none with
+    aug.auto_augment=trivialaugment applies TrivialAugment."""
+    applied = augment_text(aug)
+    return "training batch, no augmentation" if applied == "none" else f"training batch after {applied}"
+
+
 def write_preview(cfg: Any, run_dir: Path) -> Path:
     data = load_data(cfg.data)
     prepare = TrainBatch(cfg.aug, data.num_classes, cfg.train.label_smoothing, data.mean, data.std,
@@ -42,6 +50,6 @@ def write_preview(cfg: Any, run_dir: Path) -> Path:
     pixels = (x * std + mean).clamp(0.0, 1.0)
     titles = [target_text(t, data.classes) for t in targets]
     path = Path(run_dir) / "augment_preview.png"
-    if plots.plot_image_grid(pixels, titles, path, f"training batch after aug={cfg.aug.name}") is None:
+    if plots.plot_image_grid(pixels, titles, path, preview_title(cfg.aug)) is None:
         raise SwinCliError('mode=preview draws with matplotlib: pip install "swin-cli[plots]"')
     return path

@@ -17,6 +17,7 @@ import torch
 from swin_cli import checkpoint, plots, summary
 from swin_cli.build import lr_factor
 from swin_cli.errors import SwinCliError
+from swin_cli.text import plural
 from swin_cli.tracking import open_trackers
 
 log = logging.getLogger("swin_cli")
@@ -129,7 +130,7 @@ def clean_up_after_a_kill(run_dir: Path) -> None:
     removed = checkpoint.remove_stale_temp_files(run_dir)
     if removed:
         names = ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
-        log.info(f"removed {len(removed)} temporary file(s) an interrupted write left in {run_dir}: {names}")
+        log.info(f"removed {plural(len(removed), 'temporary file')} an interrupted write left in {run_dir}: {names}")
 
 
 class EpochProgress:

@@ -20,6 +20,7 @@ import yaml
 
 from swin_cli import plots
 from swin_cli.checkpoint import write_text_atomic
+from swin_cli.text import plural
 
 ERROR_FILE = "error.txt"
 COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "epochs", "wall_time_s", "params", "error"]
@@ -102,7 +103,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = job_rows(sweep_dir)
     write_text_atomic(sweep_dir / "summary.csv", to_csv(rows))
     write_text_atomic(sweep_dir / "summary.md", to_markdown(rows))
-    print_table(rows, f"sweep {sweep_dir} ({len(rows)} jobs, best validation accuracy first)")
+    print_table(rows, f"sweep {sweep_dir} ({plural(len(rows), 'job')}, best validation accuracy first)")
     print(f"summary written to {sweep_dir / 'summary.csv'} and {sweep_dir / 'summary.md'}")
     return rows
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"swin-report: error: {path} is not a folder")
     runs = collect(paths)
     rows = run_rows(runs)
-    print_table(rows, f"{len(rows)} run(s), best validation accuracy first")
+    print_table(rows, f"{plural(len(rows), 'run')}, best validation accuracy first")
     labels = {row["run_dir"]: row["overrides"] or row["job"] for row in rows}
     curves = {labels[str(r)]: h for r in runs if (h := _history(r))}
     out = plots.plot_comparison(curves, paths[0] / "val_acc_comparison.png")

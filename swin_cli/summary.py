@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from swin_cli.config import plain
 from swin_cli.model import SwinTransformer, count_parameters
+from swin_cli.text import plural
 
 
 @torch.no_grad()
@@ -47,7 +48,18 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the device type (with the thread count on a CPU)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return device.type + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+    return device.type + (f", {plural(torch.get_num_threads(), 'thread')}" if device.type == "cpu" else "")
+
+
+def augment_text(a: Any) -> str:
+    """The augmentation a training batch actually gets, op by op ("none" when it gets none),
+    whatever the aug preset is called: aug=none with aug.auto_augment=trivialaugment is
+    "trivialaugment"."""
+    ops = [f"crop pad {a.crop_padding}" if a.crop_padding else "", "hflip" if a.hflip else "",
+           plain(a.auto_augment) if plain(a.auto_augment) != "none" else "",
+           f"erase {a.random_erasing}" if a.random_erasing else "",
+           f"mixup {a.mixup_alpha}" if a.mixup_alpha else "", f"cutmix {a.cutmix_alpha}" if a.cutmix_alpha else ""]
+    return ", ".join(x for x in ops if x) or "none"
 
 
 def stage_table(model: SwinTransformer, stage_flops: list[int]) -> Any:
@@ -78,12 +90,8 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
     from rich.panel import Panel
     from rich.text import Text
 
-    m, o, s, t, a = cfg.model, cfg.optimizer, cfg.scheduler, cfg.train, cfg.aug
+    m, o, s, t = cfg.model, cfg.optimizer, cfg.scheduler, cfg.train
     total, per_stage = forward_flops(model, cfg.data.image_size, data.in_chans)
-    augment = [f"crop pad {a.crop_padding}" if a.crop_padding else "", "hflip" if a.hflip else "",
-               plain(a.auto_augment) if plain(a.auto_augment) != "none" else "",
-               f"erase {a.random_erasing}" if a.random_erasing else "",
-               f"mixup {a.mixup_alpha}" if a.mixup_alpha else "", f"cutmix {a.cutmix_alpha}" if a.cutmix_alpha else ""]
     lines = [
         ("run dir", str(run_dir)),
         ("device", device_name),
@@ -95,8 +103,8 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
                   f"{plain(m.stem)} stem, patch {m.patch_size}, embed {m.embed_dim}, drop path {m.drop_path_rate}, "
                   f"attention {model.attn_impl}" + (", grad checkpointing" if m.grad_checkpointing else "")),
         ("optimizer", f"{plain(o.name)} lr {o.lr:g} weight decay {o.weight_decay:g}, {plain(s.name)} schedule"
-                      + (f", warmup {s.warmup_epochs:g} epochs" if s.warmup_epochs else "")),
-        ("training", f"{cfg.epochs} epochs x {steps_per_epoch} steps of {batch_size}"
+                      + (f", warmup {plural(s.warmup_epochs, 'epoch')}" if s.warmup_epochs else "")),
+        ("training", f"{plural(cfg.epochs, 'epoch')} x {plural(steps_per_epoch, 'step')} of {batch_size}"
                      + (f" x {t.accumulate} accumulated" if t.accumulate > 1 else "")
                      + (f" x {processes} processes = global batch {batch_size * t.accumulate * processes}"
                         if processes > 1 else "")
@@ -105,7 +113,7 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
                      + (f", EMA {t.ema.decay}" if t.ema.decay else "")
                      + (f", label smoothing {t.label_smoothing}" if t.label_smoothing else "")
                      + f", seed {cfg.seed}"),
-        ("augment", ", ".join(x for x in augment if x) or "none"),
+        ("augment", augment_text(cfg.aug)),
     ]
     text = Text()
     for key, value in lines:
@@ -166,7 +174,7 @@ def _short(value: Any) -> str:
 
 # What a finished run dir holds, in the order a reader wants it.
 RUN_FILES = [("results.json", "best/test accuracy, epochs, time, params"), ("metrics.csv", "one row per epoch"),
-             ("metrics.jsonl", "the same rows as JSON lines"), ("best.pt", "checkpoint with the best val accuracy"),
+             ("metrics.jsonl", "the same rows as JSON lines"), ("best.pt", "the best val accuracy's weights (eval, export, fine-tuning)"),
              ("last.pt", "checkpoint after the last epoch (resume=)"), ("curves.png", "loss and accuracy curves"),
              ("lr.png", "learning-rate schedule"), ("confusion.png", "test confusion matrix"),
              ("swin-train.log", "everything printed"), (".hydra/config.yaml", "the resolved config"),

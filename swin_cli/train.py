@@ -10,10 +10,12 @@ random draws the uninterrupted run would have made.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -24,16 +26,17 @@ from omegaconf import OmegaConf
 
 from swin_cli import __version__, checkpoint, distributed
 from swin_cli.augment import TrainBatch
-from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, configure_device,
-                            select_device, training_module)
+from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, check_pretrained,
+                            configure_device, select_device, training_module)
 from swin_cli.config import plain
-from swin_cli.data import (DataBundle, EpochPlan, LoaderDied, Split, eval_batch_size, load_data, loader_death,
-                           place_data, step_seed)
+from swin_cli.data import (DataBundle, DataError, EpochPlan, LoaderDied, Split, eval_batch_size, load_data,
+                           loader_death, place_data, step_seed)
 from swin_cli.errors import NonFiniteLoss
 from swin_cli.evaluate import evaluate_split
 from swin_cli.model import count_parameters
 from swin_cli.interrupt import StopRequest, TrainingInterrupted
 from swin_cli.records import EpochProgress, PrepTimer, RunRecords, clean_up_after_a_kill, mean, prepare_run_dir
+from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
@@ -44,6 +47,27 @@ Evaluator = Callable[[nn.Module, Split, bool], tuple[float, float, Optional[torc
 def fresh_running() -> dict[str, float]:
     """Sums over the current epoch's steps so far (saved in mid-epoch checkpoints)."""
     return {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0, "data_time": 0.0}
+
+
+def debug_subset(data: DataBundle, cfg: Any, processes: int) -> DataBundle:
+    """The splits a debug run uses: with train.overfit_batches, the first that many batches of
+    the training split, validated on themselves (in eval mode, so a model that fits them scores
+    ~100% there too); with train.limit_eval_batches, the first that many eval batches of the
+    validation and test splits. The data as it is otherwise."""
+    t = cfg.train
+    if not (t.overfit_batches or t.limit_eval_batches):
+        return data
+    train, val, test = data.train, data.val, data.test
+    if not all(hasattr(split, "subset") for split in (train, val, test)):
+        raise DataError(f"train.overfit_batches / train.limit_eval_batches (debug=fast, debug=overfit) need "
+                        f"random access to the data, which data={plain(cfg.data.name)} does not give")
+    if t.overfit_batches:
+        batch_images = min(cfg.data.batch_size, len(train)) * t.accumulate * processes
+        train = val = train.subset(torch.arange(min(len(train), t.overfit_batches * batch_images)))
+    if t.limit_eval_batches:
+        keep = t.limit_eval_batches * eval_batch_size(cfg.data)
+        val, test = (split.subset(torch.arange(min(len(split), keep))) for split in (val, test))
+    return dataclasses.replace(data, train=train, val=val, test=test)
 
 
 class EMA:
@@ -79,7 +103,11 @@ class Trainer:
         configure_device(self.device, cfg.train.tf32, cfg.deterministic, announce=True)
         torch.manual_seed(cfg.seed)
 
-        self.data: DataBundle = place_data(load_data(cfg.data, self.device), self.device, cfg.data.on_device)
+        # Pretrained weights that cannot be had (offline, not cached) stop the run before the
+        # data is decoded, which for an image folder can take a while.
+        check_pretrained(cfg.model)
+        self.data: DataBundle = place_data(debug_subset(load_data(cfg.data, self.device), cfg, self.world),
+                                           self.device, cfg.data.on_device)
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
         compile_mode = plain(cfg.train.compile_mode)
@@ -189,7 +217,13 @@ class Trainer:
         self.records.start(self.model, self.data, self.device, self.steps_per_epoch, self.batch_size, self.world)
         stop = StopRequest()
         try:
-            with stop.installed():
+            anomaly = nullcontext()
+            if self.cfg.train.detect_anomaly:
+                # Said once here, in our words, instead of torch's warning pointing at this line.
+                warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
+                log.info("autograd anomaly detection is on (train.detect_anomaly): training runs several times slower")
+                anomaly = torch.autograd.detect_anomaly()
+            with stop.installed(), anomaly:
                 while self.epoch < self.cfg.epochs and self.stopped_early is None:
                     try:
                         self._train_epoch(stop)
@@ -215,8 +249,9 @@ class Trainer:
     def _train_epoch(self, stop: StopRequest) -> None:
         cfg, train = self.cfg, self.data.train
         self.model.train()
+        # Overfitting a few batches uses the same batches, in the same order, every epoch.
         plan = EpochPlan(cfg.seed, self.epoch, self.batch_size * self.accumulate, self.steps_per_epoch,
-                         self.step_in_epoch, self.rank, self.world)
+                         self.step_in_epoch, self.rank, self.world, shuffle=not cfg.train.overfit_batches)
         # Each rank draws its own augmentation / stochastic-depth randomness (rank 0 = 1 process).
         rank_seed = cfg.seed + 7_919_093 * self.rank
         # Device-side accumulators: no host sync per step. [loss sum, correct, images]
@@ -291,7 +326,16 @@ class Trainer:
                     logits = self.forward_model(x)
                     loss = self.criterion(logits.float(), target)
                 # Weighted so that k micro-batches give the gradient of one k-times batch.
-                self.scaler.scale(loss * (len(y) / len(labels))).backward()
+                try:
+                    self.scaler.scale(loss * (len(y) / len(labels))).backward()
+                except RuntimeError as exc:
+                    # Anomaly detection's own error; any other (out of memory, ...) stays as it is.
+                    if not self.cfg.train.detect_anomaly or "returned nan values" not in str(exc):
+                        raise
+                    # Torch has printed the forward op's traceback as a warning just above.
+                    raise NonFiniteLoss(f"anomaly detection stopped step {self.global_step + 1} (epoch "
+                                        f"{self.epoch + 1}): {str(exc).splitlines()[0].rstrip('.')}; the forward op "
+                                        f"behind it is in the traceback above") from None
             total_loss += loss.detach() * (len(y) / len(labels))
             correct += (logits.argmax(1) == y).sum()
         if self.cfg.train.grad_clip:
@@ -343,9 +387,10 @@ class Trainer:
         if has_val:
             self._watch_plateau(score)
         if self.is_main:
-            self.save("last.pt")
-            if improved:
-                checkpoint.copy_atomic(self.run_dir / "last.pt", self.run_dir / "best.pt")
+            state = self.state()
+            checkpoint.save_atomic(state, self.run_dir / "last.pt")
+            if improved:  # the weights alone: resuming reads last.pt
+                checkpoint.save_atomic(checkpoint.best_state(state), self.run_dir / "best.pt")
         self.records.epoch(self.history, improved and has_val)
         distributed.barrier()  # checkpoints are complete before any rank reads them
 
@@ -360,7 +405,7 @@ class Trainer:
         self.plateau["epochs"] += 1
         if self.plateau["epochs"] >= rule.patience:
             self.stopped_early = (f"validation accuracy has not risen by more than {rule.min_delta:g} points "
-                                  f"for {rule.patience} epochs (best {self.best_val_acc:.2f}% at epoch "
+                                  f"for {plural(rule.patience, 'epoch')} (best {self.best_val_acc:.2f}% at epoch "
                                   f"{self.best_epoch})")
 
     def _interrupted(self, signum: int) -> None:

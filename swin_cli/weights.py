@@ -18,7 +18,7 @@ from torch import Tensor
 from swin_cli.model import SwinTransformer, log_spaced_relative_coords, relative_position_index
 
 __all__ = ["torchvision_to_ours", "ours_to_torchvision", "timm_to_ours", "load_pretrained",
-           "resize_bias_table", "imagenet_weights"]
+           "resize_bias_table", "imagenet_weights", "check_available"]
 
 _TV_BLOCK_RENAMES = {"mlp.0.": "mlp.fc1.", "mlp.3.": "mlp.fc2."}
 _TV_BLOCK = re.compile(r"features\.(\d+)\.(\d+)\.(.+)")
@@ -260,10 +260,21 @@ def imagenet_weights(preset: Optional[str]):
     return getattr(torchvision.models, TORCHVISION_IMAGENET[preset]).IMAGENET1K_V1
 
 
-def _imagenet_state_dict(preset: Optional[str]) -> tuple[Mapping, str]:
-    """The ImageNet state_dict for `preset` through torchvision's weights API (torch hub's cache,
-    torch.hub.get_dir()/checkpoints), and a label for errors. The cache is looked at first, so an
-    offline machine with the file fails or succeeds at once instead of waiting on the network."""
+def check_available(source: str, preset: Optional[str] = None) -> None:
+    """Raise ValueError now when the weights `source` names (see `load_pretrained`) cannot be had:
+    "imagenet" neither cached nor downloadable (it is downloaded here when the network is
+    there), or a file that does not exist. For a check before anything slow, such as decoding
+    the data, so that an offline fine-tuning run stops at once."""
+    if source == IMAGENET:
+        _imagenet_cached(preset)
+    elif not os.path.isfile(os.path.expanduser(source)):
+        raise ValueError(f"model.pretrained={source}: no such file")
+
+
+def _imagenet_cached(preset: Optional[str]):
+    """torchvision's weights entry for `preset` and its label, once its file is in torch hub's
+    cache (torch.hub.get_dir()/checkpoints), downloading it if need be. The cache is looked at
+    first, so an offline machine with the file succeeds at once instead of waiting on the network."""
     weights = imagenet_weights(preset)
     file_name = os.path.basename(urllib.parse.urlparse(weights.url).path)
     cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
@@ -283,6 +294,12 @@ def _imagenet_state_dict(preset: Optional[str]) -> tuple[Mapping, str]:
                              f"(or set TORCH_HOME to a folder whose hub/checkpoints/ has it)") from None
         finally:
             socket.setdefaulttimeout(previous)
+    return weights, label
+
+
+def _imagenet_state_dict(preset: Optional[str]) -> tuple[Mapping, str]:
+    """The ImageNet state_dict for `preset` through torchvision's weights API, and a label for errors."""
+    weights, label = _imagenet_cached(preset)
     try:
         return weights.get_state_dict(progress=False, map_location="cpu", weights_only=True), label
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file in the cache

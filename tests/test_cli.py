@@ -86,7 +86,7 @@ def test_multirun_makes_one_run_dir_per_job_and_a_summary(tmp_path):
     # Four jobs, two of which fail validation: the others still finish and all four are reported.
     proc = run_cli("-m", "model=nano", "model.window_size=4,0", "optimizer.lr=1e-3,3e-4", "epochs=1", "data=digits",
                    "train.max_steps_per_epoch=3", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    assert proc.returncode == 1 and "2 sweep job(s) failed" in proc.stderr
+    assert proc.returncode == 1 and "2 sweep jobs failed" in proc.stderr
     results = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert [p.parent.name for p in results] == ["0", "1"]
     configs = [(p.parent / ".hydra" / "config.yaml").read_text() for p in results]
@@ -106,7 +106,7 @@ def test_multirun_makes_one_run_dir_per_job_and_a_summary(tmp_path):
     report = subprocess.run([str(Path(sys.executable).with_name("swin-report")), str(tmp_path / "sweep")],
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
-    assert "4 run(s)" in report.stdout and "model.window_size=0 optimizer.lr=0.0003" in report.stdout
+    assert "4 runs" in report.stdout and "model.window_size=0 optimizer.lr=0.0003" in report.stdout
     with Image.open(tmp_path / "sweep" / "val_acc_comparison.png") as png:
         assert png.size[0] > 300 and png.size[1] > 200
 
@@ -120,7 +120,8 @@ def test_multirun_makes_one_run_dir_per_job_and_a_summary(tmp_path):
     (["data.image_size=30", "model.patch_size=4"], "data.image_size=30 is not divisible by model.patch_size=4"),
     (["device=cuda"], "device=cuda was requested but no CUDA GPU is available"),
     (["data.root=/data/dáta"], """token recognition error at: 'á' (a value with non-ASCII characters must be """
-                               """quoted: 'data.root="/data/dáta"')"""),
+                               """quoted twice, in double quotes for Hydra inside single quotes for the shell: """
+                               """'data.root="..."' with the whole value between the double quotes)"""),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     if args == ["device=cuda"]:

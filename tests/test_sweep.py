@@ -10,6 +10,7 @@ import pytest
 
 from conftest import TINY_MODEL, run_cli
 from swin_cli.main import one_line
+from swin_cli.text import plural
 
 
 def read_summary(sweep_dir):
@@ -40,7 +41,7 @@ def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores(tmp_path):
     assert sorted(r["status"] for r in rows) == ["failed", "ok"]
     ok = next(r for r in rows if r["status"] == "ok")
     log = (tmp_path / "jl" / ok["job"] / "swin-train.log").read_text()
-    assert f"cpu, {max(1, (os.cpu_count() or 1) // 2)} threads" in log
+    assert f"cpu, {plural(max(1, (os.cpu_count() or 1) // 2), 'thread')}" in log
     assert json.loads((tmp_path / "jl" / ok["job"] / "results.json").read_text())["epochs"] == 1
 
 

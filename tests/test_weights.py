@@ -232,3 +232,24 @@ def test_weights_of_the_other_swin_version_say_which_version_to_set(tmp_path, sa
     with pytest.raises(ValueError, match=rf"holds Swin V{saved} weights but this is a V{wanted} model: "
                                          rf"set model.version={saved}$"):
         load_pretrained(SwinTransformer(**SMALL, version=wanted), str(tmp_path / "w.pt"))
+
+
+def test_offline_finetune_stops_on_the_weights_before_decoding_the_data(hub_cache, monkeypatch, tmp_path):
+    import swin_cli.train
+    from conftest import make_config
+    from swin_cli.train import Trainer
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the weights were checked")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(swin_cli.train, "load_data", no_data)
+    cfg = make_config("experiment=finetune", f"data.root={tmp_path}", "threads=1")
+    with pytest.raises(SwinCliError, match="needs swin_t-704ceda3.pth, which is not cached"):
+        Trainer(cfg, tmp_path / "run")
+    cfg = make_config("experiment=finetune", f"data.root={tmp_path}", f"model.pretrained={tmp_path}/nope.pth")
+    with pytest.raises(SwinCliError, match=f"model.pretrained={tmp_path}/nope.pth: no such file"):
+        Trainer(cfg, tmp_path / "run")

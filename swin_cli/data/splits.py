@@ -41,6 +41,10 @@ class EpochPlan:
     start_step: int = 0
     rank: int = 0
     world: int = 1
+    shuffle: bool = True  # False: the split's own order every epoch (debug=overfit)
+
+    def order(self, n: int) -> Tensor:
+        return epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
 
     def step_slices(self) -> Iterator[tuple[int, int]]:
         step_images = self.rank_images * self.world
@@ -101,7 +105,7 @@ class ImageSplit:
         return cls(hwc.permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64))
 
     def train_batches(self, plan: EpochPlan) -> Iterator[Batch]:
-        order = epoch_order(len(self), plan.seed, plan.epoch).to(self.images.device)
+        order = plan.order(len(self)).to(self.images.device)
         for start, stop in plan.step_slices():
             index = order[start:stop]
             yield self.images[index], self.labels[index]

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from swin_cli.data.sources import DataError, Samples
-from swin_cli.data.splits import Batch, EpochPlan, epoch_order, step_seed
+from swin_cli.data.splits import Batch, EpochPlan, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,9 @@ class StreamSplit:
         return StreamSplit(samples, self.transform, self.channels, self.workers, self.prefetch, self.pin_memory,
                            self.seed, self.where)
 
+    def subset(self, index: torch.Tensor) -> "StreamSplit":
+        return self.with_samples(self.samples.subset(index.tolist()))
+
     def _batches(self, keys: list[list[tuple[int, int]]]) -> Iterator[Batch]:
         if not keys:
             return
@@ -130,7 +133,7 @@ class StreamSplit:
                 log.warning(f"skipped an unreadable image: {name} ({len(self.skipped)} so far)")
 
     def train_batches(self, plan: EpochPlan) -> Iterator[Batch]:
-        order = epoch_order(len(self), plan.seed, plan.epoch).tolist()
+        order = plan.order(len(self)).tolist()
         keys = [[(i, plan.epoch) for i in order[start:stop]] for start, stop in plan.step_slices()]
         return self._batches(keys)
 

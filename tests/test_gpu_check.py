@@ -1,0 +1,58 @@
+"""benchmarks/gpu_check.sh's plumbing, with a stand-in python: it says at once when there is no
+GPU, and its exit code says whether every part passed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def gpu_check(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    """Run the script with $PYTHON standing in for python: it answers the GPU probe with $FAKE_GPU,
+    fails (exit 3) any command whose words contain $FAIL_PART, passes the rest at once, and runs
+    gpu_summary.py for real."""
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$*" in
+  *cuda.is_available*) echo "${{FAKE_GPU:-True}}" ;;
+  *gpu_summary.py*) exec {sys.executable} "$@" ;;
+  *"${{FAIL_PART:-no part fails}}"*) exit 3 ;;
+esac
+""")
+    fake.chmod(0o755)
+    return subprocess.run(["bash", str(SCRIPT), str(tmp_path), str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHON": str(fake), **env})
+
+
+@pytest.fixture(autouse=True)
+def needs_coreutils():
+    if shutil.which("timeout") is None or shutil.which("paste") is None:
+        pytest.skip("gpu_check.sh needs coreutils' timeout and paste")
+
+
+def test_without_a_gpu_it_stops_at_once_with_one_line(tmp_path):
+    proc = gpu_check(tmp_path, FAKE_GPU="False")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "gpu_check: error: no CUDA GPU here (torch.cuda.is_available() is False); for a dry run on a CPU set DEVICE=cpu"]
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_exit_code_is_0_only_when_every_part_passed(tmp_path):
+    passed = gpu_check(tmp_path)
+    assert passed.returncode == 0, passed.stderr
+    assert (tmp_path / "out" / "summary.md").is_file()
+
+    failed = gpu_check(tmp_path, FAIL_PART="augment.py")
+    assert failed.returncode == 1
+    line, = failed.stderr.strip().splitlines()
+    assert line.startswith("gpu_check: error: 1 part failed: augment (rc=3, see augment.log)"), line
+    assert "failed: augment" in (tmp_path / "out" / "progress.log").read_text()
