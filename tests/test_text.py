@@ -20,7 +20,8 @@ def test_start_panel_counts_in_the_right_number():
 
     cfg = make_config("data=digits", "epochs=1", "scheduler.warmup_epochs=1", "model.depths=[1]",
                       "model.num_heads=[2]", "model.embed_dim=8", "data.image_size=8")
-    data = type("Data", (), {"sizes": lambda self: "train 1 / val 0 / test 1", "num_classes": 10, "in_chans": 1})()
+    data = type("Data", (), {"sizes": lambda self: "train 1 / val 0 / test 1", "num_classes": 10, "in_chans": 1,
+                             "storage": "memory", "storage_reason": "a test"})()
     panel = start_panel(cfg, build_model(cfg.model, 8, 1, 10), data, "run", "cpu, 1 thread", 1, 64)
     recipe = panel.split("resolved config")[0]
     assert "1 epoch x 1 step of 64" in recipe and "warmup 1 epoch" in recipe
