@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -419,3 +419,15 @@ class TrainBatch:
             images = self.augment(images)
         x = self.augment.erase(self.normalize(images))
         return self.mix(x, labels) if self.mix.active else (x, labels)
+
+
+def model_input(images: Tensor, labels: Tensor, device: torch.device, prepare: Callable[[Tensor, Tensor], Any],
+                channels_last: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """A uint8 batch as the model takes it: on the device, through `prepare` (a TrainBatch,
+    maybe compiled), channels-last when asked. Returns (input, class labels, targets)."""
+    x = images.to(device, non_blocking=True)
+    y = labels.to(device, non_blocking=True)
+    x, target = prepare(x, y)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y, target

@@ -24,9 +24,9 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from swin_cli.augment import TrainBatch
+from swin_cli.augment import TrainBatch, model_input
 from swin_cli.build import (autocast, build_model, build_optimizer, build_scheduler, configure_device, select_device,
-                            training_module)
+                            optimizer_step, training_module)
 from swin_cli.config import plain
 from swin_cli.model import count_parameters
 from swin_cli.peaks import device_peak, matmul_dtype
@@ -139,22 +139,13 @@ class BenchmarkRun:
         images, labels = self.batch_at(i)
         self.optimizer.zero_grad(set_to_none=True)
         self.timer.start()
-        x = images.to(self.device, non_blocking=True)
-        y = labels.to(self.device, non_blocking=True)
-        x, target = self.prepare_batch(x, y)
-        if self.cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y, target = model_input(images, labels, self.device, self.prepare_batch, self.cfg.train.channels_last)
         self.timer.stop()
         with autocast(self.device, self.precision):
             logits = self.forward(x)
             loss = self.criterion(logits.float(), target)
         self.scaler.scale(loss).backward()
-        if self.cfg.train.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        optimizer_step(self.optimizer, self.scaler, self.scheduler, self.model, self.cfg.train.grad_clip)
         return loss.detach()
 
     @torch.no_grad()

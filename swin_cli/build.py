@@ -205,3 +205,15 @@ def build_scheduler(sched_cfg: Any, optimizer: torch.optim.Optimizer, total_step
     """Stepped once per optimizer step, along `lr_factor`."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, sched_cfg, total_steps, steps_per_epoch))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler: Any,
+                   model: nn.Module, grad_clip: Optional[float]) -> None:
+    """After backward: clip the global gradient norm when asked (unscaled first under fp16),
+    step the optimizer through the scaler, and the lr schedule once per optimizer step."""
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()

@@ -25,9 +25,9 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from swin_cli import __version__, checkpoint, distributed
-from swin_cli.augment import TrainBatch
+from swin_cli.augment import TrainBatch, model_input
 from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, check_pretrained,
-                            configure_device, select_device, training_module)
+                            configure_device, optimizer_step, select_device, training_module)
 from swin_cli.config import plain
 from swin_cli.data import (DataBundle, DataError, EpochPlan, LoaderDied, Split, eval_batch_size, load_data,
                            loader_death, place_data, step_seed)
@@ -312,11 +312,8 @@ class Trainer:
         micro_batches = list(zip(images.split(self.batch_size), labels.split(self.batch_size)))
         for i, (micro_images, micro_labels) in enumerate(micro_batches):
             self.prep_timer.start()
-            x = micro_images.to(self.device, non_blocking=True)
-            y = micro_labels.to(self.device, non_blocking=True)
-            x, target = self.prepare_batch(x, y)
-            if self.cfg.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y, target = model_input(micro_images, micro_labels, self.device, self.prepare_batch,
+                                       self.cfg.train.channels_last)
             self.prep_timer.stop()
             # Under DDP, average gradients over ranks once per step, not once per micro-batch.
             last = i == len(micro_batches) - 1
@@ -338,12 +335,7 @@ class Trainer:
                                         f"behind it is in the traceback above") from None
             total_loss += loss.detach() * (len(y) / len(labels))
             correct += (logits.argmax(1) == y).sum()
-        if self.cfg.train.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        optimizer_step(self.optimizer, self.scaler, self.scheduler, self.model, self.cfg.train.grad_clip)
         if self.ema is not None:
             self.ema.update(self.model)
         return total_loss, correct

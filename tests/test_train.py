@@ -434,6 +434,9 @@ def test_unknown_logger_is_a_config_error():
         validate(config("logger=[tensorboard,wandb]"))
 
 
+# Slow since the data package, mode=benchmark and the debug group joined the default run (68 s
+# of the suite's 636 s); the strong pipeline's ops stay covered by tests/test_augment.py.
+@pytest.mark.slow
 def test_strong_augmentation_on_digits_reaches_its_accuracy_floor(tmp_path):
     """Regression guard for aug=strong (experiment=cifar10_swin's augmentation) on a small model:
     the cifar10_nano recipe with it learns digits in 400 steps (60.7% test when recorded; 95.8%
