@@ -13,7 +13,6 @@ def test_plural_says_1_epoch_and_2_epochs():
 
 
 def test_start_panel_counts_in_the_right_number():
-
     from swin_cli.build import build_model
     from swin_cli.summary import start_panel
 
