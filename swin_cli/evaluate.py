@@ -25,6 +25,7 @@ from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import plain
 from swin_cli.data import IMAGE_EXTENSIONS, Split, eval_batch_size, eval_transform, load_data
 from swin_cli.errors import SwinCliError
+from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
@@ -111,7 +112,7 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) 
               "test_split": data.test_source, "images": len(split), "loss": loss, "acc": acc,
               "tta": plain(cfg.eval.tta), "skipped_images": split.skipped}
     write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
-    log.info(f"{state['path']}: {shown} acc {acc:.2f}% loss {loss:.4f} on {len(split):,} images "
+    log.info(f"{state['path']}: {shown} acc {acc:.2f}% loss {loss:.4f} on {plural(len(split), 'image')} "
              f"of data={name} ({data.where})")
     return result
 
@@ -150,10 +151,10 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     out = Path(run_dir) / "predictions.csv"
     write_text_atomic(out, buffer.getvalue())
     if unreadable:
-        log.warning(f"skipped {len(unreadable)} unreadable image(s): {', '.join(unreadable[:5])}"
+        log.warning(f"skipped {plural(len(unreadable), 'unreadable image')}: {', '.join(unreadable[:5])}"
                     + (" ..." if len(unreadable) > 5 else ""))
     skipped = f" ({len(unreadable)} unreadable skipped)" if unreadable else ""
-    log.info(f"wrote {len(files) - len(unreadable):,} predictions ({info['backend']}) to {out}{skipped}")
+    log.info(f"wrote {plural(len(files) - len(unreadable), 'prediction')} ({info['backend']}) to {out}{skipped}")
     return out
 
 

@@ -86,11 +86,11 @@ def test_corrupt_image_is_skipped_with_a_warning(tmp_path, caplog):
     (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
     data = load_data(folder_config(root, tmp_path, "data.val_fraction=0"))
     assert len(data.train) == 12
-    assert "skipped 1 unreadable image(s)" in caplog.text and "broken.jpg" in caplog.text
+    assert "skipped 1 unreadable image in" in caplog.text and "broken.jpg" in caplog.text
     # A run served from the cache warns the same way, and knows which file it skipped.
     caplog.clear()
     cached = load_data(folder_config(root, tmp_path, "data.val_fraction=0"))
-    assert "skipped 1 unreadable image(s)" in caplog.text and "broken.jpg" in caplog.text
+    assert "skipped 1 unreadable image in" in caplog.text and "broken.jpg" in caplog.text
     assert [Path(p).name for p in cached.skipped] == ["broken.jpg"]
 
 

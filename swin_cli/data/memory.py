@@ -17,6 +17,7 @@ import torch
 from swin_cli.checkpoint import atomic_file
 from swin_cli.data.sources import DataError, FileSamples, Samples
 from swin_cli.data.splits import ImageSplit
+from swin_cli.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def _decode_one(i: int) -> Optional[np.ndarray]:
 
 def warn_skipped(names: list[str], where: str) -> None:
     if names:
-        log.warning(f"skipped {len(names)} unreadable image(s) in {where}: "
+        log.warning(f"skipped {plural(len(names), 'unreadable image')} in {where}: "
                     f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
 
 
