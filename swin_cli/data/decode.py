@@ -4,7 +4,7 @@ uses, so that memory, stream, predict and export see the same pixels for the sam
 from __future__ import annotations
 
 import io
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -68,21 +68,6 @@ def to_mode(im: Any, channels: int) -> Any:
     if im.mode in ("P", "PA") and "transparency" in im.info:
         im = im.convert("RGBA")  # what PIL asks for: P + transparency straight to RGB warns
     return im.convert(target)
-
-
-def decode_image(source: ImageInput, size: int, channels: int) -> Optional[bytes]:
-    """Decode one image, squashed to size x size x channels uint8 bytes (HWC); None when it
-    cannot be read. The memory storage's train decode, kept from the first version."""
-    from PIL import Image
-
-    try:
-        with open_image(source) as im:
-            im = to_mode(im, channels)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            return im.tobytes()
-    except Exception:  # PIL raises many types for truncated/corrupt files
-        return None
 
 
 def guess_channels(first: ImageInput) -> int:

@@ -95,15 +95,6 @@ class ImageSplit:
     def nbytes(self) -> int:
         return self.images.nbytes + self.labels.nbytes
 
-    @classmethod
-    def from_bytes(cls, images: list[bytes], size: int, channels: int, labels: list[int]) -> "ImageSplit":
-        """From HWC uint8 buffers of size x size x channels to one (N, C, H, W) tensor."""
-        import numpy as np
-
-        pixels = np.frombuffer(b"".join(images), dtype=np.uint8).copy()
-        hwc = torch.from_numpy(pixels).view(len(images), size, size, channels)
-        return cls(hwc.permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64))
-
     def train_batches(self, plan: EpochPlan) -> Iterator[Batch]:
         order = plan.order(len(self)).to(self.images.device)
         for start, stop in plan.step_slices():
