@@ -75,7 +75,7 @@ def eval_transform(cfg: Any, size: int, channels: int) -> CenterCrop:
     """The evaluation view of an image file, the same for validation, test, swin-eval, predict
     and the export check."""
     return CenterCrop(size, channels, crop_pct({**dict(cfg), "image_size": size}),
-                      plain(cfg.get("interpolation", "bilinear")))
+                      plain(cfg.get("interpolation") or "bilinear"))
 
 
 def train_crop(cfg: Any) -> str:
