@@ -134,6 +134,9 @@ class DataConfig:
     # shard files. Decoding fewer pixels is the loader's main cost (benchmarks/RESULTS.md).
     prepare: bool = False
     prepare_side: Optional[int] = None
+    # Repeated augmentation (Hoffer et al. 2020; DeiT, Lee et al.'s small-data ViTs): each epoch
+    # takes len(train) / repeats images, each `repeats` times in a row, differently augmented.
+    repeats: int = 1
     # Decoded images are cached here as uint8 tensors so later runs skip JPEG decoding.
     cache_dir: str = "~/.cache/swin-cli"
     # On a GPU, hold the decoded uint8 images in GPU memory when they take at most half of the
@@ -412,6 +415,9 @@ def validate(cfg: Any) -> None:
     _check(d.workers is None or d.workers >= 0, f"data.workers must be >= 0 or null (got {d.workers})")
     _check(d.prefetch >= 1, f"data.prefetch must be >= 1 (got {d.prefetch})")
     _check(d.stats_images >= 1, f"data.stats_images must be >= 1 (got {d.stats_images})")
+    _check(d.repeats >= 1, f"data.repeats must be >= 1 (got {d.repeats})")
+    _check(d.repeats == 1 or d.name != DataSource.webdataset,
+           "data.repeats needs random access to the images, which data=webdataset does not give")
     _check(d.prepare_side is None or d.prepare_side >= d.image_size,
            f"data.prepare_side must be >= data.image_size={d.image_size} or null (got {d.prepare_side})")
     _check(not (d.storage == Storage.memory and d.train_crop == TrainCrop.random_resized),

@@ -251,7 +251,8 @@ class Trainer:
         self.model.train()
         # Overfitting a few batches uses the same batches, in the same order, every epoch.
         plan = EpochPlan(cfg.seed, self.epoch, self.batch_size * self.accumulate, self.steps_per_epoch,
-                         self.step_in_epoch, self.rank, self.world, shuffle=not cfg.train.overfit_batches)
+                         self.step_in_epoch, self.rank, self.world, shuffle=not cfg.train.overfit_batches,
+                         repeats=cfg.data.repeats)
         # Each rank draws its own augmentation / stochastic-depth randomness (rank 0 = 1 process).
         rank_seed = cfg.seed + 7_919_093 * self.rank
         # Device-side accumulators: no host sync per step. [loss sum, correct, images]

@@ -188,6 +188,7 @@ def test_stream_run_end_to_end_and_swin_eval_gives_its_test_accuracy(tmp_path):
     ("data.crop_pct=1.5", "data.crop_pct must be in (0, 1]"),
     ("data.crop_scale=[0.9,0.2]", "data.crop_scale must be [low, high]"),
     ("data.crop_ratio=[2,1]", "data.crop_ratio must be [low, high]"),
+    ("data.repeats=0", "data.repeats must be >= 1"),
 ])
 def test_bad_crop_settings_are_one_line(override, message):
     from swin_cli.config import ConfigError, validate
@@ -230,3 +231,23 @@ def test_torchrun_two_processes_stream_the_whole_split_between_them(tmp_path):
     # 32 training images, 4 per process per step on 2 processes: 4 steps cover the split once.
     assert results["processes"] == 2 and results["steps"] == 4 and results["storage"] == "stream"
     assert sum(map(sum, results["test_confusion"])) == 16  # the whole test split, summed over ranks
+
+
+def test_repeated_augmentation_keeps_the_epoch_and_crops_each_copy_anew(tmp_path):
+    n, k = 10, 3
+    plan = EpochPlan(seed=1, epoch=0, rank_images=5, steps=2, repeats=k)
+    order = plan.order(n).tolist()
+    assert len(order) == n and len(set(order)) == 4  # ceil(10 / 3) images
+    assert all(order[p] == order[p - p % k] for p in range(n))  # copies in a row
+    assert order[:k] == [order[0]] * k and order[::k] == plan.order(n).tolist()[::k]
+    # The same images in each run; in a stream, each copy is a different crop of the same file.
+    root = photo_folder(tmp_path / "imgs")
+    data = load_data(stream_config(root, tmp_path, "data.workers=0", "data.val_fraction=0").data)
+    first = next(data.train.train_batches(EpochPlan(seed=1, epoch=0, rank_images=6, steps=1, repeats=k)))
+    images, labels = first
+    assert len(set(labels[:k].tolist())) == 1
+    assert not torch.equal(images[0], images[1]) and not torch.equal(images[1], images[2])
+    # Under DDP the ranks still split each step's images and together cover the repeated order.
+    seen = [torch.cat([y for _, y in ImageSplit(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
+                       .train_batches(EpochPlan(1, 0, 5, 1, 0, rank, 2, repeats=k))]) for rank in range(2)]
+    assert torch.cat(seen).tolist() == order

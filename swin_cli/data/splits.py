@@ -42,9 +42,20 @@ class EpochPlan:
     rank: int = 0
     world: int = 1
     shuffle: bool = True  # False: the split's own order every epoch (debug=overfit)
+    # Repeated augmentation (data.repeats): the epoch keeps its length but takes n / repeats
+    # images, each `repeats` times in a row, so one batch holds differently augmented copies.
+    repeats: int = 1
 
     def order(self, n: int) -> Tensor:
-        return epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
+        order = epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
+        if self.repeats > 1:
+            order = order[:-(-n // self.repeats)].repeat_interleave(self.repeats)[:n]
+        return order
+
+    def copies(self, order: list[int]) -> list[int]:
+        """For each position of `order`, which copy of its image it is (0, 1, ...): a stream
+        seeds each copy's crop apart."""
+        return [position % self.repeats for position in range(len(order))]
 
     def step_slices(self) -> Iterator[tuple[int, int]]:
         step_images = self.rank_images * self.world

@@ -134,7 +134,10 @@ class StreamSplit:
 
     def train_batches(self, plan: EpochPlan) -> Iterator[Batch]:
         order = plan.order(len(self)).tolist()
-        keys = [[(i, plan.epoch) for i in order[start:stop]] for start, stop in plan.step_slices()]
+        # A crop is seeded by (image, draw); each epoch has `repeats` draws, one per copy.
+        draws = [plan.epoch * plan.repeats + copy for copy in plan.copies(order)]
+        keys = [[(order[p], draws[p]) for p in range(start, min(stop, len(order)))]
+                for start, stop in plan.step_slices()]
         return self._batches(keys)
 
     def eval_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
