@@ -33,16 +33,21 @@ class LoaderDied(DataError):
     """A worker process of the stream loader exited (killed, out of memory)."""
 
 
-def loader_death(exc: BaseException) -> Optional[LoaderDied]:
+def loader_death(exc: BaseException, from_loader: bool = False) -> Optional[LoaderDied]:
     """The LoaderDied an exception means, or None. A worker's death reaches the main process as
     a RuntimeError from the loader, or from torch's SIGCHLD handler wherever the main process
-    happens to be (inside a training step, say)."""
+    happens to be (inside a training step, say); `from_loader`: raised by the loader itself,
+    where a reset connection to a worker's queue means the same."""
     if isinstance(exc, LoaderDied):
         return exc
     if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
-        return LoaderDied(f"a data loader worker died ({str(exc).splitlines()[0]}); "
-                          f"out of memory? try fewer data.workers or a smaller data.prefetch")
-    return None
+        reason = str(exc).splitlines()[0]
+    elif from_loader and isinstance(exc, (ConnectionError, EOFError)):
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        return None
+    return LoaderDied(f"a data loader worker died ({reason}); out of memory? "
+                      f"try fewer data.workers or a smaller data.prefetch")
 
 
 class _Decoded(Dataset):
@@ -116,15 +121,25 @@ class StreamSplit:
             pin_memory=self.pin_memory, worker_init_fn=_one_thread if self.workers else None,
             prefetch_factor=self.prefetch if self.workers else None,
             multiprocessing_context="fork" if self.workers and "fork" in _start_methods() else None)
+        batches = iter(loader)
         try:
-            for images, labels, failed in loader:
+            for images, labels, failed in batches:
                 self._note_skipped(failed)
                 yield images, labels
-        except RuntimeError as exc:
-            died = loader_death(exc)
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            # Only the loader raises here. A killed worker shows as torch's RuntimeError, or,
+            # when the main process was reading that worker's queue, as a reset connection.
+            died = loader_death(exc, from_loader=True)
             if died is None:
                 raise
             raise died from None
+        finally:
+            # At once, not when the garbage collector gets to it: until the loader forgets its
+            # workers, torch's SIGCHLD handler raises again wherever the program is when any
+            # child process exits (an exception's traceback keeps this frame alive).
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def _note_skipped(self, failed: list[str]) -> None:
         for name in failed:
@@ -134,8 +149,8 @@ class StreamSplit:
 
     def train_batches(self, plan: EpochPlan) -> Iterator[Batch]:
         order = plan.order(len(self)).tolist()
-        # A crop is seeded by (image, draw); each epoch has `repeats` draws, one per copy.
-        draws = [plan.epoch * plan.repeats + copy for copy in plan.copies(order)]
+        # A crop is seeded by (image, draw): a draw per (run seed, epoch, copy of the image).
+        draws = [step_seed(plan.seed, plan.epoch * plan.repeats + copy) for copy in plan.copies(order)]
         keys = [[(order[p], draws[p]) for p in range(start, min(stop, len(order)))]
                 for start, stop in plan.step_slices()]
         return self._batches(keys)
