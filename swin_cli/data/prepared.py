@@ -14,7 +14,6 @@ every source file's name, size and mtime and the settings, so a changed folder g
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -97,20 +96,12 @@ class PreparedSamples:
         return {**self.__dict__, "_files": {}}
 
 
-def _key(samples: FileSamples, side: int) -> str:
-    h = hashlib.sha1(f"v{FORMAT_VERSION}|{side}|{JPEG_QUALITY}|{samples.where}".encode())
-    for path, label in zip(samples.paths, samples.labels):
-        st = os.stat(path)
-        h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
-
-
 def prepare(samples: Samples, side: int, cache_dir: Path, where: str) -> Samples:
     """The prepared copy of `samples` (built now if it is not in cache_dir yet). Samples that are
     not image files (a Hugging Face dataset) are returned as they are."""
     if not isinstance(samples, FileSamples) or len(samples) == 0:
         return samples
-    folder = cache_dir / f"prepared-{_key(samples, side)}"
+    folder = cache_dir / f"prepared-{samples.fingerprint(f'v{FORMAT_VERSION}|{side}|{JPEG_QUALITY}')}"
     folder.mkdir(parents=True, exist_ok=True)
     shards = range((len(samples) + IMAGES_PER_SHARD - 1) // IMAGES_PER_SHARD)
     missing = [s for s in shards if not (folder / f"shard-{s:05d}.json").is_file()]

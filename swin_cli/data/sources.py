@@ -7,6 +7,7 @@ storage then decodes once into memory or while training (swin_cli/data/storage.p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -57,6 +58,15 @@ class FileSamples:
 
     def name(self, i: int) -> str:
         return self.paths[i]
+
+    def fingerprint(self, settings: str) -> str:
+        """A short key for what a cache built from these files holds: every file's path, label,
+        size and mtime, and the `settings` that made it; any edit to the folder changes it."""
+        h = hashlib.sha1(f"{settings}|{self.where}".encode())
+        for path, label in zip(self.paths, self.labels):
+            st = os.stat(path)
+            h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:20]
 
     def subset(self, index: list[int]) -> "FileSamples":
         return FileSamples([self.paths[i] for i in index], [self.labels[i] for i in index], self.where)
