@@ -132,7 +132,10 @@ class AutoAugment:
     def apply(self, images: Tensor, ops: Tensor, bins: Tensor, negate: Tensor) -> Tensor:
         """One round on a uint8 (B, C, H, W) batch: image i gets OPS[ops[i]] at bins[i]."""
         # Per-image parameters in float64, as torchvision computes its Python-float factors.
-        level = bins.double() / MAX_BIN  # (B,) in [0, 1]
+        return self.apply_levels(images, ops, bins.double() / MAX_BIN, negate)
+
+    def apply_levels(self, images: Tensor, ops: Tensor, level: Tensor, negate: Tensor) -> Tensor:
+        """`apply` with each image's magnitude as a fraction of the op space's reach, (B,) in [0, 1]."""
         signed = torch.where(negate, -level, level)
         x = self._geometric(images.float(), ops, signed)
         x = self._enhance(x, ops, signed).to(torch.uint8)
@@ -196,6 +199,98 @@ class AutoAugment:
         return torch.where(x >= threshold, 255 - x, x)
 
 
+# AutoAugment's policies also invert images; RandAugment and TrivialAugment never draw this op.
+INVERT = len(OPS)
+# The op names of torchvision's policy tables.
+POLICY_OPS = {"ShearX": SHEAR_X, "ShearY": SHEAR_Y, "TranslateX": TRANSLATE_X, "TranslateY": TRANSLATE_Y,
+              "Rotate": ROTATE, "Brightness": BRIGHTNESS, "Color": COLOR, "Contrast": CONTRAST,
+              "Sharpness": SHARPNESS, "Posterize": POSTERIZE, "Solarize": SOLARIZE, "AutoContrast": AUTOCONTRAST,
+              "Equalize": EQUALIZE, "Invert": INVERT}
+# A policy's magnitudes are bins 0..9 of the RandAugment space (torchvision's AutoAugment).
+POLICY_MAX_BIN = 9
+
+
+class PolicyAugment:
+    """AutoAugment (Cubuk et al. 2019): a policy learnt on a data set, 25 sub-policies of two ops,
+    each op with its own probability and magnitude. Every image draws one sub-policy and applies
+    each of its two ops with that op's probability, a signed op in a random direction.
+
+    The policy tables are torchvision's (cifar10, imagenet, svhn), read at run time; the ops are
+    AutoAugment's batched ones, so a batch costs two fixed rounds of tensor ops, nothing read back.
+    Magnitudes follow torchvision exactly: translations are whole pixels, solarize thresholds
+    255 down to 0 (tests compare every op of a policy image by image). Shears are about the image
+    centre, as in RandAugment here; torchvision's AutoAugment shears about the top-left corner."""
+
+    def __init__(self, policy: str):
+        from torchvision.transforms import AutoAugment as TorchvisionAutoAugment, AutoAugmentPolicy
+
+        names = [p.value for p in AutoAugmentPolicy]
+        if policy not in names:
+            raise ValueError(f"autoaugment_policy must be one of {', '.join(names)} (got {policy!r})")
+        table = TorchvisionAutoAugment(AutoAugmentPolicy(policy)).policies
+        self.policy = policy
+        self.ops = torch.tensor([[POLICY_OPS[name] for name, _, _ in sub] for sub in table])
+        self.probs = torch.tensor([[p for _, p, _ in sub] for sub in table], dtype=torch.float64)
+        self.bins = torch.tensor([[m or 0 for _, _, m in sub] for sub in table], dtype=torch.float64)
+        self.rounds = self.ops.shape[1]
+        self.engine = AutoAugment("randaugment", space="standard")
+        self._tables: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def levels(self, height: int, width: int) -> Tensor:
+        """(sub-policies, ops) magnitude of each entry as a fraction of the RandAugment space's reach,
+        on the host: what apply_levels needs to give torchvision's magnitude for it."""
+        level = self.bins / POLICY_MAX_BIN
+        space = self.engine.space
+        # torchvision's magnitudes are float32 steps of its reach; the truncations after a blend
+        # see the difference, so the same float32 values are divided back into levels.
+        bins = self.bins.long()
+        for ops, reach in (((SHEAR_X, SHEAR_Y), space.shear), ((ROTATE,), space.rotate),
+                           ((BRIGHTNESS, COLOR, CONTRAST, SHARPNESS), space.enhance)):
+            steps = torch.linspace(0.0, reach, POLICY_MAX_BIN + 1).double() / reach
+            level = torch.where(torch.isin(self.ops, torch.tensor(ops)), steps[bins], level)
+        for op, side in ((TRANSLATE_X, width), (TRANSLATE_Y, height)):
+            reach = space.translate * side  # torchvision translates by int(pixels), toward zero
+            level = torch.where(self.ops == op, (reach * level).trunc() / reach, level)
+        # torchvision inverts pixels >= 255 (1 - level); apply_levels' threshold is 256 (1 - level).
+        # A millionth below it, so that float rounding cannot lift an integer threshold (170) over
+        # the pixel value it equals; for integer pixels that changes nothing else.
+        threshold = torch.linspace(255.0, 0.0, POLICY_MAX_BIN + 1).double()[self.bins.long()] - 1e-6
+        return torch.where(self.ops == SOLARIZE, 1.0 - threshold / 256.0, level)
+
+    def _tables_for(self, device: torch.device, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # Copied once per device and image size: a copy every batch would wait for the GPU.
+        key = (device, height, width)
+        if key not in self._tables:
+            signed = torch.tensor([op in SIGNED for op in OPS] + [False])
+            self._tables[key] = tuple(t.to(device) for t in (self.ops, self.probs, self.levels(height, width), signed))
+        return self._tables[key]
+
+    def draw(self, b: int, height: int, width: int, device: torch.device,
+             generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per image and round: the op (IDENTITY where the sub-policy's op was not applied), its level
+        and whether it is negated; each (B, rounds)."""
+        ops, probs, levels, signed = self._tables_for(device, height, width)
+        sub = torch.randint(0, len(ops), (b,), generator=generator, device=device)
+        applied = torch.rand(b, self.rounds, generator=generator, device=device, dtype=torch.float64) < probs[sub]
+        negate = torch.rand(b, self.rounds, generator=generator, device=device) < 0.5
+        op = torch.where(applied, ops[sub], IDENTITY)
+        return op, levels[sub], negate & signed[op]
+
+    def apply(self, images: Tensor, ops: Tensor, level: Tensor, negate: Tensor) -> Tensor:
+        """One round: image i gets op ops[i] (an OPS index or INVERT) at level[i]."""
+        images = self.engine.apply_levels(images, ops, level, negate)
+        return torch.where((ops == INVERT).view(-1, 1, 1, 1), 255 - images, images)
+
+    def __call__(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        ops, level, negate = self.draw(len(images), images.shape[-2], images.shape[-1], images.device, generator)
+        for i in range(self.rounds):
+            images = self.apply(images, ops[:, i], level[:, i], negate[:, i])
+        return images
+
+
 def grayscale(x: Tensor) -> Tensor:
     """(B, 1, H, W) truncated luma of a float image holding uint8 values (itself if 1-channel)."""
     if x.shape[1] == 1:
@@ -251,8 +346,8 @@ def equalize(x: Tensor) -> Tensor:
 
 
 class BatchAugment:
-    """Random crop after zero padding, random horizontal flip and RandAugment/TrivialAugment on a
-    uint8 batch; `erase` does random erasing after normalisation."""
+    """Random crop after zero padding, random horizontal flip and RandAugment/TrivialAugment/
+    AutoAugment on a uint8 batch; `erase` does random erasing after normalisation."""
 
     ERASE_AREA = (0.02, 0.33)
     ERASE_LOG_RATIO = (math.log(0.3), math.log(3.3))
@@ -264,8 +359,11 @@ class BatchAugment:
         self.hflip = bool(cfg.hflip)
         kind = plain(cfg.auto_augment)
         space = plain(cfg.op_space) if cfg.op_space is not None else None
-        self.auto = None if kind == "none" else AutoAugment(kind, cfg.randaugment_ops, cfg.randaugment_magnitude,
-                                                            space)
+        if kind == "autoaugment":  # its policy fixes ops and magnitudes: op_space does not apply
+            self.auto: Optional[Callable[..., Tensor]] = PolicyAugment(plain(cfg.autoaugment_policy))
+        else:
+            self.auto = None if kind == "none" else AutoAugment(kind, cfg.randaugment_ops, cfg.randaugment_magnitude,
+                                                                space)
         self.erase_prob = float(cfg.random_erasing)
 
     @property

@@ -40,7 +40,8 @@ TrainCrop = choices("TrainCrop", "auto", "resize", "random_resized")
 Interpolation = choices("Interpolation", "bilinear", "bicubic")
 OptimizerName = choices("OptimizerName", "adamw", "adam", "sgd")
 SchedulerName = choices("SchedulerName", "cosine", "step", "onecycle", "constant")
-AutoAugment = choices("AutoAugment", "none", "randaugment", "trivialaugment")
+AutoAugment = choices("AutoAugment", "none", "randaugment", "trivialaugment", "autoaugment")
+AutoAugmentPolicy = choices("AutoAugmentPolicy", "cifar10", "imagenet", "svhn")
 OpSpaceName = choices("OpSpaceName", "standard", "wide")
 Precision = choices("Precision", "fp32", "bf16", "fp16")
 AttnImpl = choices("AttnImpl", "auto", "sdpa", "math")
@@ -174,8 +175,10 @@ class AugConfig:
     # Zero-pad by this many pixels, then crop back to image_size at a random offset (0: off).
     crop_padding: int = 0
     hflip: bool = False
-    # Per-image policy applied after crop/flip (torchvision's RandAugment / TrivialAugmentWide).
+    # Per-image policy applied after crop/flip (torchvision's RandAugment / TrivialAugmentWide /
+    # AutoAugment with the learnt policy autoaugment_policy, whose own magnitudes ignore op_space).
     auto_augment: AutoAugment = AutoAugment.none
+    autoaugment_policy: AutoAugmentPolicy = AutoAugmentPolicy.cifar10
     # How far the ops reach at the top magnitude: standard (RandAugment paper: translate 45% of
     # the side, rotate 30 deg) or wide (TrivialAugment paper: translate 32 px, rotate 135 deg,
     # i.e. the whole of a 32 px image). null: the policy's own (randaugment: standard,

@@ -56,7 +56,8 @@ def augment_text(a: Any) -> str:
     whatever the aug preset is called: aug=none with aug.auto_augment=trivialaugment is
     "trivialaugment"."""
     ops = [f"crop pad {a.crop_padding}" if a.crop_padding else "", "hflip" if a.hflip else "",
-           plain(a.auto_augment) if plain(a.auto_augment) != "none" else "",
+           {"none": "", "autoaugment": f"autoaugment {plain(a.autoaugment_policy)}"}.get(plain(a.auto_augment),
+                                                                                   plain(a.auto_augment)),
            f"erase {a.random_erasing}" if a.random_erasing else "",
            f"mixup {a.mixup_alpha}" if a.mixup_alpha else "", f"cutmix {a.cutmix_alpha}" if a.cutmix_alpha else ""]
     return ", ".join(x for x in ops if x) or "none"
@@ -113,7 +114,7 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
                      + (f", EMA {t.ema.decay}" if t.ema.decay else "")
                      + (f", label smoothing {t.label_smoothing}" if t.label_smoothing else "")
                      + f", seed {cfg.seed}"),
-        ("augment", augment_text(cfg.aug)),
+        ("augment", augment_text(cfg.aug) + (f", repeated x{cfg.data.repeats}" if cfg.data.repeats > 1 else "")),
     ]
     text = Text()
     for key, value in lines:

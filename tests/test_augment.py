@@ -21,8 +21,11 @@ from swin_cli.augment import (
     NUM_BINS,
     OPS,
     SIGNED,
+    INVERT,
+    POLICY_OPS,
     AutoAugment,
     BatchAugment,
+    PolicyAugment,
     MixBatch,
     Normalize,
 )
@@ -30,7 +33,8 @@ from conftest import make_config
 
 
 def aug_cfg(**overrides) -> types.SimpleNamespace:
-    fields = dict(name="test", crop_padding=0, hflip=False, auto_augment="none", op_space=None, randaugment_ops=2,
+    fields = dict(name="test", crop_padding=0, hflip=False, auto_augment="none", autoaugment_policy="cifar10",
+                  op_space=None, randaugment_ops=2,
                   randaugment_magnitude=9, random_erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0,
                   mix_switch_prob=0.5)
     fields.update(overrides)
@@ -84,7 +88,7 @@ def test_auto_augment_accepts_an_enum_and_rejects_unknown_names():
     assert BatchAugment(aug_cfg(auto_augment=Kind.trivialaugment)).auto is not None
     assert not BatchAugment(aug_cfg()).active
     with pytest.raises(ValueError, match="auto_augment"):
-        BatchAugment(aug_cfg(auto_augment="autoaugment"))
+        BatchAugment(aug_cfg(auto_augment="augmix"))
 
 
 def torchvision_op(image: torch.Tensor, op: str, bin_: int, negate: bool, space) -> torch.Tensor:
@@ -147,6 +151,96 @@ def test_each_op_matches_torchvision_image_by_image(kind: str, op: str):
                 assert diff.max() <= 1 and (diff > 0).float().mean() < 0.1, where
             else:
                 assert torch.equal(got, want), where
+
+
+# --- AutoAugment's learnt policies ----------------------------------------------------------
+
+
+def policy_entries(policy: str) -> list[tuple[str, int]]:
+    """Every distinct (torchvision op name, magnitude bin) a policy uses."""
+    from torchvision.transforms import AutoAugment as TVAutoAugment, AutoAugmentPolicy
+
+    table = TVAutoAugment(AutoAugmentPolicy(policy)).policies
+    return sorted({(name, m or 0) for sub in table for name, _, m in sub})
+
+
+@pytest.mark.parametrize("policy", ["cifar10", "svhn", "imagenet"])
+def test_every_op_of_a_policy_matches_torchvision_image_by_image(policy: str):
+    from torchvision.transforms import AutoAugment as TVAutoAugment
+    from torchvision.transforms.autoaugment import _apply_op
+
+    auto = PolicyAugment(policy)
+    for images in sample_images():
+        h, w = images.shape[-2:]
+        space = TVAutoAugment()._augmentation_space(10, (h, w))
+        levels = auto.levels(h, w)
+        for name, m in policy_entries(policy):
+            where = (auto.ops == POLICY_OPS[name]) & (auto.bins == m)
+            level = float(levels[where][0])
+            magnitudes, signed = space[name]
+            for negate in ([False, True] if signed else [False]):
+                magnitude = float(magnitudes[m]) if magnitudes.ndim else 0.0
+                magnitude = -magnitude if negate else magnitude
+                if name in ("ShearX", "ShearY"):  # ours shear about the centre, as in RandAugment here
+                    angle = math.degrees(math.atan(magnitude))
+                    want = torch.stack([TF.affine(img, angle=0.0, translate=[0.0, 0.0], scale=1.0, shear=[
+                        angle, 0.0] if name == "ShearX" else [0.0, angle], interpolation=InterpolationMode.NEAREST,
+                        fill=0.0) for img in images])
+                else:
+                    want = torch.stack([_apply_op(img, name, magnitude, InterpolationMode.NEAREST, None)
+                                        for img in images])
+                n = len(images)
+                got = auto.apply(images, torch.full((n,), POLICY_OPS[name]), torch.full((n,), level, dtype=torch.float64),
+                                 torch.full((n,), negate))
+                diff = (got.int() - want.int()).abs()
+                label = f"{policy} {name} bin {m} negate {negate} {tuple(images.shape)}"
+                if name in ("ShearX", "ShearY", "Rotate"):
+                    assert (diff > 0).float().mean() < 0.05, label  # nearest-neighbour ties
+                elif name in ("Brightness", "Color", "Contrast", "Sharpness", "AutoContrast"):
+                    # The blend in another float order truncates one lower or higher, at worst
+                    # (a darkening by 0.4) for one pixel in seven.
+                    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.2, label
+                else:  # translations by whole pixels, posterize, solarize, equalize, invert: exact
+                    assert torch.equal(got, want), label
+
+
+def test_a_policy_draws_sub_policies_uniformly_and_applies_each_op_with_its_probability():
+    auto = PolicyAugment("cifar10")
+    b = 200_000
+    g = torch.Generator().manual_seed(0)
+    ops, level, negate = auto.draw(b, 32, 32, torch.device("cpu"), g)
+    assert ops.shape == level.shape == negate.shape == (b, 2)
+    # Which sub-policy each image drew: the draw's first numbers, replayed...
+    sub = torch.randint(0, len(auto), (b,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(level, auto.levels(32, 32)[sub])
+    counts = torch.bincount(sub, minlength=len(auto)).double()
+    assert (counts / b - 1 / len(auto)).abs().max() < 0.005
+    # ...and each op is applied with its own probability, signed ops negated half of the time.
+    for s in range(len(auto)):
+        mine = sub == s
+        for r in range(2):
+            applied = (ops[mine, r] == auto.ops[s, r]).double().mean()
+            p = auto.probs[s, r]
+            if auto.ops[s, r] != 0:
+                assert abs(applied - p) < 4 * math.sqrt(p * (1 - p) / mine.sum() + 1e-6) + 1e-3, (s, r)
+    signed = torch.tensor([op in SIGNED for op in OPS] + [False])[ops]
+    assert not negate[~signed].any()
+    assert abs(negate[signed].double().mean() - 0.5) < 0.01
+
+
+def test_a_policy_never_touches_the_global_rng_with_a_generator_and_inverts_where_it_says():
+    auto = PolicyAugment("cifar10")
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    state = torch.get_rng_state()
+    a = auto(images, torch.Generator().manual_seed(1))
+    b = auto(images, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(a, b)
+    n = len(images)
+    inverted = auto.apply(images, torch.full((n,), INVERT), torch.zeros(n, dtype=torch.float64),
+                          torch.zeros(n, dtype=torch.bool))
+    assert torch.equal(inverted, 255 - images)
+    with pytest.raises(ValueError, match="autoaugment_policy must be one of .*cifar10"):
+        PolicyAugment("cifar100")
 
 
 def test_an_image_comes_out_the_same_whatever_else_is_in_its_batch():
@@ -225,7 +319,9 @@ HOST_SYNCS = {"_local_scalar_dense", "nonzero", "unique", "unique_consecutive", 
     (dict(crop_padding=4, hflip=True, auto_augment="trivialaugment", random_erasing=0.25,
           mixup_alpha=0.8, cutmix_alpha=1.0), 1),
     (dict(auto_augment="randaugment", randaugment_ops=2), 2),
-], ids=["cifar10_swin", "randaugment"])
+    (dict(crop_padding=4, hflip=True, auto_augment="autoaugment", random_erasing=0.25,
+          mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.5), 2),
+], ids=["strong", "randaugment", "autoaugment"])
 def test_a_batch_costs_the_same_ops_whatever_its_size_and_never_syncs(cfg, rounds):
     augment, mix = BatchAugment(aug_cfg(**cfg)), MixBatch(aug_cfg(**cfg), 10, 0.1)
     normalize = Normalize([0.5] * 3, [0.25] * 3, torch.device("cpu"))

@@ -273,3 +273,24 @@ def test_finetune_experiment_starts_from_the_cached_imagenet_weights(tmp_path):
     assert saved["model"]["head.weight"].shape == (2, 768)
     lrs = [g["initial_lr"] for g in saved["optimizer"]["param_groups"]]
     assert lrs[0] == pytest.approx(1e-4) and min(lrs) == pytest.approx(1e-4 * 0.9 ** 13)
+
+
+def test_the_cifar10_swin_recipe_runs_end_to_end_on_a_cpu(tmp_path):
+    """The headline recipe as a user proves it on a CPU (fp32, not compiled, two steps): its
+    AutoAugment policy, repeated augmentation, mixing, EMA and the depths 2-6-4 model, on a small
+    folder of 32 px images."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 4)):
+        for name in ("cat", "dog", "ship"):
+            (tmp_path / "folder" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "folder" / split / name / f"{i}.png")
+    proc = run_cli("experiment=cifar10_swin", "data=imagefolder", f"data.root={tmp_path / 'folder'}",
+                   "train.precision=fp32", "train.compile=false", "epochs=1", "train.max_steps_per_epoch=2",
+                   "data.batch_size=12", "data.val_fraction=0.25", f"data.cache_dir={tmp_path / 'cache'}",
+                   f"hydra.run.dir={tmp_path / 'run'}", "threads=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "autoaugment cifar10" in proc.stdout and "repeated x3" in proc.stdout, proc.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 2 and results["test_acc"] is not None and results["params"] == 7_045_917

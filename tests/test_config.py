@@ -89,11 +89,25 @@ def test_experiment_nano_composes():
     validate(cfg)
 
 
-def test_experiment_swin_composes_the_gpu_recipe():
+def test_experiment_swin_composes_lee_et_al_s_recipe_for_a_gpu():
     cfg = make_config("experiment=cifar10_swin")
-    assert (cfg.model.stem.value, cfg.model.embed_dim, list(cfg.model.depths)) == ("conv", 96, [2, 6, 2])
+    m = cfg.model
+    assert (m.stem.value, m.patch_size, m.embed_dim, list(m.depths), list(m.num_heads), m.window_size,
+            m.mlp_ratio, m.drop_path_rate) == ("patch", 2, 96, [2, 6, 4], [3, 6, 12], 4, 2.0, 0.1)
     assert cfg.train.precision.value == "bf16" and cfg.train.compile and cfg.train.ema.decay == 0.9998
-    assert cfg.aug.auto_augment.value == "trivialaugment" and cfg.epochs == 200
+    assert (cfg.aug.auto_augment.value, cfg.aug.autoaugment_policy.value, cfg.aug.mix_prob) == \
+        ("autoaugment", "cifar10", 0.5)
+    assert (cfg.data.repeats, cfg.epochs, cfg.optimizer.lr, cfg.train.label_smoothing) == (3, 100, 1e-3, 0.1)
+    validate(cfg)
+
+
+def test_experiment_cifar100_swin_is_the_same_recipe_on_cifar100_and_data_can_be_swapped():
+    cfg, ten = make_config("experiment=cifar100_swin"), make_config("experiment=cifar10_swin")
+    assert cfg.data.name.value == "cifar100"
+    for key in ("model", "aug", "optimizer", "scheduler", "train", "epochs"):
+        assert cfg[key] == ten[key], key
+    assert (cfg.data.repeats, cfg.data.batch_size, cfg.data.val_fraction) == (3, 256, 0.04)
+    assert make_config("experiment=cifar100_swin", "data=imagefolder", "data.root=/x").data.name.value == "imagefolder"
     validate(cfg)
 
 

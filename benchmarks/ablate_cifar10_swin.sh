@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Which Swin, and which augmentation, for experiment=cifar10_swin (issue 21 C)? Short CPU runs
+# at reduced scale, one run dir per variant under $OUT; `swin-report $OUT` prints the table.
+#   bash benchmarks/ablate_cifar10_swin.sh [DATA_ROOT] [OUT] [VARIANT ...]
+# arch_*: the shape of the network (stem, depths, MLP ratio) at a width a CPU can train (embed 24,
+#   heads 3-6-12, head dim 8), 3 epochs of full CIFAR-10 with crop/flip at batch 128.
+# aug_*: the regularisation on the chosen shape, on a 5,000-image subset of CIFAR-10's training
+#   images for 24 epochs (the same 108k images seen), so that each image is seen often enough for
+#   augmentation to pay, as it does over 100 epochs of the full set. DATA_ROOT/../subset5k is
+#   made by the script (symlinks) next to OUT when it is missing.
+set -euo pipefail
+root=${1:-../shared/data/cifar10-jpg}
+out=${2:-outputs/ablation_cifar10_swin}
+shift $(( $# > 2 ? 2 : $# ))
+mkdir -p "$out"
+common=(experiment=cifar10_nano data=imagefolder aug=basic data.batch_size=128 scheduler.warmup_epochs=0.5
+        model.embed_dim=24 'model.num_heads=[3,6,12]' model.drop_path_rate=0.1 threads=${THREADS:-1}
+        log.progress=false)
+lee=(model.stem=patch 'model.depths=[2,6,4]' model.mlp_ratio=2)
+
+subset="$out/subset5k"
+make_subset() {  # 500 training images a class (symlinks), the full test set
+  [ -d "$subset/train" ] && return
+  for split in train test; do
+    for class_dir in "$root/$split"/*/; do
+      class=$(basename "$class_dir")
+      mkdir -p "$subset/$split/$class"
+      if [ "$split" = train ]; then files=$(ls "$class_dir" | sort | head -500); else files=$(ls "$class_dir"); fi
+      for f in $files; do ln -sf "$(realpath "$class_dir/$f")" "$subset/$split/$class/$f"; done
+    done
+  done
+}
+
+declare -A variants=(
+  # The shapes: our first cifar10_swin (conv stem, 2-6-2, MLP 4), Lee et al.'s (patch stem,
+  # 2-6-4, MLP 2), and Lee et al.'s with our conv stem.
+  [arch_v1]="model.stem=conv model.stem_convs=1 model.depths=[2,6,2] model.mlp_ratio=4"
+  [arch_lee]="${lee[*]}"
+  [arch_lee_conv]="model.stem=conv model.stem_convs=1 model.depths=[2,6,4] model.mlp_ratio=2"
+)
+order=(${@:-arch_v1 arch_lee arch_lee_conv})
+for name in "${order[@]}"; do
+  [ -f "$out/$name/results.json" ] && { echo "$name: done already"; continue; }
+  data=("data.root=$root" epochs=3)
+  if [[ $name == aug_* ]]; then make_subset; data=("data.root=$subset" epochs=24 "${lee[@]}"); fi
+  echo "== $name: ${variants[$name]}"
+  # shellcheck disable=SC2086
+  swin-train "${common[@]}" "${data[@]}" ${variants[$name]} "hydra.run.dir=$out/$name" | grep -E "^epoch|test acc"
+done
+swin-report "$out"
