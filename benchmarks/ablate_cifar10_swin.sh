@@ -4,7 +4,7 @@
 #   bash benchmarks/ablate_cifar10_swin.sh [DATA_ROOT] [OUT] [VARIANT ...]
 # arch_*: the shape of the network (stem, depths, MLP ratio) at a width a CPU can train (embed 24,
 #   heads 3-6-12, head dim 8), 3 epochs of full CIFAR-10 with crop/flip at batch 128.
-# aug_*: the regularisation on the chosen shape, on a 5,000-image subset of CIFAR-10's training
+# aug_*: the regularisation on Lee et al.'s shape with our conv stem, on a 5,000-image subset of CIFAR-10's training
 #   images for 24 epochs (the same 108k images seen), so that each image is seen often enough for
 #   augmentation to pay, as it does over 100 epochs of the full set. DATA_ROOT/../subset5k is
 #   made by the script (symlinks) next to OUT when it is missing.
@@ -17,6 +17,8 @@ common=(experiment=cifar10_nano data=imagefolder aug=basic data.batch_size=128 s
         model.embed_dim=24 'model.num_heads=[3,6,12]' model.drop_path_rate=0.1 threads=${THREADS:-1}
         log.progress=false)
 lee=(model.stem=patch 'model.depths=[2,6,4]' model.mlp_ratio=2)
+# The shape the augmentation variants train: Lee et al.'s with the conv stem (arch_lee_conv).
+aug_shape=(model.stem=conv model.stem_convs=1 'model.depths=[2,6,4]' model.mlp_ratio=2)
 
 subset="$out/subset5k"
 make_subset() {  # 500 training images a class (symlinks), the full test set
@@ -37,12 +39,21 @@ declare -A variants=(
   [arch_v1]="model.stem=conv model.stem_convs=1 model.depths=[2,6,2] model.mlp_ratio=4"
   [arch_lee]="${lee[*]}"
   [arch_lee_conv]="model.stem=conv model.stem_convs=1 model.depths=[2,6,4] model.mlp_ratio=2"
+  # The regularisation: crop/flip only; Lee et al.'s (aug=small_data + label smoothing), without
+  # and with repeated augmentation; our earlier recipe's (aug=strong: TrivialAugment).
+  [aug_basic]="aug=basic"
+  [aug_small_data]="aug=small_data train.label_smoothing=0.1"
+  [aug_small_data_repeats]="aug=small_data train.label_smoothing=0.1 data.repeats=3"
+  [aug_strong]="aug=strong train.label_smoothing=0.1"
 )
-order=(${@:-arch_v1 arch_lee arch_lee_conv})
+order=(${@:-arch_v1 arch_lee arch_lee_conv aug_basic aug_small_data aug_small_data_repeats aug_strong})
 for name in "${order[@]}"; do
   [ -f "$out/$name/results.json" ] && { echo "$name: done already"; continue; }
   data=("data.root=$root" epochs=3)
-  if [[ $name == aug_* ]]; then make_subset; data=("data.root=$subset" epochs=24 "${lee[@]}"); fi
+  if [[ $name == aug_* ]]; then
+    make_subset
+    data=("data.root=$subset" epochs=24 scheduler.warmup_epochs=2 "${aug_shape[@]}")
+  fi
   echo "== $name: ${variants[$name]}"
   # shellcheck disable=SC2086
   swin-train "${common[@]}" "${data[@]}" ${variants[$name]} "hydra.run.dir=$out/$name" | grep -E "^epoch|test acc"

@@ -26,13 +26,14 @@ import torch.nn as nn
 
 from swin_cli.augment import TrainBatch, model_input
 from swin_cli.build import (autocast, build_model, build_optimizer, build_scheduler, configure_device, select_device,
-                            optimizer_step, training_module)
+                            training_module)
 from swin_cli.config import plain
 from swin_cli.model import count_parameters
 from swin_cli.peaks import device_peak, matmul_dtype
 from swin_cli.profiling import format_top_ops, profile_steps
 from swin_cli.records import PrepTimer
 from swin_cli.summary import device_name, forward_flops
+from swin_cli.update import EMA, ParameterUpdate
 
 log = logging.getLogger("swin_cli")
 
@@ -108,10 +109,14 @@ class BenchmarkRun:
         # a fine-tuning config.
         self.model = build_model(cfg.model, size, self.in_chans, self.num_classes, pretrained=False).to(self.device)
         self.forward = training_module(self.model, self.device, 1, t.compile, compile_mode)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device, t.compile_optimizer)
         total = b.warmup_steps + b.steps + PROFILE_STEPS
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total, total)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        # The EMA too: it is part of every step of a run that has one.
+        ema = EMA(self.model, t.ema.decay) if t.ema.decay else None
+        self.update = ParameterUpdate(self.optimizer, self.scaler, self.scheduler, self.model, t.grad_clip, ema,
+                                      t.compile_optimizer, compile_mode)
         channels = self.in_chans
         self.prepare = TrainBatch(cfg.aug, self.num_classes, t.label_smoothing, [0.5] * channels, [0.25] * channels,
                                   self.device)
@@ -145,7 +150,7 @@ class BenchmarkRun:
             logits = self.forward(x)
             loss = self.criterion(logits.float(), target)
         self.scaler.scale(loss).backward()
-        optimizer_step(self.optimizer, self.scaler, self.scheduler, self.model, self.cfg.train.grad_clip)
+        self.update()
         return loss.detach()
 
     @torch.no_grad()

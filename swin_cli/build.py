@@ -146,18 +146,20 @@ def param_groups(model: SwinTransformer, weight_decay: float, lr: float,
     return [groups[key] for key in sorted(groups)]
 
 
-def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(opt_cfg: Any, model: nn.Module, device: torch.device,
+                    compiled_step: bool = False) -> torch.optim.Optimizer:
     name = plain(opt_cfg.name)
     groups = param_groups(model, opt_cfg.weight_decay, opt_cfg.lr, opt_cfg.layer_decay)
-    # One fused kernel for all parameters on CUDA; elsewhere foreach batches the updates. The
-    # step is not compiled, so the float lr that LambdaLR writes each step costs no recompile
-    # (a tensor lr is only needed when the optimizer step itself is captured).
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # Eager: one fused kernel for all parameters on CUDA, elsewhere foreach batches the updates.
+    # A compiled step (train.compile_optimizer) traces the foreach ops and fuses them itself.
+    fast = {"fused": True} if device.type == "cuda" and not compiled_step else {"foreach": True}
+    # Adam's step count stays on the device, which a tensor lr requires (and CUDA graphs too).
+    adaptive = {**fast, "capturable": True} if compiled_step else fast
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **fast)
+        return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **adaptive)
     if name == "adam":
         # Adam's weight decay is L2 added to the gradient, applied to the same groups.
-        return torch.optim.Adam(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **fast)
+        return torch.optim.Adam(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, **adaptive)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=opt_cfg.momentum,
                                nesterov=opt_cfg.nesterov and opt_cfg.momentum > 0, **fast)
@@ -205,15 +207,3 @@ def build_scheduler(sched_cfg: Any, optimizer: torch.optim.Optimizer, total_step
     """Stepped once per optimizer step, along `lr_factor`."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, sched_cfg, total_steps, steps_per_epoch))
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler: Any,
-                   model: nn.Module, grad_clip: Optional[float]) -> None:
-    """After backward: clip the global gradient norm when asked (unscaled first under fp16),
-    step the optimizer through the scaler, and the lr schedule once per optimizer step."""
-    if grad_clip:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()

@@ -264,6 +264,9 @@ class TrainConfig:
     compile: bool = False
     # The torch.compile mode for the model and the batch pipeline (with train.compile=true).
     compile_mode: CompileMode = CompileMode.default
+    # Compile what follows backward (gradient clipping, the optimizer step, the EMA update) into
+    # one graph, with the lr as a tensor so the schedule does not recompile it. Not under fp16.
+    compile_optimizer: bool = False
     # Feed the patch embedding channels-last images (faster convolutions on GPUs).
     channels_last: bool = False
     # CUDA only: fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa, ~7x the

@@ -9,7 +9,6 @@ random draws the uninterrupted run would have made.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import signal
@@ -27,7 +26,7 @@ from omegaconf import OmegaConf
 from swin_cli import __version__, checkpoint, distributed
 from swin_cli.augment import TrainBatch, model_input
 from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, check_pretrained,
-                            configure_device, optimizer_step, select_device, training_module)
+                            configure_device, select_device, training_module)
 from swin_cli.config import plain
 from swin_cli.data import (DataBundle, DataError, EpochPlan, LoaderDied, Split, eval_batch_size, load_data,
                            loader_death, place_data, step_seed)
@@ -37,6 +36,7 @@ from swin_cli.model import count_parameters
 from swin_cli.interrupt import StopRequest, TrainingInterrupted
 from swin_cli.records import EpochProgress, PrepTimer, RunRecords, clean_up_after_a_kill, mean, prepare_run_dir
 from swin_cli.text import plural
+from swin_cli.update import EMA, ParameterUpdate, match_loaded_optimizer
 
 log = logging.getLogger("swin_cli")
 
@@ -70,19 +70,6 @@ def debug_subset(data: DataBundle, cfg: Any, processes: int) -> DataBundle:
     return dataclasses.replace(data, train=train, val=val, test=test)
 
 
-class EMA:
-    """Exponential moving average of a model's weights (buffers are copied as they are)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - self.decay)
-        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))
-
-
 class Trainer:
     """One run. `overrides`: the command line that made it, to print a complete resume command.
     Seams for tests and extensions: `on_step(trainer)` runs after every optimizer step;
@@ -113,7 +100,7 @@ class Trainer:
         compile_mode = plain(cfg.train.compile_mode)
         self.forward_model = training_module(self.model, self.device, self.world, cfg.train.compile, compile_mode)
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device, cfg.train.compile_optimizer)
         self.precision = plain(cfg.train.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = EMA(self.model, cfg.train.ema.decay) if cfg.train.ema.decay else None
@@ -121,6 +108,8 @@ class Trainer:
         self.batch_size, self.steps_per_epoch = batch_plan(cfg, len(self.data.train), self.world)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps, self.steps_per_epoch)
+        self.update = ParameterUpdate(self.optimizer, self.scaler, self.scheduler, self.model, cfg.train.grad_clip,
+                                      self.ema, cfg.train.compile_optimizer, compile_mode)
         self.prepare = TrainBatch(cfg.aug, self.data.num_classes, cfg.train.label_smoothing, self.data.mean,
                                   self.data.std, self.device)
         # Compiled, the batch preparation is a few fused kernels instead of a few hundred small
@@ -182,6 +171,7 @@ class Trainer:
             clean_up_after_a_kill(source_dir)
         checkpoint.restore(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                            scaler=self.scaler, ema=self.ema.module if self.ema else None)
+        match_loaded_optimizer(self.optimizer, self.update.compiled)  # as this run steps it, whatever wrote the file
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.running = state["global_step"], dict(state["running"])
         self.history = list(state["history"])
@@ -336,9 +326,7 @@ class Trainer:
                                         f"behind it is in the traceback above") from None
             total_loss += loss.detach() * (len(y) / len(labels))
             correct += (logits.argmax(1) == y).sum()
-        optimizer_step(self.optimizer, self.scaler, self.scheduler, self.model, self.cfg.train.grad_clip)
-        if self.ema is not None:
-            self.ema.update(self.model)
+        self.update()
         return total_loss, correct
 
     def _check_finite(self, recent: list[torch.Tensor]) -> None:
@@ -364,7 +352,7 @@ class Trainer:
         self.history.append({
             "epoch": self.epoch, "step": self.global_step, "train_loss": self.running["loss"] / seen,
             "train_acc": 100.0 * self.running["correct"] / seen, "val_loss": val_loss, "val_acc": val_acc,
-            "ema_val_loss": ema_loss, "ema_val_acc": ema_acc, "lr": self.scheduler.get_last_lr()[0],
+            "ema_val_loss": ema_loss, "ema_val_acc": ema_acc, "lr": float(self.scheduler.get_last_lr()[0]),
             "epoch_time_s": train_time, "data_time_s": self.running["data_time"],
             "train_img_per_s": self.running["seen"] / max(train_time, 1e-9),
             "skipped_images": len(self.data.skipped)})

@@ -113,3 +113,79 @@ def test_fused_adamw_follows_the_float_lr_of_the_schedule():
         assert isinstance(lrs[-1], float)
         assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     assert lrs == sorted(lrs) and len(set(lrs)) == 4  # warming up
+
+
+def _update_run(compiled: bool, backend=None, steps: int = 4, optimizer_name: str = "adamw"):
+    """`steps` optimizer steps of a tiny model through ParameterUpdate (clipping, AdamW, EMA,
+    warmup then cosine), the same batches either way. Returns (model, ema, lrs, counter)."""
+    from swin_cli.update import EMA, ParameterUpdate
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = make_config(*TINY_MODEL, f"optimizer={optimizer_name}", "scheduler.warmup_epochs=0.5",
+                      "train.grad_clip=0.5")
+    model = build_model(cfg.model, cfg.data.image_size, 1, 10)
+    optimizer = build_optimizer(cfg.optimizer, model, torch.device("cpu"), compiled_step=compiled)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps=steps, steps_per_epoch=steps)
+    ema = EMA(model, 0.9)
+    counter = CompileCounterWithBackend(backend) if backend else None
+    real_compile = torch.compile
+    if counter is not None:
+        torch.compile = lambda fn, mode=None: real_compile(fn, backend=counter)
+    try:
+        update = ParameterUpdate(optimizer, torch.amp.GradScaler("cpu", enabled=False), scheduler, model, 0.5, ema,
+                                 compiled=compiled)
+    finally:
+        torch.compile = real_compile
+    g = torch.Generator().manual_seed(1)
+    lrs, frames = [], []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        x, y = torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+        (F.cross_entropy(model(x), y) * 10).backward()  # x10: the clipping at 0.5 bites
+        update()
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
+        frames.append(counter.frame_count if counter else 0)
+    return model, ema, lrs, frames
+
+
+def test_a_compiled_update_equals_the_eager_one_and_never_recompiles_as_the_lr_moves():
+    """train.compile_optimizer: clipping, AdamW and the EMA compiled give the eager update's
+    weights, and the schedule's new lr every step reaches the graphs through the tensor it fills,
+    not as a new constant: everything compiles in the first step and nothing recompiles. (Four
+    graphs: torch.optim breaks the graph on purpose on either side of its step, so that no_grad
+    holds inside it.)"""
+    eager_model, eager_ema, eager_lrs, _ = _update_run(compiled=False)
+    model, ema, lrs, frames = _update_run(compiled=True, backend="aot_eager", steps=4)
+    assert lrs == pytest.approx(eager_lrs, rel=1e-12) and all(a != b for a, b in zip(lrs, lrs[1:]))
+    assert frames[0] <= 4 and frames[0] == frames[-1], f"compiled in the first step, never again: {frames}"
+    for a, b in zip(eager_model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(eager_ema.module.parameters(), ema.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.slow
+def test_a_compiled_update_with_inductor_on_the_cpu_equals_the_eager_one():
+    """The same with the real backend: inductor's generated C++ for the foreach ops."""
+    eager_model, _, _, _ = _update_run(compiled=False, steps=3)
+    model, _, _, _ = _update_run(compiled=True, steps=3)
+    for a, b in zip(eager_model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_with_a_compiled_update_resumes_into_an_eager_one(tmp_path):
+    """The lr is a tensor in a compiled run's checkpoint; an eager run resumed from it holds a
+    float again, and both kinds train on."""
+    from swin_cli.train import Trainer
+
+    base = (*TINY_MODEL, "data=digits", "data.batch_size=16", "train.max_steps_per_epoch=2", "threads=1",
+            "train.ema.decay=0.9")
+    Trainer(make_config(*base, "epochs=1", "train.compile_optimizer=true"), tmp_path / "a").fit()
+    saved = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    assert isinstance(saved["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
+    trainer = Trainer(make_config(*base, "epochs=2", f"resume={tmp_path / 'a' / 'last.pt'}"), tmp_path / "b")
+    assert isinstance(trainer.optimizer.param_groups[0]["lr"], float)
+    results = trainer.fit()
+    assert results["epochs"] == 2 and all(isinstance(r["lr"], float) for r in trainer.history)
