@@ -24,11 +24,12 @@ subset="$out/subset5k"
 make_subset() {  # 500 training images a class (symlinks), the full test set
   [ -d "$subset/train" ] && return
   for split in train test; do
-    for class_dir in "$root/$split"/*/; do
+    for class_dir in "$(realpath "$root/$split")"/*/; do
       class=$(basename "$class_dir")
       mkdir -p "$subset/$split/$class"
-      if [ "$split" = train ]; then files=$(ls "$class_dir" | sort | head -500); else files=$(ls "$class_dir"); fi
-      for f in $files; do ln -sf "$(realpath "$class_dir/$f")" "$subset/$split/$class/$f"; done
+      files=("$class_dir"*)  # sorted by the glob
+      [ "$split" = train ] && files=("${files[@]:0:500}")
+      ln -s "${files[@]}" "$subset/$split/$class/"
     done
   done
 }

@@ -142,6 +142,8 @@ class BenchmarkRun:
     def train_step(self, i: int) -> torch.Tensor:
         """Trainer._train_step for one micro-batch: prepare (timed), forward, backward, step."""
         images, labels = self.batch_at(i)
+        if self.cfg.train.compile and plain(self.cfg.train.compile_mode) == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
         self.timer.start()
         x, y, target = model_input(images, labels, self.device, self.prepare_batch, self.cfg.train.channels_last)

@@ -51,7 +51,7 @@ Device = choices("Device", "auto", "cpu", "cuda", "mps")
 # benchmark: time the configured training step on random data, write <run dir>/benchmark.json.
 Mode = choices("Mode", "train", "eval", "predict", "summary", "preview", "benchmark")
 # torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernels.
-CompileMode = choices("CompileMode", "default", "reduce-overhead", "max-autotune")
+CompileMode = choices("CompileMode", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TTA = choices("TTA", "none", "flip")
 PredictBackend = choices("PredictBackend", "torch", "onnx")
 
@@ -262,10 +262,12 @@ class TrainConfig:
     precision: Precision = Precision.fp32
     # torch.compile the model (compile time is paid in the first steps).
     compile: bool = False
-    # The torch.compile mode for the model and the batch pipeline (with train.compile=true).
+    # The torch.compile mode for the model, the batch pipeline and (train.compile_optimizer) the
+    # update, with train.compile=true: reduce-overhead replays CUDA graphs (static shapes: every
+    # training batch has the same size), max-autotune also searches kernels (long compiles).
     compile_mode: CompileMode = CompileMode.default
-    # Compile what follows backward (gradient clipping, the optimizer step, the EMA update) into
-    # one graph, with the lr as a tensor so the schedule does not recompile it. Not under fp16.
+    # Compile what follows backward (gradient clipping, the optimizer step, the EMA update), with
+    # the lr as a tensor so the schedule does not recompile it. Not under fp16.
     compile_optimizer: bool = False
     # Feed the patch embedding channels-last images (faster convolutions on GPUs).
     channels_last: bool = False

@@ -98,6 +98,7 @@ class Trainer:
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
         compile_mode = plain(cfg.train.compile_mode)
+        self.cudagraphs = cfg.train.compile and compile_mode == "reduce-overhead"
         self.forward_model = training_module(self.model, self.device, self.world, cfg.train.compile, compile_mode)
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device, cfg.train.compile_optimizer)
@@ -297,6 +298,8 @@ class Trainer:
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over `accumulate` micro-batches; returns (mean loss, #correct)."""
+        if self.cudagraphs:  # a new step: the graphs may reuse the memory of the last one's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)

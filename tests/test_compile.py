@@ -189,3 +189,19 @@ def test_a_run_with_a_compiled_update_resumes_into_an_eager_one(tmp_path):
     assert isinstance(trainer.optimizer.param_groups[0]["lr"], float)
     results = trainer.fit()
     assert results["epochs"] == 2 and all(isinstance(r["lr"], float) for r in trainer.history)
+
+
+def test_with_cuda_graphs_every_step_is_marked_as_a_new_one(monkeypatch, tmp_path):
+    """reduce-overhead replays CUDA graphs whose outputs live in memory the next replay reuses;
+    torch needs each training step marked so it knows the last step's outputs are dead (without
+    the mark, the second step's forward can overwrite what the first one's backward still reads)."""
+    from swin_cli.train import Trainer
+
+    marks = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: fn)  # the marks, not the compiling
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    base = (*TINY_MODEL, "data=digits", "data.batch_size=16", "train.max_steps_per_epoch=3", "epochs=1", "threads=1")
+    Trainer(make_config(*base, "train.compile=true", "train.compile_mode=reduce-overhead"), tmp_path / "a").fit()
+    assert len(marks) == 3
+    Trainer(make_config(*base, "train.compile=true"), tmp_path / "b").fit()
+    assert len(marks) == 3  # other modes need no marks

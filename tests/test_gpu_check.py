@@ -51,8 +51,24 @@ def test_exit_code_is_0_only_when_every_part_passed(tmp_path):
     assert passed.returncode == 0, passed.stderr
     assert (tmp_path / "out" / "summary.md").is_file()
 
-    failed = gpu_check(tmp_path, FAIL_PART="augment.py")
+    failed = gpu_check(tmp_path, FAIL_PART="throughput.py")
     assert failed.returncode == 1
     line, = failed.stderr.strip().splitlines()
-    assert line.startswith("gpu_check: error: 1 part failed: augment (rc=3, see augment.log)"), line
-    assert "failed: augment" in (tmp_path / "out" / "progress.log").read_text()
+    assert line.startswith("gpu_check: error: 1 part failed: throughput_compiled (rc=3, see throughput_compiled.log)"), line
+    assert "failed: throughput_compiled" in (tmp_path / "out" / "progress.log").read_text()
+
+
+def started(out) -> list[str]:
+    return [line.split("start ")[1].split(" (")[0] for line in (out / "progress.log").read_text().splitlines()
+            if "] start " in line]
+
+
+def test_the_default_runs_the_benchmarks_then_timm_then_the_headline_and_parts_pick_others(tmp_path):
+    assert gpu_check(tmp_path).returncode == 0
+    assert started(tmp_path / "out") == [
+        "bench_cifar10_swin", "bench_cifar10_swin_compiled", "bench_cifar10_swin_cudagraphs", "bench_tiny224",
+        "bench_tiny224_compiled", "throughput_compiled", "cifar10_swin"]
+    (tmp_path / "b").mkdir()
+    proc = gpu_check(tmp_path / "b", PARTS="headline tta nonsense")
+    assert proc.returncode == 1 and "nonsense (unknown part)" in proc.stderr
+    assert started(tmp_path / "b" / "out") == ["cifar10_swin", "tta_flip"]
