@@ -7,9 +7,10 @@
 #
 # The parts, in order ($PARTS picks and orders them; default "bench throughput headline"):
 #   bench       mode=benchmark (train and inference img/s, TFLOP/s, MFU, peak memory, data share)
-#               for each of $BENCH_SPECS: experiment=cifar10_swin eager, compiled, and compiled with
-#               CUDA graphs (reduce-overhead) and the compiled optimizer step; tiny@224 eager and
-#               compiled; random data, nothing read
+#               for each of $BENCH_SPECS: experiment=cifar10_swin eager, compiled (with a profile:
+#               its top ops and a trace), and compiled with CUDA graphs (reduce-overhead) and the
+#               compiled optimizer step; tiny@224 eager and compiled; tiny@224 at batch 32 without
+#               and with model.grad_checkpointing (max_memory_allocated); random data, nothing read
 #   throughput  benchmarks/throughput.py: tiny@224 compiled, ours vs timm (issue 12's >= 1.2x)
 #   headline    experiment=cifar10_swin to the end (100 epochs; the >= 94% in <= 10 minutes
 #               target), in whatever time is left; $HEADLINE_EXTRA adds overrides
@@ -81,10 +82,12 @@ cat "$out/machine.txt"
 cifar=(experiment=cifar10_swin data=imagefolder "data.root=$data")
 default_specs=(
   "cifar10_swin:30:${cifar[*]} train.compile=false"
-  "cifar10_swin_compiled:120:${cifar[*]}"
+  "cifar10_swin_compiled:130:${cifar[*]} benchmark.profile=true"
   "cifar10_swin_cudagraphs:130:${cifar[*]} train.compile_mode=reduce-overhead train.compile_optimizer=true"
   "tiny224:30:model=tiny data=cifar10 data.image_size=224 data.batch_size=128 train.compile=false"
   "tiny224_compiled:140:model=tiny data=cifar10 data.image_size=224 data.batch_size=128 train.compile=true"
+  "tiny224_b32:30:model=tiny data=cifar10 data.image_size=224 data.batch_size=32 train.compile=false"
+  "tiny224_b32_checkpointing:30:model=tiny data=cifar10 data.image_size=224 data.batch_size=32 train.compile=false model.grad_checkpointing=true"
 )
 if [ -n "${BENCH_SPECS:-}" ]; then mapfile -t bench_specs <<<"$BENCH_SPECS"; else bench_specs=("${default_specs[@]}"); fi
 

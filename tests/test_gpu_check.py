@@ -67,7 +67,8 @@ def test_the_default_runs_the_benchmarks_then_timm_then_the_headline_and_parts_p
     assert gpu_check(tmp_path).returncode == 0
     assert started(tmp_path / "out") == [
         "bench_cifar10_swin", "bench_cifar10_swin_compiled", "bench_cifar10_swin_cudagraphs", "bench_tiny224",
-        "bench_tiny224_compiled", "throughput_compiled", "cifar10_swin"]
+        "bench_tiny224_compiled", "bench_tiny224_b32", "bench_tiny224_b32_checkpointing", "throughput_compiled",
+        "cifar10_swin"]
     (tmp_path / "b").mkdir()
     proc = gpu_check(tmp_path / "b", PARTS="headline tta nonsense")
     assert proc.returncode == 1 and "nonsense (unknown part)" in proc.stderr
