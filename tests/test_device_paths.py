@@ -198,3 +198,76 @@ def test_the_training_batch_pipeline_compiles_to_one_graph():
     torch._dynamo.reset()
     explained = torch._dynamo.explain(prepare)(images, labels)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+# Ops that read a tensor's value back to the host: on a GPU each one waits for the queue to drain.
+HOST_READS = {"_local_scalar_dense", "item", "nonzero", "unique", "_unique2", "unique_consecutive", "equal",
+              "masked_select", "is_nonzero"}
+
+
+def _recording_trainer(monkeypatch, tmp_path, *overrides: str):
+    """A Trainer over digits with the whole regularisation on and the optimizer CUDA gets (fused
+    AdamW, or the compiled step's capturable one), run on the CPU; and its first 16 images."""
+    import swin_cli.train as train_module
+    from conftest import TINY_MODEL, make_config
+    from swin_cli.build import build_optimizer
+
+    monkeypatch.setattr(train_module, "build_optimizer",
+                        lambda opt_cfg, model, device, compiled_step=False:
+                        build_optimizer(opt_cfg, model, torch.device("cuda"), compiled_step))
+    cfg = make_config(*TINY_MODEL, "data=digits", "data.batch_size=16", "threads=1", "aug=small_data",
+                      "aug.hflip=false", "train.label_smoothing=0.1", "model.drop_path_rate=0.1",
+                      "train.grad_clip=1.0", "train.ema.decay=0.99", *overrides)
+    trainer = train_module.Trainer(cfg, tmp_path)
+    return trainer, trainer.data.train.images[:16], trainer.data.train.labels[:16]
+
+
+def test_a_training_step_never_reads_a_value_back_to_the_host(monkeypatch, tmp_path):
+    """One whole optimizer step as a run does it (uint8 batch in, AutoAugment, erasing, mixing,
+    forward with drop path, loss, backward, gradient clipping, fused AdamW, EMA, the schedule),
+    its aten ops recorded: none of them reads a value back, so on a GPU the host queues step
+    after step without waiting for any."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    trainer, images, labels = _recording_trainer(monkeypatch, tmp_path)
+    trainer._train_step(images, labels)  # the first step creates the optimizer state
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Record() as record:
+        loss, _ = trainer._train_step(images, labels)
+    assert {"_fused_adamw_", "_foreach_lerp_", "_foreach_norm"} <= record.ops, sorted(record.ops)
+    assert not HOST_READS & record.ops, HOST_READS & record.ops
+    assert torch.isfinite(loss)
+
+
+def test_the_compiled_update_reads_nothing_back_either(monkeypatch, tmp_path):
+    """train.compile_optimizer: the graphs of clipping, the capturable AdamW step and the EMA hold
+    no op that reads a value back (an .item() would also have broken the graph, which the
+    frame count in test_compile.py would see)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    seen: set[str] = set()
+
+    def record(gm, example_inputs):
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and hasattr(node.target, "overloadpacket"):
+                seen.add(node.target.overloadpacket.__name__)
+        return gm
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: real_compile(fn, backend=aot_autograd(fw_compiler=record)))
+    torch._dynamo.reset()
+    trainer, images, labels = _recording_trainer(monkeypatch, tmp_path, "train.compile_optimizer=true")
+    for _ in range(2):
+        loss, _ = trainer._train_step(images, labels)
+    assert {"lerp", "sqrt"} <= seen or {"_foreach_lerp", "_foreach_sqrt"} <= seen, sorted(seen)
+    assert not HOST_READS & seen, HOST_READS & seen
+    assert torch.isfinite(loss)
