@@ -93,9 +93,10 @@ def test_a_run_compiles_once_across_steps_epochs_and_lr_changes(monkeypatch, tmp
 
 
 def test_fused_adamw_follows_the_float_lr_of_the_schedule():
-    """On CUDA the optimizer is fused. LambdaLR writes a float lr into it every step; the fused
-    kernel takes it as it is (a tensor lr is only needed to compile the optimizer step, which we
-    do not). Fused AdamW also runs on the CPU, so the CUDA configuration is run here."""
+    """On CUDA the eager optimizer is fused. LambdaLR writes a float lr into it every step; the
+    fused kernel takes it as it is (a tensor lr is only needed when the step is compiled,
+    train.compile_optimizer, tested below). Fused AdamW also runs on the CPU, so the CUDA
+    configuration is run here."""
     cfg = make_config(*TINY_MODEL, "scheduler.warmup_epochs=1")
     model = build_model(cfg.model, cfg.data.image_size, 1, 10)
     optimizer = build_optimizer(cfg.optimizer, model, torch.device("cuda"))
