@@ -4,10 +4,11 @@
 #   bash benchmarks/ablate_cifar10_swin.sh [DATA_ROOT] [OUT] [VARIANT ...]
 # arch_*: the shape of the network (stem, depths, MLP ratio) at a width a CPU can train (embed 24,
 #   heads 3-6-12, head dim 8), 3 epochs of full CIFAR-10 with crop/flip at batch 128.
-# aug_*: the regularisation on Lee et al.'s shape with our conv stem, on a 5,000-image subset of CIFAR-10's training
-#   images for 24 epochs (the same 108k images seen), so that each image is seen often enough for
-#   augmentation to pay, as it does over 100 epochs of the full set. DATA_ROOT/../subset5k is
-#   made by the script (symlinks) next to OUT when it is missing.
+# aug_*: the regularisation on Lee et al.'s shape with our conv stem, where it can pay on a CPU:
+#   on $AUG_PER_CLASS training images a class (default 100: 900 train, 100 validation) for
+#   $AUG_EPOCHS epochs (default 60), few enough images for the small model to overfit them, as
+#   the 7M-parameter Swin overfits CIFAR-10 over 100 epochs. The subset (symlinks, the full test
+#   set) is made under OUT when it is missing.
 set -euo pipefail
 root=${1:-../shared/data/cifar10-jpg}
 out=${2:-outputs/ablation_cifar10_swin}
@@ -20,15 +21,17 @@ lee=(model.stem=patch 'model.depths=[2,6,4]' model.mlp_ratio=2)
 # The shape the augmentation variants train: Lee et al.'s with the conv stem (arch_lee_conv).
 aug_shape=(model.stem=conv model.stem_convs=1 'model.depths=[2,6,4]' model.mlp_ratio=2)
 
-subset="$out/subset5k"
-make_subset() {  # 500 training images a class (symlinks), the full test set
+per_class=${AUG_PER_CLASS:-100}
+aug_epochs=${AUG_EPOCHS:-60}
+subset="$out/subset$per_class"
+make_subset() {  # $per_class training images a class (symlinks), the full test set
   [ -d "$subset/train" ] && return
   for split in train test; do
     for class_dir in "$(realpath "$root/$split")"/*/; do
       class=$(basename "$class_dir")
       mkdir -p "$subset/$split/$class"
       files=("$class_dir"*)  # sorted by the glob
-      [ "$split" = train ] && files=("${files[@]:0:500}")
+      [ "$split" = train ] && files=("${files[@]:0:$per_class}")
       ln -s "${files[@]}" "$subset/$split/$class/"
     done
   done
@@ -56,7 +59,7 @@ for name in "${order[@]}"; do
   data=("data.root=$root" epochs=3)
   if [[ $name == aug_* ]]; then
     make_subset
-    data=("data.root=$subset" epochs=24 scheduler.warmup_epochs=2 "${aug_shape[@]}")
+    data=("data.root=$subset" "epochs=$aug_epochs" "scheduler.warmup_epochs=$(( aug_epochs / 12 ))" "${aug_shape[@]}")
   fi
   echo "== $name: ${variants[$name]}"
   # shellcheck disable=SC2086

@@ -93,7 +93,7 @@ def test_experiment_swin_composes_lee_et_al_s_recipe_for_a_gpu():
     cfg = make_config("experiment=cifar10_swin")
     m = cfg.model
     assert (m.stem.value, m.patch_size, m.embed_dim, list(m.depths), list(m.num_heads), m.window_size,
-            m.mlp_ratio, m.drop_path_rate) == ("patch", 2, 96, [2, 6, 4], [3, 6, 12], 4, 2.0, 0.1)
+            m.mlp_ratio, m.drop_path_rate) == ("conv", 2, 96, [2, 6, 4], [3, 6, 12], 4, 2.0, 0.1)
     assert cfg.train.precision.value == "bf16" and cfg.train.compile and cfg.train.ema.decay == 0.9998
     assert (cfg.aug.auto_augment.value, cfg.aug.autoaugment_policy.value, cfg.aug.mix_prob) == \
         ("autoaugment", "cifar10", 0.5)
