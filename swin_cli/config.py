@@ -278,6 +278,10 @@ class TrainConfig:
     # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
     max_steps_per_epoch: Optional[int] = None
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    # Minutes of training this process may take: after an epoch, when one more epoch would end
+    # past the limit, stop there and test the best weights (a run that must fit a time slot still
+    # reports a test accuracy; the schedule is not shortened). null: no limit.
+    time_limit_min: Optional[float] = None
     # Debugging (the debug config group sets these). overfit_batches: train on only the first N
     # batches of the training split, the same batches in the same order every epoch, and
     # validate on them, to check that the model can fit them (debug=overfit). limit_eval_batches:
@@ -498,3 +502,5 @@ def validate(cfg: Any) -> None:
     _check(es.patience is None or es.patience >= 1,
            f"train.early_stopping.patience must be >= 1 or null (got {es.patience})")
     _check(es.min_delta >= 0, f"train.early_stopping.min_delta must be >= 0 (got {es.min_delta})")
+    _check(t.time_limit_min is None or t.time_limit_min > 0,
+           f"train.time_limit_min must be > 0 or null (got {t.time_limit_min})")

@@ -136,6 +136,10 @@ class Trainer:
         self.stopped_early: Optional[str] = None
         self.resumed_from: Optional[str] = None
         self.first_step_s: Optional[float] = None  # from start-up to the end of the first step
+        self.epoch_ends: list[float] = []  # when each epoch of this process ended (train.time_limit_min)
+        # Why train.time_limit_min ended this process early. Not checkpointed: a run resumed
+        # in a new time slot trains on.
+        self.out_of_time: Optional[str] = None
         self.earlier_wall_time = 0.0  # of the runs this one resumed, carried in checkpoints
         config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         source = checkpoint.resume_source(cfg.resume, config, self.run_dir)
@@ -215,7 +219,7 @@ class Trainer:
                 log.info("autograd anomaly detection is on (train.detect_anomaly): training runs several times slower")
                 anomaly = torch.autograd.detect_anomaly()
             with stop.installed(), anomaly:
-                while self.epoch < self.cfg.epochs and self.stopped_early is None:
+                while self.epoch < self.cfg.epochs and self.stopped_early is None and self.out_of_time is None:
                     try:
                         self._train_epoch(stop)
                     except (LoaderDied, RuntimeError) as exc:  # the steps so far are kept, resumable
@@ -228,8 +232,8 @@ class Trainer:
                     if stop.signum is not None:
                         self._interrupted(stop.signum)
                     self._end_epoch()
-            if self.stopped_early is not None:
-                log.info(f"early stop after epoch {self.epoch}: {self.stopped_early}")
+            if self.stopped_early is not None or self.out_of_time is not None:
+                log.info(f"early stop after epoch {self.epoch}: {self.stopped_early or self.out_of_time}")
             results = self._finish()
         except BaseException:
             self.records.abort()
@@ -370,6 +374,7 @@ class Trainer:
                 self.best_val_acc = score
         if has_val:
             self._watch_plateau(score)
+        self._watch_clock()
         if self.is_main:
             state = self.state()
             checkpoint.save_atomic(state, self.run_dir / "last.pt")
@@ -391,6 +396,20 @@ class Trainer:
             self.stopped_early = (f"validation accuracy has not risen by more than {rule.min_delta:g} points "
                                   f"for {plural(rule.patience, 'epoch')} (best {self.best_val_acc:.2f}% at epoch "
                                   f"{self.best_epoch})")
+
+    def _watch_clock(self) -> None:
+        """train.time_limit_min: stop after this epoch when the next one, as long as the longest
+        so far in this process (validation included), would end past the limit."""
+        now = time.time()
+        self.epoch_ends.append(now)
+        limit = self.cfg.train.time_limit_min
+        if limit is None or self.stopped_early is not None or self.epoch >= self.cfg.epochs:
+            return
+        starts = [self.start_time, *self.epoch_ends[:-1]]
+        longest = max(end - start for start, end in zip(starts, self.epoch_ends))
+        if now + longest > self.start_time + 60.0 * limit:
+            self.out_of_time = (f"train.time_limit_min={limit:g}: {(now - self.start_time) / 60:.1f} min so far, "
+                                f"and another epoch would take up to {longest / 60:.1f}")
 
     def _interrupted(self, signum: int) -> None:
         if not self.is_main:
@@ -420,7 +439,8 @@ class Trainer:
             "storage": self.data.storage, "test_split": self.data.test_source,
             "skipped_images": self.data.skipped,
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
-            "stopped_early": {"epoch": self.epoch, "reason": self.stopped_early} if self.stopped_early else None,
+            "stopped_early": ({"epoch": self.epoch, "reason": self.stopped_early or self.out_of_time}
+                              if self.stopped_early or self.out_of_time else None),
             "tta": plain(self.cfg.eval.tta),
             "test_confusion": confusion.tolist(),
         }

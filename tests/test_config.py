@@ -64,6 +64,7 @@ def test_unknown_key_and_wrong_type_rejected_by_schema():
     (["model.drop_path_rate=1.5"], "model.drop_path_rate must be in [0, 1)"),
     (["data=imagefolder"], "data=imagefolder needs data.root"),
     (["data.val_fraction=1.0"], "data.val_fraction must be in [0, 1)"),
+    (["train.time_limit_min=0"], "train.time_limit_min must be > 0 or null"),
 ])
 def test_out_of_range_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as info:

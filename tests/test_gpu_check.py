@@ -4,6 +4,7 @@ GPU, and its exit code says whether every part passed."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,14 +18,15 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 
 def gpu_check(tmp_path, **env: str) -> subprocess.CompletedProcess:
     """Run the script with $PYTHON standing in for python: it answers the GPU probe with $FAKE_GPU,
-    fails (exit 3) any command whose words contain $FAIL_PART, passes the rest at once, and runs
-    gpu_summary.py for real."""
+    fails (exit 3) any command whose words contain $FAIL_PART, passes the rest at once (printing
+    their arguments into the part's log), and runs gpu_summary.py for real."""
     fake = tmp_path / "python"
     fake.write_text(f"""#!/usr/bin/env bash
 case "$*" in
   *cuda.is_available*) echo "${{FAKE_GPU:-True}}" ;;
   *gpu_summary.py*) exec {sys.executable} "$@" ;;
   *"${{FAIL_PART:-no part fails}}"*) exit 3 ;;
+  *) echo "$*" ;;
 esac
 """)
     fake.chmod(0o755)
@@ -69,6 +71,9 @@ def test_the_default_runs_the_benchmarks_then_timm_then_the_headline_and_parts_p
         "bench_cifar10_swin", "bench_cifar10_swin_compiled", "bench_cifar10_swin_cudagraphs", "bench_tiny224",
         "bench_tiny224_compiled", "bench_tiny224_b32", "bench_tiny224_b32_checkpointing", "throughput_compiled",
         "cifar10_swin"]
+    # The headline stops itself before the budget runs out, so it still tests and writes results.
+    headline = (tmp_path / "out" / "cifar10_swin.log").read_text()
+    assert "experiment=cifar10_swin" in headline and re.search(r"train\.time_limit_min=\d+\.\d\d ", headline)
     (tmp_path / "b").mkdir()
     proc = gpu_check(tmp_path / "b", PARTS="headline tta nonsense")
     assert proc.returncode == 1 and "nonsense (unknown part)" in proc.stderr

@@ -373,6 +373,30 @@ def test_early_stopping_stops_on_a_plateau_says_why_and_resume_keeps_it(tmp_path
     assert again.fit()["epochs"] == 4  # the plateau is part of the checkpoint
 
 
+def test_a_time_limit_stops_before_an_epoch_that_would_overrun_and_tests_the_best_weights(monkeypatch, tmp_path):
+    """train.time_limit_min: epochs of 100 s (a fake clock moved by validation), a limit of
+    4.5 min: after epoch 2 (200 s) a third would end at 300 s, so the run stops there, tests,
+    and says why; resumed in a new slot without the limit, it trains on."""
+    import swin_cli.train as train_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(train_module.time, "time", lambda: clock[0])
+
+    def evaluator(model, split, confusion):
+        if confusion:
+            return 1.0, 10.0, torch.zeros(10, 10, dtype=torch.int64)
+        clock[0] += 100.0
+        return 1.0, 50.0, None
+
+    trainer = Trainer(config("epochs=5", "train.time_limit_min=4.5"), tmp_path / "run", evaluator=evaluator)
+    results = trainer.fit()
+    assert results["epochs"] == 2 and results["test_acc"] == 10.0
+    assert results["stopped_early"] == {
+        "epoch": 2, "reason": "train.time_limit_min=4.5: 3.3 min so far, and another epoch would take up to 1.7"}
+    again = Trainer(config("epochs=4", f"resume={tmp_path / 'run'}"), tmp_path / "again", evaluator=evaluator)
+    assert again.fit()["epochs"] == 4
+
+
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     from swin_cli.augment import Normalize
     from swin_cli.data import ImageSplit
