@@ -25,6 +25,14 @@ from torch import Tensor
 from swin_cli.config import RANDAUGMENT_MAX_MAGNITUDE, plain
 
 
+def canonical(device: torch.device) -> torch.device:
+    """The device as a tensor on it names it ("cuda" is "cuda:0"): the key of per-device tables."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class Normalize:
     """uint8 (B, C, H, W) -> float (x/255 - mean) / std, on the batch's device."""
 
@@ -90,7 +98,8 @@ class AutoAugment:
     Each op's maths is torchvision's on uint8 images (tests compare them image by image).
     """
 
-    def __init__(self, kind: str, num_ops: int = 2, magnitude: int = 9, space: Optional[str] = None):
+    def __init__(self, kind: str, num_ops: int = 2, magnitude: int = 9, space: Optional[str] = None,
+                 device: Optional[torch.device] = None):
         if kind not in ("randaugment", "trivialaugment"):
             raise ValueError(f"auto_augment must be none, randaugment or trivialaugment (got {kind!r})")
         if not 0 <= magnitude <= MAX_BIN:
@@ -103,8 +112,11 @@ class AutoAugment:
         space = space or ("wide" if self.trivial else "standard")
         self.space = TRIVIAL_SPACE if space == "wide" else RANDAUGMENT_SPACE
         # Per-op lookup tables, copied to each device once: a host-to-device copy every batch
-        # would wait for the GPU to drain its queue.
+        # would wait for the GPU to drain its queue. Made here for the training device, so that a
+        # compiled pipeline finds them and never adds one (a recompile at the second step).
         self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        if device is not None:
+            self._tables_for(device)
 
     def __call__(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         for _ in range(self.num_ops):
@@ -121,13 +133,17 @@ class AutoAugment:
         else:
             bins = torch.full((b,), self.magnitude, device=device)
         negate = torch.rand(b, generator=generator, device=device) < 0.5
-        if device not in self._tables:
-            self._tables[device] = (torch.tensor([op in NO_MAGNITUDE for op in OPS], device=device),
-                                    torch.tensor([op in SIGNED for op in OPS], device=device))
-        magnitude_free, signed = self._tables[device]
+        magnitude_free, signed = self._tables_for(device)
         bins = bins.masked_fill(magnitude_free[ops], 0)
         negate = negate & signed[ops]
         return ops, bins, negate
+
+    def _tables_for(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = canonical(device)
+        if key not in self._tables:
+            self._tables[key] = (torch.tensor([op in NO_MAGNITUDE for op in OPS], device=key),
+                                 torch.tensor([op in SIGNED for op in OPS], device=key))
+        return self._tables[key]
 
     def apply(self, images: Tensor, ops: Tensor, bins: Tensor, negate: Tensor) -> Tensor:
         """One round on a uint8 (B, C, H, W) batch: image i gets OPS[ops[i]] at bins[i]."""
@@ -221,7 +237,7 @@ class PolicyAugment:
     255 down to 0 (tests compare every op of a policy image by image). Shears are about the image
     centre, as in RandAugment here; torchvision's AutoAugment shears about the top-left corner."""
 
-    def __init__(self, policy: str):
+    def __init__(self, policy: str, device: Optional[torch.device] = None):
         from torchvision.transforms import AutoAugment as TorchvisionAutoAugment, AutoAugmentPolicy
 
         names = [p.value for p in AutoAugmentPolicy]
@@ -233,8 +249,11 @@ class PolicyAugment:
         self.probs = torch.tensor([[p for _, p, _ in sub] for sub in table], dtype=torch.float64)
         self.bins = torch.tensor([[m or 0 for _, _, m in sub] for sub in table], dtype=torch.float64)
         self.rounds = self.ops.shape[1]
-        self.engine = AutoAugment("randaugment", space="standard")
-        self._tables: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self.engine = AutoAugment("randaugment", space="standard", device=device)
+        # On each device once, made here for the training device (see AutoAugment).
+        self._tables: dict[torch.device, tuple[Tensor, ...]] = {}
+        if device is not None:
+            self._tables_for(device)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -242,6 +261,12 @@ class PolicyAugment:
     def levels(self, height: int, width: int) -> Tensor:
         """(sub-policies, ops) magnitude of each entry as a fraction of the RandAugment space's reach,
         on the host: what apply_levels needs to give torchvision's magnitude for it."""
+        ops, _, level, _, translate_bins = self._tables_for(torch.device("cpu"))
+        return self._sized(ops, level, translate_bins, height, width)
+
+    def _size_free_levels(self) -> tuple[Tensor, Tensor]:
+        """The levels of every entry but the translations, and the translations' fraction of their
+        reach (made whole pixels once the image size is known, _sized)."""
         level = self.bins / POLICY_MAX_BIN
         space = self.engine.space
         # torchvision's magnitudes are float32 steps of its reach; the truncations after a blend
@@ -251,28 +276,33 @@ class PolicyAugment:
                            ((BRIGHTNESS, COLOR, CONTRAST, SHARPNESS), space.enhance)):
             steps = torch.linspace(0.0, reach, POLICY_MAX_BIN + 1).double() / reach
             level = torch.where(torch.isin(self.ops, torch.tensor(ops)), steps[bins], level)
-        for op, side in ((TRANSLATE_X, width), (TRANSLATE_Y, height)):
-            reach = space.translate * side  # torchvision translates by int(pixels), toward zero
-            level = torch.where(self.ops == op, (reach * level).trunc() / reach, level)
         # torchvision inverts pixels >= 255 (1 - level); apply_levels' threshold is 256 (1 - level).
         # A millionth below it, so that float rounding cannot lift an integer threshold (170) over
         # the pixel value it equals; for integer pixels that changes nothing else.
-        threshold = torch.linspace(255.0, 0.0, POLICY_MAX_BIN + 1).double()[self.bins.long()] - 1e-6
-        return torch.where(self.ops == SOLARIZE, 1.0 - threshold / 256.0, level)
+        threshold = torch.linspace(255.0, 0.0, POLICY_MAX_BIN + 1).double()[bins] - 1e-6
+        return torch.where(self.ops == SOLARIZE, 1.0 - threshold / 256.0, level), self.bins / POLICY_MAX_BIN
 
-    def _tables_for(self, device: torch.device, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        # Copied once per device and image size: a copy every batch would wait for the GPU.
-        key = (device, height, width)
+    def _sized(self, ops: Tensor, level: Tensor, translate: Tensor, height: int, width: int) -> Tensor:
+        # torchvision translates by int(pixels), toward zero: whole pixels of the reach.
+        for op, side in ((TRANSLATE_X, width), (TRANSLATE_Y, height)):
+            reach = self.engine.space.translate * side
+            level = torch.where(ops == op, (reach * translate).trunc() / reach, level)
+        return level
+
+    def _tables_for(self, device: torch.device) -> tuple[Tensor, ...]:
+        key = canonical(device)
         if key not in self._tables:
+            level, translate = self._size_free_levels()
             signed = torch.tensor([op in SIGNED for op in OPS] + [False])
-            self._tables[key] = tuple(t.to(device) for t in (self.ops, self.probs, self.levels(height, width), signed))
+            self._tables[key] = tuple(t.to(key) for t in (self.ops, self.probs, level, signed, translate))
         return self._tables[key]
 
     def draw(self, b: int, height: int, width: int, device: torch.device,
              generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor, Tensor]:
         """Per image and round: the op (IDENTITY where the sub-policy's op was not applied), its level
         and whether it is negated; each (B, rounds)."""
-        ops, probs, levels, signed = self._tables_for(device, height, width)
+        ops, probs, level, signed, translate = self._tables_for(device)
+        levels = self._sized(ops, level, translate, height, width)
         sub = torch.randint(0, len(ops), (b,), generator=generator, device=device)
         applied = torch.rand(b, self.rounds, generator=generator, device=device, dtype=torch.float64) < probs[sub]
         negate = torch.rand(b, self.rounds, generator=generator, device=device) < 0.5
@@ -354,16 +384,16 @@ class BatchAugment:
     # Candidate rectangles per image; a candidate that does not fit the image is skipped.
     ERASE_TRIES = 10
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, device: Optional[torch.device] = None):
         self.padding = int(cfg.crop_padding)
         self.hflip = bool(cfg.hflip)
         kind = plain(cfg.auto_augment)
         space = plain(cfg.op_space) if cfg.op_space is not None else None
         if kind == "autoaugment":  # its policy fixes ops and magnitudes: op_space does not apply
-            self.auto: Optional[Callable[..., Tensor]] = PolicyAugment(plain(cfg.autoaugment_policy))
+            self.auto: Optional[Callable[..., Tensor]] = PolicyAugment(plain(cfg.autoaugment_policy), device)
         else:
             self.auto = None if kind == "none" else AutoAugment(kind, cfg.randaugment_ops, cfg.randaugment_magnitude,
-                                                                space)
+                                                                space, device)
         self.erase_prob = float(cfg.random_erasing)
 
     @property
@@ -508,7 +538,7 @@ class TrainBatch:
 
     def __init__(self, aug_cfg: Any, num_classes: int, label_smoothing: float, mean: list[float],
                  std: list[float], device: torch.device):
-        self.augment = BatchAugment(aug_cfg)
+        self.augment = BatchAugment(aug_cfg, device)
         self.mix = MixBatch(aug_cfg, num_classes, label_smoothing)
         self.normalize = Normalize(mean, std, device)
 

@@ -181,20 +181,21 @@ def test_prep_timer_reads_cuda_events_at_the_log_interval_not_per_step(monkeypat
     assert timer.collect() == 0.0 and FakeEvent.waits == 1
 
 
-def test_the_training_batch_pipeline_compiles_to_one_graph():
+@pytest.mark.parametrize("preset", ["strong", "small_data"])
+@pytest.mark.parametrize("warm", [False, True], ids=["first_call_compiled", "after_an_eager_call"])
+def test_the_training_batch_pipeline_compiles_to_one_graph(preset, warm):
     """train.compile=true compiles the augmentation too: one graph, no breaks (a break would
-    mean a host round trip and the small launches compiling is meant to fuse away)."""
-    from types import SimpleNamespace
-
+    mean a host round trip and the small launches compiling is meant to fuse away), whether
+    compilation meets the pipeline on its first call (a compiled run) or after an eager one
+    placed its lookup tables; for aug=strong (TrivialAugment) and aug=small_data (AutoAugment)."""
+    from conftest import make_config
     from swin_cli.augment import TrainBatch
 
-    aug = SimpleNamespace(crop_padding=4, hflip=True, auto_augment="trivialaugment", op_space="standard",
-                          randaugment_ops=2, randaugment_magnitude=9, random_erasing=0.25, mixup_alpha=0.8,
-                          cutmix_alpha=1.0, mix_prob=0.5, mix_switch_prob=0.5)
-    prepare = TrainBatch(aug, 10, 0.1, [0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    prepare = TrainBatch(make_config(f"aug={preset}").aug, 10, 0.1, [0.5] * 3, [0.25] * 3, torch.device("cpu"))
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (16,))
-    prepare(images, labels)  # places the per-op tables, as the first eager step would
+    if warm:
+        prepare(images, labels)
     torch._dynamo.reset()
     explained = torch._dynamo.explain(prepare)(images, labels)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
