@@ -508,3 +508,34 @@ def test_swin_v2_trains_on_digits_and_resumes_exactly(tmp_path):
     # a V1 run cannot continue from a V2 checkpoint, and says why
     with pytest.raises(checkpoint.CheckpointError, match=r"model.version=2 in the checkpoint vs 1 here"):
         Trainer(config("epochs=2", f"resume={tmp_path / 'whole'}"), tmp_path / "v1")
+
+
+def test_the_cifar100_recipe_trains_on_torchvision_s_cifar100_files(monkeypatch, tmp_path):
+    """experiment=cifar100_swin reads CIFAR-100 as torchvision keeps it (cifar-100-python: the
+    fine labels and their names), builds a 100-class head and trains a step. The files are made
+    here, so torchvision's checksums of the real ones are waived."""
+    import pickle
+
+    import numpy as np
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)
+    monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    folder = tmp_path / "cifar" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 200), ("test", 100)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "fine_labels": [i % 100 for i in range(n)], "coarse_labels": [i % 20 for i in range(n)]}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class{i:02d}" for i in range(100)]}, f)
+    cfg = make_config("experiment=cifar100_swin", f"data.root={tmp_path / 'cifar'}", "data.download=false",
+                      "train.precision=fp32", "train.compile=false", "epochs=1", "train.max_steps_per_epoch=1",
+                      "data.batch_size=12", "threads=1")
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.data.num_classes == 100 and trainer.data.classes[:2] == ["class00", "class01"]
+    assert trainer.model.head.out_features == 100 and len(trainer.data.test) == 100
+    results = trainer.fit()
+    assert results["steps"] == 1 and results["test_acc"] is not None
