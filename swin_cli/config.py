@@ -502,5 +502,8 @@ def validate(cfg: Any) -> None:
     _check(es.patience is None or es.patience >= 1,
            f"train.early_stopping.patience must be >= 1 or null (got {es.patience})")
     _check(es.min_delta >= 0, f"train.early_stopping.min_delta must be >= 0 (got {es.min_delta})")
+    _check(not (t.compile_optimizer and plain(t.precision) == "fp16"),
+           "train.compile_optimizer does not work with train.precision=fp16 (its GradScaler decides on the host "
+           "whether to skip each step): use bf16, or leave the optimizer step eager")
     _check(t.time_limit_min is None or t.time_limit_min > 0,
            f"train.time_limit_min must be > 0 or null (got {t.time_limit_min})")

@@ -62,8 +62,9 @@ class ParameterUpdate:
     compiled: clipping, the optimizer and the EMA run as one compiled function (four graphs:
     torch.optim breaks the graph on either side of its step so that no_grad holds inside), fused
     kernels on a GPU rather than a multi-tensor launch per op and parameter group. The lr is then
-    a tensor (use_tensor_lr), so the schedule never recompiles it. fp16 is left eager: its
-    GradScaler decides on the host whether to skip each step."""
+    a tensor (use_tensor_lr), so the schedule never recompiles it. fp16 stays eager (the config
+    refuses train.compile_optimizer with it): its GradScaler decides on the host whether to skip
+    each step."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scheduler, model: nn.Module,
                  grad_clip: Optional[float], ema: Optional[EMA] = None, compiled: bool = False,

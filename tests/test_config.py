@@ -65,6 +65,7 @@ def test_unknown_key_and_wrong_type_rejected_by_schema():
     (["data=imagefolder"], "data=imagefolder needs data.root"),
     (["data.val_fraction=1.0"], "data.val_fraction must be in [0, 1)"),
     (["train.time_limit_min=0"], "train.time_limit_min must be > 0 or null"),
+    (["train.compile_optimizer=true", "train.precision=fp16"], "train.compile_optimizer does not work with train.precision=fp16"),
 ])
 def test_out_of_range_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as info:
