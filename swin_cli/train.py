@@ -272,10 +272,17 @@ class Trainer:
                     self.first_step_s = time.time() - self.start_time
                 if self.on_step is not None:
                     self.on_step(self)
-                # All ranks must stop at the same step, or DDP's next all-reduce would hang.
-                stopping = distributed.any_rank(stop.signum is not None, self.device)
                 last_of_epoch = self.step_in_epoch == self.steps_per_epoch
-                if len(recent) >= cfg.log.interval or last_of_epoch or stopping:
+                log_point = len(recent) >= cfg.log.interval or last_of_epoch
+                # All ranks must stop at the same step, or DDP's next all-reduce would hang. Agreeing
+                # is an all-reduce the host waits for, so under torchrun it happens at log points
+                # only (where the loss check waits anyway): a stop request lands within
+                # log.interval steps instead of a sync every step.
+                if self.world == 1:
+                    stopping = stop.signum is not None
+                else:
+                    stopping = log_point and distributed.any_rank(stop.signum is not None, self.device)
+                if log_point or stopping:
                     self._check_finite(recent)
                     recent = []
                     self.running["data_time"] += self.prep_timer.collect()

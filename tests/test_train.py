@@ -539,3 +539,28 @@ def test_the_cifar100_recipe_trains_on_torchvision_s_cifar100_files(monkeypatch,
     assert trainer.model.head.out_features == 100 and len(trainer.data.test) == 100
     results = trainer.fit()
     assert results["steps"] == 1 and results["test_acc"] is not None
+
+
+def test_under_torchrun_ranks_agree_on_a_stop_at_log_points_only(monkeypatch, tmp_path):
+    """Agreeing on a stop request is an all-reduce the host waits for; with several processes it
+    happens every log.interval steps, not every step, and a SIGTERM after step 2 stops all ranks
+    together at step 4, the next log point, with a resumable checkpoint. (The loop's view of two
+    processes: world=2, the all-reduce counted.)"""
+    import swin_cli.train as train_module
+    from swin_cli.interrupt import TrainingInterrupted
+
+    agreed: list[int] = []
+    monkeypatch.setattr(train_module.distributed, "any_rank",
+                        lambda flag, device: agreed.append(trainer.global_step) or flag)
+    trainer = Trainer(config("epochs=1", "log.interval=4", "train.max_steps_per_epoch=10"), tmp_path)
+    trainer.world = 2
+    trainer.fit()
+    assert agreed == [4, 8, 10]
+    agreed.clear()
+    trainer = Trainer(config("epochs=1", "log.interval=4", "train.max_steps_per_epoch=10"), tmp_path / "stopped")
+    trainer.world = 2
+    stop_at(trainer, 2)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    assert agreed == [4]
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)["step_in_epoch"] == 4
