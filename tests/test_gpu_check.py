@@ -3,6 +3,7 @@ GPU, and its exit code says whether every part passed."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -78,3 +79,18 @@ def test_the_default_runs_the_benchmarks_then_timm_then_the_headline_and_parts_p
     proc = gpu_check(tmp_path / "b", PARTS="headline tta nonsense")
     assert proc.returncode == 1 and "nonsense (unknown part)" in proc.stderr
     assert started(tmp_path / "b" / "out") == ["cifar10_swin", "tta_flip"]
+
+
+def test_the_summary_says_when_the_headline_stopped_short(tmp_path):
+    run = tmp_path / "runs" / "cifar10_swin"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,val_acc,ema_val_acc,train_img_per_s,data_time_s,epoch_time_s\n"
+                                     "1,40.0,,9000,1,10\n2,60.0,61.5,10000,1,10\n")
+    (run / "results.json").write_text(json.dumps({
+        "test_acc": 60.25, "wall_time_s": 540.0,
+        "stopped_early": {"epoch": 2, "reason": "train.time_limit_min=8: 8.1 min so far"}}))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_summary.py"), str(tmp_path)],
+                          capture_output=True, text=True, check=True)
+    row, = [line for line in proc.stdout.splitlines() if line.startswith("| cifar10_swin")]
+    assert row == ("| cifar10_swin | 2 | 61.50 | 60.25 (stopped after epoch 2: train.time_limit_min=8: 8.1 min so far)"
+                   " | 10,000 | 10.0% | 540 |")
