@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from swin_cli.augment import TrainBatch, model_input
 from swin_cli.build import (autocast, build_model, build_optimizer, build_scheduler, configure_device, select_device,
-                            training_module)
+                            training_module, uses_cuda_graphs)
 from swin_cli.config import plain
 from swin_cli.model import count_parameters
 from swin_cli.peaks import device_peak, matmul_dtype
@@ -142,7 +142,7 @@ class BenchmarkRun:
     def train_step(self, i: int) -> torch.Tensor:
         """Trainer._train_step for one micro-batch: prepare (timed), forward, backward, step."""
         images, labels = self.batch_at(i)
-        if self.cfg.train.compile and plain(self.cfg.train.compile_mode) == "reduce-overhead":
+        if uses_cuda_graphs(self.cfg.train):
             torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
         self.timer.start()

@@ -109,6 +109,11 @@ def training_module(model: nn.Module, device: torch.device, processes: int, comp
     return torch.compile(module, mode=compile_mode) if compile else module
 
 
+def uses_cuda_graphs(train_cfg: Any) -> bool:
+    """Whether the compiled step replays CUDA graphs, whose every step must then be marked."""
+    return bool(train_cfg.compile) and plain(train_cfg.compile_mode) == "reduce-overhead"
+
+
 def model_from_checkpoint(state: dict[str, Any]) -> SwinTransformer:
     """The model a checkpoint (from `checkpoint.load`) describes, with the weights that scored
     best on validation loaded, in eval mode on the CPU."""

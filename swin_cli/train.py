@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from swin_cli import __version__, checkpoint, distributed
 from swin_cli.augment import TrainBatch, model_input
 from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, check_pretrained,
-                            configure_device, select_device, training_module)
+                            configure_device, select_device, training_module, uses_cuda_graphs)
 from swin_cli.config import plain
 from swin_cli.data import (DataBundle, DataError, EpochPlan, LoaderDied, Split, eval_batch_size, load_data,
                            loader_death, place_data, step_seed)
@@ -98,7 +98,7 @@ class Trainer:
         self.model = build_model(cfg.model, cfg.data.image_size, self.data.in_chans, self.data.num_classes)
         self.model.to(self.device)
         compile_mode = plain(cfg.train.compile_mode)
-        self.cudagraphs = cfg.train.compile and compile_mode == "reduce-overhead"
+        self.cudagraphs = uses_cuda_graphs(cfg.train)
         self.forward_model = training_module(self.model, self.device, self.world, cfg.train.compile, compile_mode)
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device, cfg.train.compile_optimizer)
