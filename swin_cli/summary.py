@@ -55,9 +55,11 @@ def augment_text(a: Any) -> str:
     """The augmentation a training batch actually gets, op by op ("none" when it gets none),
     whatever the aug preset is called: aug=none with aug.auto_augment=trivialaugment is
     "trivialaugment"."""
+    policy = plain(a.auto_augment)
+    if policy == "autoaugment":  # which learnt policy
+        policy += f" {plain(a.autoaugment_policy)}"
     ops = [f"crop pad {a.crop_padding}" if a.crop_padding else "", "hflip" if a.hflip else "",
-           {"none": "", "autoaugment": f"autoaugment {plain(a.autoaugment_policy)}"}.get(plain(a.auto_augment),
-                                                                                   plain(a.auto_augment)),
+           "" if policy == "none" else policy,
            f"erase {a.random_erasing}" if a.random_erasing else "",
            f"mixup {a.mixup_alpha}" if a.mixup_alpha else "", f"cutmix {a.cutmix_alpha}" if a.cutmix_alpha else ""]
     return ", ".join(x for x in ops if x) or "none"

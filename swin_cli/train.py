@@ -278,10 +278,7 @@ class Trainer:
                 # is an all-reduce the host waits for, so under torchrun it happens at log points
                 # only (where the loss check waits anyway): a stop request lands within
                 # log.interval steps instead of a sync every step.
-                if self.world == 1:
-                    stopping = stop.signum is not None
-                else:
-                    stopping = log_point and distributed.any_rank(stop.signum is not None, self.device)
+                stopping = (self.world == 1 or log_point) and distributed.any_rank(stop.signum is not None, self.device)
                 if log_point or stopping:
                     self._check_finite(recent)
                     recent = []
