@@ -25,14 +25,32 @@ def make_config(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+def _swin_train(args, env: dict | None) -> tuple[list[str], dict]:
+    exe = Path(sys.executable).with_name("swin-train")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "swin_cli"]
+    return cmd + list(args), {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None,
             **kwargs) -> subprocess.CompletedProcess:
     """Run the real swin-train console script (installed by `pip install -e .`)."""
-    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
-    exe = Path(sys.executable).with_name("swin-train")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "swin_cli"]
-    return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    cmd, env = _swin_train(args, env)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def run_cli_together(arg_lists: list[list[str]], cwd: Path, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Several swin-train runs at once (they spend most of their time importing, one core each),
+    each result as `run_cli` gives it. The runs must not share a run dir."""
+    procs = []
+    for args in arg_lists:
+        cmd, env = _swin_train(args, None)
+        procs.append((cmd, subprocess.Popen(cmd, cwd=cwd, env=env, text=True,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+    results = []
+    for cmd, proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
+    return results
 
 
 
