@@ -42,6 +42,23 @@ def test_digits_offline_splits_are_fixed_and_disjoint():
     assert a.train.images.dtype == torch.uint8 and a.train.images.max() > 200
 
 
+def test_digits_are_scikit_learn_s_read_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from swin_cli.data.sources import digits_arrays
+
+    images, labels = digits_arrays()
+    reference = sklearn_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+    probe = ("import sys; from swin_cli.data.sources import digits_arrays; digits_arrays(); "
+             "print('sklearn' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+
 def test_imagefolder_reads_classes_resizes_and_holds_out_val(tmp_path):
     root = write_folder(tmp_path / "imgs")
     data = load_data(folder_config(root, tmp_path, "data.val_fraction=0.25"))

@@ -8,6 +8,7 @@ storage then decodes once into memory or while training (swin_cli/data/storage.p
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
@@ -96,13 +97,27 @@ def hold_out_order(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, to
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
-def load_digits() -> SourceData:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as (images N x 8 x 8 of 0..16 counts, labels). Read straight from the
+    CSV that scikit-learn bundles where it can be found: importing sklearn (and with it scipy)
+    takes longer than a tiny model's whole run, and digits is the default data set."""
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        bundled = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if bundled.is_file():
+            table = np.loadtxt(bundled, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits as sklearn_digits
 
     digits = sklearn_digits()
+    return digits.images, digits.target.astype(np.int64)
+
+
+def load_digits() -> SourceData:
+    images, labels = digits_arrays()
     # Pixel values are 0..16 counts; spread them over the uint8 range.
-    images = torch.from_numpy(np.rint(digits.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
-    whole = ImageSplit(images, torch.from_numpy(digits.target.astype(np.int64)))
+    images = torch.from_numpy(np.rint(images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
+    whole = ImageSplit(images, torch.from_numpy(labels))
     # sklearn ships no test split: a fixed 20% of the set, independent of data.split_seed so
     # that test accuracy is comparable across runs with different validation splits.
     kept, held = hold_out_order(len(whole), 0.2, seed=1234)
