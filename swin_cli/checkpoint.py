@@ -14,9 +14,10 @@ import os
 import shlex
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional, Sequence
+from typing import IO, Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -88,6 +89,51 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise CheckpointError(f"could not write checkpoint {path}: {why}; "
                               f"the previous checkpoint there is untouched") from None
+
+
+def cpu_copy(state: Any) -> Any:
+    """`state` with every tensor copied to the CPU, sharing no memory with the live ones: what a
+    background write saves cannot change while training goes on."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: cpu_copy(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_copy(value) for value in state)
+    return state
+
+
+class BackgroundWriter:
+    """Writes a run's checkpoints on a thread of their own, so that training does not wait for
+    serialising and fsyncing them (torch.save releases the GIL for most of it). One write at a
+    time: `submit` first waits for the write before it, so files land in order, at most one
+    snapshot is held, and an error of that write (a full disk) is raised in the training thread.
+    A crash mid-write leaves the previous file, as every atomic write does."""
+
+    def __init__(self) -> None:
+        self.pool: Optional[ThreadPoolExecutor] = None
+        self.pending: Optional[Future] = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swin-cli-checkpoint")
+        self.pending = self.pool.submit(write)
+
+    def wait(self) -> None:
+        """Block until the last submitted write is on disk; raise its error if it failed."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last write (its error raised) and end the thread."""
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
 
 
 def copy_atomic(source: Path, target: Path) -> None:

@@ -1,4 +1,5 @@
-"""best.pt holds what evaluation, export and fine-tuning need, and nothing a resume needs."""
+"""best.pt holds what evaluation, export and fine-tuning need, and nothing a resume needs; the
+epoch-end checkpoints are written while the next epoch trains, in order, errors surfacing."""
 
 from __future__ import annotations
 
@@ -37,3 +38,79 @@ def test_best_pt_keeps_the_weights_without_the_training_state_and_every_reader_w
     # Resuming reads last.pt; pointed at best.pt it says so in one line.
     with pytest.raises(SwinCliError, match=r"best.pt holds only the best weights.*resume from .*last.pt"):
         Trainer(make_config(*TINY_MODEL, "data=digits", "epochs=2", f"resume={best_path}"), tmp_path / "again")
+
+
+FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
+
+
+def slow_writes(monkeypatch, seconds: float, fail_on: int = 0) -> list[dict]:
+    """Make every checkpoint write off the main thread take `seconds` (and the `fail_on`-th
+    write, counting from 1, fail with a full disk); returns what each write saved, with the
+    thread that saved it."""
+    import errno
+    import threading
+    import time
+
+    real_save, saved = checkpoint.save_atomic, []
+
+    def save(state, path):
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(seconds)
+        saved.append({"path": path.name, "thread": threading.current_thread().name,
+                      "state": checkpoint.cpu_copy(state)})
+        if len(saved) == fail_on:
+            raise checkpoint.CheckpointError(f"could not write checkpoint {path}: "
+                                             f"{errno.errorcode[errno.ENOSPC]}; the previous checkpoint there is untouched")
+        real_save(state, path)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", save)
+    return saved
+
+
+def test_epoch_end_checkpoints_are_written_while_training_goes_on_and_hold_the_epoch_s_own_state(
+        tmp_path, monkeypatch):
+    saved = slow_writes(monkeypatch, 0.3)
+    trainer = Trainer(make_config(*FAST, "epochs=3"), tmp_path / "run")
+    at_epoch_end = {}
+
+    def on_step(t: Trainer) -> None:  # the weights as the last step of each epoch left them
+        if t.step_in_epoch == t.steps_per_epoch:
+            at_epoch_end[t.epoch + 1] = {k: v.clone() for k, v in t.model.state_dict().items()}
+
+    trainer.on_step = on_step
+    trainer.fit()
+    lasts = [s for s in saved if s["path"] == "last.pt"]
+    assert [s["state"]["epoch"] for s in lasts] == [1, 2, 3]
+    assert all(s["thread"].startswith("swin-cli-checkpoint") for s in saved)
+    # Written 0.3 s after its epoch ended, while the next one trained: still that epoch's weights.
+    for s in lasts:
+        weights = at_epoch_end[s["state"]["epoch"]]
+        assert all(torch.equal(s["state"]["model"][k], weights[k]) for k in weights)
+    assert not all(torch.equal(at_epoch_end[1][k], at_epoch_end[2][k]) for k in at_epoch_end[1])
+    # Everything is on disk when fit returns: last.pt is the final epoch's.
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["epoch"] == 3
+
+
+def test_a_stop_request_during_a_pending_write_leaves_its_own_checkpoint_last(tmp_path, monkeypatch):
+    import signal
+
+    from swin_cli.interrupt import TrainingInterrupted
+
+    saved = slow_writes(monkeypatch, 1.5)  # longer than epoch 2's first steps and first curves.png
+    trainer = Trainer(make_config(*FAST, "epochs=3"), tmp_path / "run")
+    trainer.on_step = lambda t: signal.raise_signal(signal.SIGTERM) if t.global_step == 6 else None
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    last = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert (last["epoch"], last["step_in_epoch"]) == (1, 2)  # the interrupt's, not epoch 1's late write
+    assert [s["state"]["step_in_epoch"] for s in saved if s["path"] == "last.pt"] == [0, 2]
+
+
+def test_a_failed_background_write_stops_the_run_with_its_one_line_error(tmp_path, monkeypatch):
+    slow_writes(monkeypatch, 0.0, fail_on=3)  # epoch 1: last.pt, best.pt; epoch 2: last.pt fails
+    trainer = Trainer(make_config(*FAST, "epochs=4"), tmp_path / "run")
+    with pytest.raises(checkpoint.CheckpointError, match=r"could not write checkpoint .*last.pt: ENOSPC"):
+        trainer.fit()
+    assert trainer.epoch <= 3  # found at the next epoch's end at the latest, not after the run
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["epoch"] == 1  # the previous one, untouched
+

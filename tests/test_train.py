@@ -564,3 +564,12 @@ def test_under_torchrun_ranks_agree_on_a_stop_at_log_points_only(monkeypatch, tm
         trainer.fit()
     assert agreed == [4]
     assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)["step_in_epoch"] == 4
+
+
+def test_curves_png_is_redrawn_at_most_every_30_s_and_always_with_every_epoch_at_the_end(tmp_path, monkeypatch):
+    from swin_cli import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "plot_curves", lambda history, path: drawn.append(len(history)))
+    Trainer(config("epochs=3"), tmp_path / "run").fit()
+    assert drawn == [1, 3]  # epoch 1 (a run's first picture), then the end; epochs took < 30 s
