@@ -350,8 +350,8 @@ class Trainer:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             step = self.global_step - len(recent) + int(bad[0]) + 1
+            self.writer.wait()  # the last epoch's checkpoint may still be on its way
             last = self.run_dir / "last.pt"
-            self.writer.wait()
             kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
             raise NonFiniteLoss(f"the loss became {losses[bad[0]].item()} at step {step} (epoch {self.epoch + 1}); "
                                 f"stopped, {kept}. Try a lower optimizer.lr or train.grad_clip=1.0")
@@ -414,7 +414,8 @@ class Trainer:
 
     def _watch_clock(self) -> None:
         """train.time_limit_min: stop after this epoch when the next one, as long as the longest
-        so far in this process (validation included), would end past the limit."""
+        so far in this process (validation included), would end past the limit on any rank
+        (each has its own clock, and a rank that went on alone would wait in DDP forever)."""
         now = time.time()
         self.epoch_ends.append(now)
         limit = self.cfg.train.time_limit_min
@@ -422,7 +423,7 @@ class Trainer:
             return
         starts = [self.start_time, *self.epoch_ends[:-1]]
         longest = max(end - start for start, end in zip(starts, self.epoch_ends))
-        if now + longest > self.start_time + 60.0 * limit:
+        if distributed.any_rank(now + longest > self.start_time + 60.0 * limit, self.device):
             self.out_of_time = (f"train.time_limit_min={limit:g}: {(now - self.start_time) / 60:.1f} min so far, "
                                 f"and another epoch would take up to {longest / 60:.1f}")
 

@@ -397,6 +397,24 @@ def test_a_time_limit_stops_before_an_epoch_that_would_overrun_and_tests_the_bes
     assert again.fit()["epochs"] == 4
 
 
+
+def test_a_time_limit_reached_on_another_rank_stops_this_one_at_the_same_epoch(monkeypatch, tmp_path):
+    from swin_cli import distributed
+
+    asked_at_epoch_end = []
+
+    def any_rank(flag, device):  # rank 0 of two, whose other rank is out of time after epoch 1
+        if trainer.step_in_epoch:  # a step's stop-request check
+            return flag
+        asked_at_epoch_end.append(flag)
+        return flag or trainer.epoch == 1
+
+    trainer = Trainer(config("epochs=4", "train.time_limit_min=60"), tmp_path / "run")
+    monkeypatch.setattr(distributed, "any_rank", any_rank)
+    results = trainer.fit()
+    assert asked_at_epoch_end == [False]  # here, an hour was far off
+    assert results["epochs"] == 1 and results["stopped_early"]["reason"].startswith("train.time_limit_min=60")
+
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     from swin_cli.augment import Normalize
     from swin_cli.data import ImageSplit
