@@ -15,6 +15,8 @@ SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpg"
 # A model small enough that a training step takes milliseconds on one CPU core.
 TINY_MODEL = ["model.embed_dim=8", "model.depths=[1,1]", "model.num_heads=[2,2]", "model.window_size=4",
               "data.image_size=16", "model.patch_size=2"]
+# ... trained on digits for epochs of four steps: a whole Trainer run in about a second.
+FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
 
 
 def make_config(*overrides: str) -> DictConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY_MODEL, make_config
+from conftest import FAST, TINY_MODEL, make_config
 from swin_cli import checkpoint
 from swin_cli.build import build_model, model_from_checkpoint
 from swin_cli.errors import SwinCliError
@@ -38,9 +38,6 @@ def test_best_pt_keeps_the_weights_without_the_training_state_and_every_reader_w
     # Resuming reads last.pt; pointed at best.pt it says so in one line.
     with pytest.raises(SwinCliError, match=r"best.pt holds only the best weights.*resume from .*last.pt"):
         Trainer(make_config(*TINY_MODEL, "data=digits", "epochs=2", f"resume={best_path}"), tmp_path / "again")
-
-
-FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
 
 
 def slow_writes(monkeypatch, seconds: float, fail_on: int = 0) -> list[dict]:
@@ -113,4 +110,3 @@ def test_a_failed_background_write_stops_the_run_with_its_one_line_error(tmp_pat
         trainer.fit()
     assert trainer.epoch <= 3  # found at the next epoch's end at the latest, not after the run
     assert checkpoint.load(tmp_path / "run" / "last.pt")["epoch"] == 1  # the previous one, untouched
-

@@ -13,15 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL, make_config
+from conftest import FAST, make_config
 from swin_cli import checkpoint
 from swin_cli.errors import NonFiniteLoss, SwinCliError
 from swin_cli.build import lr_factor, resolve_attn_impl, select_device
 from swin_cli.interrupt import TrainingInterrupted
 from swin_cli.records import TIMING_FIELDS
 from swin_cli.train import Trainer
-
-FAST = [*TINY_MODEL, "data=digits", "data.batch_size=32", "train.max_steps_per_epoch=4", "threads=1"]
 
 
 def config(*overrides: str):
@@ -397,7 +395,6 @@ def test_a_time_limit_stops_before_an_epoch_that_would_overrun_and_tests_the_bes
     assert again.fit()["epochs"] == 4
 
 
-
 def test_a_time_limit_reached_on_another_rank_stops_this_one_at_the_same_epoch(monkeypatch, tmp_path):
     from swin_cli import distributed
 
@@ -414,6 +411,7 @@ def test_a_time_limit_reached_on_another_rank_stops_this_one_at_the_same_epoch(m
     results = trainer.fit()
     assert asked_at_epoch_end == [False]  # here, an hour was far off
     assert results["epochs"] == 1 and results["stopped_early"]["reason"].startswith("train.time_limit_min=60")
+
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     from swin_cli.augment import Normalize
