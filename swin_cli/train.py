@@ -9,7 +9,6 @@ random draws the uninterrupted run would have made.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import sys
@@ -28,7 +27,7 @@ from swin_cli.augment import TrainBatch, model_input
 from swin_cli.build import (autocast, batch_plan, build_model, build_optimizer, build_scheduler, check_pretrained,
                             configure_device, select_device, training_module, uses_cuda_graphs)
 from swin_cli.config import plain
-from swin_cli.data import (DataBundle, DataError, EpochPlan, LoaderDied, Split, eval_batch_size, load_data,
+from swin_cli.data import (DataBundle, EpochPlan, LoaderDied, Split, debug_subset, eval_batch_size, load_data,
                            loader_death, place_data, step_seed)
 from swin_cli.errors import NonFiniteLoss
 from swin_cli.evaluate import evaluate_split
@@ -47,27 +46,6 @@ Evaluator = Callable[[nn.Module, Split, bool], tuple[float, float, Optional[torc
 def fresh_running() -> dict[str, float]:
     """Sums over the current epoch's steps so far (saved in mid-epoch checkpoints)."""
     return {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0, "data_time": 0.0}
-
-
-def debug_subset(data: DataBundle, cfg: Any, processes: int) -> DataBundle:
-    """The splits a debug run uses: with train.overfit_batches, the first that many batches of
-    the training split, validated on themselves (in eval mode, so a model that fits them scores
-    ~100% there too); with train.limit_eval_batches, the first that many eval batches of the
-    validation and test splits. The data as it is otherwise."""
-    t = cfg.train
-    if not (t.overfit_batches or t.limit_eval_batches):
-        return data
-    train, val, test = data.train, data.val, data.test
-    if not all(hasattr(split, "subset") for split in (train, val, test)):
-        raise DataError(f"train.overfit_batches / train.limit_eval_batches (debug=fast, debug=overfit) need "
-                        f"random access to the data, which data={plain(cfg.data.name)} does not give")
-    if t.overfit_batches:
-        batch_images = min(cfg.data.batch_size, len(train)) * t.accumulate * processes
-        train = val = train.subset(torch.arange(min(len(train), t.overfit_batches * batch_images)))
-    if t.limit_eval_batches:
-        keep = t.limit_eval_batches * eval_batch_size(cfg.data)
-        val, test = (split.subset(torch.arange(min(len(split), keep))) for split in (val, test))
-    return dataclasses.replace(data, train=train, val=val, test=test)
 
 
 class Trainer:

@@ -12,6 +12,7 @@ batch interface the rest of swin-cli reads. Everything outside this package impo
     storage.py     which storage and transforms a config gets; load_data
 """
 
+from swin_cli.data.debug import debug_subset
 from swin_cli.data.decode import IMAGE_EXTENSIONS, guess_channels, open_image, to_mode
 from swin_cli.data.sources import DataError, FileSamples, Samples, list_classes
 from swin_cli.data.splits import Batch, EpochPlan, ImageSplit, Split, epoch_order, step_seed
@@ -23,5 +24,5 @@ from swin_cli.data.transforms import CenterCrop, RandomResizedCrop, Squash
 
 __all__ = ["IMAGE_EXTENSIONS", "Batch", "CenterCrop", "DataBundle", "DataError", "EpochPlan", "FileSamples",
            "ImageSplit", "LoaderDied", "RandomResizedCrop", "Samples", "Split", "Squash", "StreamSplit",
-           "channel_stats", "crop_pct", "epoch_order", "eval_batch_size", "eval_transform", "guess_channels",
+           "channel_stats", "crop_pct", "debug_subset", "epoch_order", "eval_batch_size", "eval_transform", "guess_channels",
            "list_classes", "load_data", "loader_death", "open_image", "place_data", "step_seed", "to_mode", "train_crop"]
