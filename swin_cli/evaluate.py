@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from swin_cli import checkpoint, distributed
+from swin_cli.atomic_io import write_text_atomic
 from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
-from swin_cli.checkpoint import write_text_atomic
 from swin_cli.config import plain
 from swin_cli.data import IMAGE_EXTENSIONS, Split, eval_batch_size, eval_transform, load_data
 from swin_cli.errors import SwinCliError
@@ -170,7 +170,7 @@ def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[s
     and its classes: the checkpoint's model in torch, or with predict_backend=onnx its export
     (swin-export) under ONNX Runtime, so a user sees the deployed model's answers."""
     if plain(cfg.predict_backend) == "onnx":
-        from swin_cli.export import OnnxClassifier, default_output, resolve_checkpoint
+        from swin_cli.onnx_runtime import OnnxClassifier, default_output, resolve_checkpoint
 
         path = default_output(resolve_checkpoint(cfg.ckpt), "onnx", None)
         if not path.is_file():

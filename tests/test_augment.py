@@ -91,6 +91,24 @@ def test_auto_augment_accepts_an_enum_and_rejects_unknown_names():
         BatchAugment(aug_cfg(auto_augment="augmix"))
 
 
+def test_a_new_policy_is_one_entry_where_auto_augment_is_chosen(monkeypatch):
+    from swin_cli.augment import AUTO_AUGMENTS
+
+    made_for = []
+
+    def build_invert(cfg, device):
+        made_for.append(device)
+        return lambda images, generator=None: 255 - images
+
+    monkeypatch.setitem(AUTO_AUGMENTS, "invert", build_invert)
+    images = identical_batch(3, 3)
+    aug = BatchAugment(aug_cfg(auto_augment="invert"), torch.device("cpu"))
+    assert made_for == [torch.device("cpu")] and aug.active
+    assert torch.equal(aug(images), 255 - images)
+    with pytest.raises(ValueError, match="must be one of none, randaugment, trivialaugment, autoaugment, invert "):
+        BatchAugment(aug_cfg(auto_augment="augmix"))
+
+
 def torchvision_op(image: torch.Tensor, op: str, bin_: int, negate: bool, space) -> torch.Tensor:
     """The reference: torchvision's single-image functional op with our magnitude spaces."""
     level, sign = bin_ / MAX_BIN, -1.0 if negate else 1.0

@@ -22,7 +22,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from swin_cli import export as ex  # noqa: E402
+from swin_cli.errors import SwinCliError  # noqa: E402
+from swin_cli.export_config import KEYS, export_args, register  # noqa: E402
 from swin_cli.model import SwinTransformer  # noqa: E402
+from swin_cli.onnx_runtime import OnnxClassifier, missing_extra_message  # noqa: E402
 
 # Image 20, patch 2: a 10x10 map, padded to 12 for window 4, shifted by 2 with a mask; after
 # merging a 5x5 map, padded to 8, shifted and masked again.
@@ -77,7 +80,7 @@ def test_onnx_matches_torch_with_shift_mask_padding_and_dynamic_batch(tmp_path, 
     _exercised(model)
     path = tmp_path / "m.onnx"
     ex.export_onnx(model, torch.randn(ex.EXAMPLE_BATCH, 3, 20, 20), path, exporter)
-    runner = ex.OnnxClassifier(path, sidecar=False)
+    runner = OnnxClassifier(path, sidecar=False)
     assert runner.input_name == "images" and runner.output_name == "logits"
     assert isinstance(runner.input_shape[0], str) and runner.input_shape[1:] == [3, 20, 20]  # dynamic batch
     inputs = torch.randn(7, 3, 20, 20, generator=torch.Generator().manual_seed(1))
@@ -107,9 +110,21 @@ def _swin_export(*args: str, cwd: Path, env: dict | None = None) -> subprocess.C
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
+def composed_args(*overrides: str) -> dict:
+    """swin-export's arguments as its command line composes them (conf/export.yaml)."""
+    from hydra import compose, initialize_config_module
+
+    register()
+    with initialize_config_module("swin_cli.conf", version_base="1.3"):
+        return export_args(compose("export", list(overrides)))
+
+
 def test_swin_export_console_script_on_a_run_dir(trained_run):
+    before = sorted(os.listdir(trained_run.parent))
     proc = _swin_export(f"ckpt={trained_run}", "batch=6", cwd=trained_run.parent)
     assert proc.returncode == 0, proc.stderr
+    # Hydra composed the arguments and left nothing in the folder it ran in (no run dir, .hydra, log).
+    assert sorted(os.listdir(trained_run.parent)) == before
     match = re.search(r"ONNX Runtime \(CPU\) vs torch on test images of data=digits: max abs diff (\S+)",
                       proc.stdout)
     assert match and float(match.group(1)) <= 1e-4, proc.stdout
@@ -129,7 +144,7 @@ def test_swin_export_console_script_on_a_run_dir(trained_run):
     from swin_cli.augment import Normalize
     from swin_cli.build import model_from_checkpoint
 
-    clf = ex.OnnxClassifier(onnx_file)
+    clf = OnnxClassifier(onnx_file)
     assert clf.classes == meta["classes"] and clf.mean == meta["mean"] and clf.image_size == 20
     state = checkpoint.load(trained_run / "best.pt")
     images, where = ex.sample_images(state, 5)
@@ -139,20 +154,20 @@ def test_swin_export_console_script_on_a_run_dir(trained_run):
         expected = model_from_checkpoint(state)(x)
     got = clf(x)
     assert got.shape == (5, 10) and (got - expected).abs().max() <= 1e-4
-    with pytest.raises(ex.SwinCliError, match="takes images of shape"):
+    with pytest.raises(SwinCliError, match="takes images of shape"):
         clf(torch.zeros(2, 3, 20, 20))
 
 
 def test_torchscript_export_and_a_failed_check_writes_nothing(trained_run, tmp_path, monkeypatch, capsys):
-    meta = ex.export(ex.parse_args([f"ckpt={trained_run / 'best.pt'}", "format=torchscript", f"out={tmp_path}"]))
+    meta = ex.export(composed_args(f"ckpt={trained_run / 'best.pt'}", "format=torchscript", f"out={tmp_path}"))
     out = tmp_path / "best.torchscript.pt"
     assert meta["check"]["max_abs_diff"] <= 1e-4 and out.is_file()
     assert json.loads((tmp_path / "best.torchscript.pt.json").read_text())["format"] == "torchscript"
     assert "max abs diff" in capsys.readouterr().out
 
     monkeypatch.setattr(ex, "TOLERANCE", -1.0)  # no difference can pass
-    with pytest.raises(ex.SwinCliError, match="nothing written"):
-        ex.export(ex.parse_args([f"ckpt={trained_run}", "format=torchscript", f"out={tmp_path / 'bad.pt'}"]))
+    with pytest.raises(SwinCliError, match="nothing written"):
+        ex.export(composed_args(f"ckpt={trained_run}", "format=torchscript", f"out={tmp_path / 'bad.pt'}"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.torchscript.pt", "best.torchscript.pt.json"]
 
 
@@ -164,36 +179,70 @@ def test_missing_extra_is_one_line_naming_it(trained_run, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == ('swin-export: error: ONNX export needs onnxruntime, which is not installed: '
                                    'pip install "swin-cli[export]"')
-    assert "swin-cli[export]" in ex.missing_extra_message(["onnx", "onnxruntime"])
+    assert "swin-cli[export]" in missing_extra_message(["onnx", "onnxruntime"])
 
 
 # ----------------------------------------------------------------------------- arguments
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["ckpt=x", "foo=1"], "unknown key 'foo' (keys: ckpt, format, out, batch, opset, exporter)"),
-    (["ckpt=x", "format=tflite"], "format must be one of onnx, torchscript (got 'tflite')"),
-    (["ckpt=x", "batch=0"], "batch must be a positive integer (got '0')"),
-    (["ckpt=x", "opset=x"], "opset must be a positive integer (got 'x')"),
-    (["ckpt=x", "exporter=jit"], "exporter must be one of dynamo, legacy (got 'jit')"),
+    (["ckpt=x", "foo=1"], "Key 'foo' not in 'ExportConfig' (keys: ckpt, format, out, batch, opset, exporter)"),
+    (["ckpt=x", "+foo=1"], "unknown key 'foo' (keys: ckpt, format, out, batch, opset, exporter)"),
+    (["ckpt=x", "format=tflite"], "format=tflite; Invalid value 'tflite', expected one of [onnx, torchscript]"),
+    (["ckpt=x", "batch=0"], "batch must be a positive integer (got 0)"),
+    (["ckpt=x", "opset=0"], "opset must be a positive integer (got 0)"),
+    (["ckpt=x", "opset=x"], "opset=x; Value 'x' of type 'str' could not be converted to Integer"),
+    (["ckpt=x", "exporter=jit"], "exporter=jit; Invalid value 'jit', expected one of [dynamo, legacy]"),
     (["ckpt=x", "format=torchscript", "opset=17"], "opset= applies only to format=onnx"),
+    (["ckpt=x", "format=torchscript", "exporter=legacy", "opset=17"], "opset= and exporter= apply only to format=onnx"),
     (["format=onnx"], "ckpt=<run dir or .pt> is required"),
-    (["ckpt"], "expected key=value arguments, got 'ckpt'"),
+    (["ckpt="], "ckpt=<run dir or .pt> is required"),
+    (["ckpt"], "Error parsing override 'ckpt'"),
 ])
-def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+def test_bad_arguments_exit_2_with_one_line_and_leave_nothing(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # the one line, not the trace; set back afterwards
     with pytest.raises(SystemExit) as exit_info:
         ex.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("swin-export: error: ") and message in err and err.count("\n") == 1
+    assert err.startswith("swin-export: error: ") and message in err and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
 
 
-def test_help_and_missing_checkpoint(tmp_path, capsys):
+def test_arguments_have_the_old_defaults_and_the_help_names_every_key():
+    assert composed_args("ckpt=run") == {"ckpt": "run", "format": "onnx", "out": None, "batch": 8, "opset": None,
+                                         "exporter": "dynamo"}
+    assert composed_args("ckpt=run/best.pt", "out=model.onnx", "batch=32", "opset=18", "exporter=legacy") == \
+        {"ckpt": "run/best.pt", "format": "onnx", "out": "model.onnx", "batch": 32, "opset": 18, "exporter": "legacy"}
+    assert composed_args("ckpt=run", "format=torchscript")["format"] == "torchscript"
+    for key in KEYS:
+        assert f"\n  {key} " in ex.USAGE
+
+
+def test_help_and_missing_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     ex.main(["--help"])
     assert "usage: swin-export ckpt=" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         ex.main([f"ckpt={tmp_path / 'none.pt'}", "format=torchscript"])
     assert exit_info.value.code == 1 and "checkpoint not found" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("probe", [
+    "import io, contextlib\nfrom swin_cli import export\nwith contextlib.redirect_stdout(io.StringIO()) as out:\n"
+    "    export.main(['--help'])\nassert 'usage: swin-export' in out.getvalue()",
+    # What predict_backend=onnx runs an export with.
+    "from swin_cli.onnx_runtime import OnnxClassifier",
+], ids=["help", "onnx_runtime"])
+def test_help_and_the_onnx_runner_import_neither_torch_nor_the_exporter(probe):
+    check = "\nimport sys\nassert not {'torch', 'swin_cli.export'} & set(sys.modules), 'imported'"
+    if "onnx_runtime" not in probe:
+        check = "\nimport sys\nassert 'torch' not in sys.modules, 'imported torch'"
+    proc = subprocess.run([sys.executable, "-c", probe + check], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_unloadable_data_falls_back_to_random_inputs_and_says_so(tmp_path):

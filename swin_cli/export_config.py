@@ -1,0 +1,78 @@
+"""swin-export's arguments: the schema Hydra fills from `key=value` overrides, and the checks
+that types cannot express.
+
+conf/export.yaml, swin-export's primary config, starts from this schema (`export_schema`), so
+Hydra rejects a misspelt key or a value of the wrong type or outside a choice before anything
+is loaded, as it does for swin-train. Importing this module imports neither torch nor the
+exporter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from swin_cli.config import choices, plain
+from swin_cli.errors import SwinCliError
+
+ExportFormat = choices("ExportFormat", "onnx", "torchscript")
+# dynamo: torch.export-based torch.onnx.export; legacy: the TorchScript-based one.
+Exporter = choices("Exporter", "dynamo", "legacy")
+DEFAULT_EXPORTER = "dynamo"
+
+
+@dataclass
+class ExportConfig:
+    ckpt: str = MISSING  # a checkpoint .pt, or a run dir (its best.pt)
+    format: ExportFormat = ExportFormat.onnx  # type: ignore[attr-defined]
+    out: Optional[str] = None  # the file or folder to write; null: next to the checkpoint
+    batch: int = 8  # images in the check against torch
+    opset: Optional[int] = None  # ONNX only; null: the exporter's own
+    # ONNX only; null: dynamo. A default of null tells "not given" apart from "given with
+    # format=torchscript", which is an error.
+    exporter: Optional[Exporter] = None
+
+
+KEYS = tuple(f.name for f in dataclasses.fields(ExportConfig))
+ONNX_ONLY = ("opset", "exporter")
+
+
+class ArgumentError(SwinCliError):
+    """A bad command line: exit code 2."""
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+
+
+def export_args(cfg: Any) -> dict[str, Any]:
+    """The composed config as plain, checked values: ckpt, format, out, batch, opset, exporter
+    (the default exporter filled in)."""
+    unknown = sorted(set(cfg.keys()) - set(KEYS) - {"hydra"})  # `+key=value` adds keys to any schema
+    if unknown:
+        raise ArgumentError(f"unknown key {unknown[0]!r} (keys: {', '.join(KEYS)})")
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise ArgumentError("ckpt=<run dir or .pt> is required (see --help)")
+    fmt = plain(cfg.format)
+    for key in ("batch", "opset"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ArgumentError(f"{key} must be a positive integer (got {cfg[key]})")
+    given = [key for key in ONNX_ONLY if cfg[key] is not None]
+    if fmt != "onnx" and given:
+        keys = " and ".join(f"{k}=" for k in given)
+        raise ArgumentError(f"{keys} {'apply' if len(given) > 1 else 'applies'} only to format=onnx "
+                            f"(got format={fmt})")
+    exporter = plain(cfg.exporter) if cfg.exporter is not None else DEFAULT_EXPORTER
+    return {"ckpt": str(cfg.ckpt), "format": fmt, "out": cfg.out, "batch": int(cfg.batch),
+            "opset": cfg.opset, "exporter": exporter}
+
+
+def explain(line: str) -> str:
+    """Hydra's one-line error, with the keys swin-export has when it names another."""
+    if "Could not override" in line or "Key '" in line:
+        return f"{line} (keys: {', '.join(KEYS)})"
+    return line
