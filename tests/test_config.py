@@ -79,13 +79,13 @@ def test_experiment_seed_pins_the_notebook_recipe_and_data_can_be_swapped():
     assert cfg.model.name == "nano" and cfg.model.drop_path_rate == 0.0
     assert (cfg.optimizer.name.value, cfg.optimizer.lr, cfg.data.batch_size, cfg.epochs) == ("adam", 1e-4, 16, 10)
     assert list(cfg.data.mean) == [0.5] * 3 and cfg.data.val_fraction == 0.2 and cfg.aug.name == "none"
-    assert cfg.data.name.value == "imagefolder" and cfg.scheduler.name.value == "constant"
+    assert cfg.data.name == "imagefolder" and cfg.scheduler.name.value == "constant"
     validate(cfg)
 
 
 def test_experiment_nano_composes():
     cfg = make_config("experiment=cifar10_nano")
-    assert cfg.data.name.value == "cifar10" and cfg.aug.name == "none" and cfg.data.batch_size == 32
+    assert cfg.data.name == "cifar10" and cfg.aug.name == "none" and cfg.data.batch_size == 32
     assert (cfg.optimizer.name.value, cfg.optimizer.lr, cfg.scheduler.warmup_epochs) == ("adamw", 2e-3, 0.5)
     assert (cfg.model.stem.value, cfg.model.stem_convs) == ("conv", 2)
     validate(cfg)
@@ -105,11 +105,11 @@ def test_experiment_swin_composes_lee_et_al_s_recipe_for_a_gpu():
 
 def test_experiment_cifar100_swin_is_the_same_recipe_on_cifar100_and_data_can_be_swapped():
     cfg, ten = make_config("experiment=cifar100_swin"), make_config("experiment=cifar10_swin")
-    assert cfg.data.name.value == "cifar100"
+    assert cfg.data.name == "cifar100"
     for key in ("model", "aug", "optimizer", "scheduler", "train", "epochs"):
         assert cfg[key] == ten[key], key
     assert (cfg.data.repeats, cfg.data.batch_size, cfg.data.val_fraction) == (3, 256, 0.04)
-    assert make_config("experiment=cifar100_swin", "data=imagefolder", "data.root=/x").data.name.value == "imagefolder"
+    assert make_config("experiment=cifar100_swin", "data=imagefolder", "data.root=/x").data.name == "imagefolder"
     validate(cfg)
 
 
@@ -143,7 +143,8 @@ def test_every_config_option_composes_and_validates(group, option):
     extra = {("data", "imagefolder"): ["data.root=/some/folder"], ("experiment", "finetune"): ["data.root=/some/folder"],
              ("experiment", "imagenet_swin_t"): ["data.root=/some/folder"],
              ("data", "huggingface"): ["data.path=/some/folder"],
-             ("data", "webdataset"): ["data.train_urls=/s/train.tar", "data.test_urls=/s/test.tar"]}.get((group, option), [])
+             ("data", "webdataset"): ["data.train_urls=/s/train.tar", "data.test_urls=/s/test.tar"],
+             ("data", "csv"): ["data.train_table=/t/train.csv", "data.test_table=/t/test.csv"]}.get((group, option), [])
     cfg = make_config(f"{group}={option}", *extra)
     validate(cfg)
     if group in ("model", "data", "aug", "optimizer", "scheduler"):

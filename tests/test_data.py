@@ -48,12 +48,12 @@ def test_digits_are_scikit_learn_s_read_without_importing_it():
 
     from sklearn.datasets import load_digits as sklearn_digits
 
-    from swin_cli.data.sources import digits_arrays
+    from swin_cli.data.digits import digits_arrays
 
     images, labels = digits_arrays()
     reference = sklearn_digits()
     assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
-    probe = ("import sys; from swin_cli.data.sources import digits_arrays; digits_arrays(); "
+    probe = ("import sys; from swin_cli.data.digits import digits_arrays; digits_arrays(); "
              "print('sklearn' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr

@@ -304,6 +304,15 @@ def test_wds_corrupt_samples_and_shards_are_skipped_and_named(shards, tmp_path, 
     assert not {3, 5} & {i for x, _ in batches for i in identity(x)}
 
 
+def test_wds_debug_runs_need_random_access_and_say_so(shards, tmp_path):
+    from swin_cli.data import debug_subset
+
+    data = load_data(wds_config(shards, tmp_path, "data.workers=0"))
+    assert not data.train.random_access
+    with pytest.raises(DataError, match="need random access to the data, which data=webdataset does not give"):
+        debug_subset(data, make_config("data=webdataset", "debug=fast"), 1)
+
+
 def test_wds_bad_config_is_one_line(shards, tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^data.train_urls=.*nothing-\{0..3\}.tar matches no files$"):
         load_data(wds_config(shards, tmp_path, train="nothing-{0..3}.tar"))

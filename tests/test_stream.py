@@ -148,6 +148,32 @@ def test_a_dead_worker_stops_the_run_with_one_line_and_a_resumable_checkpoint(tm
     assert 2 <= saved["global_step"] < trainer.steps_per_epoch
 
 
+class _OneWorkerDies(torch.utils.data.IterableDataset):
+    """Worker 0 exits after its first item, as a killed one does, without a word; worker 1 would
+    go on for ever."""
+
+    def __iter__(self):
+        yield torch.zeros(1)
+        if torch.utils.data.get_worker_info().id == 0:
+            os._exit(1)
+        while True:
+            yield torch.zeros(1)
+
+
+def test_both_streams_share_one_dead_worker_path_that_shuts_the_workers_down():
+    from swin_cli.data.loader import read_loader, worker_loader
+
+    loader = worker_loader(_OneWorkerDies(), workers=2, prefetch=1, batch_size=None)
+    items = read_loader(loader)
+    with pytest.raises(LoaderDied) as info:
+        list(items)
+    message = str(info.value)
+    assert message.startswith("a data loader worker died (")
+    assert "try fewer data.workers or a smaller data.prefetch" in message
+    # The surviving worker is shut down at once, though the traceback keeps the loader alive.
+    assert "\n" not in message and not multiprocessing.active_children()
+
+
 @pytest.mark.parametrize("extra, storage, reason", [
     (("data.image_size=32",), "memory", "within data.memory_budget_gb"),
     (("data.image_size=32", "data.memory_budget_gb=0"), "stream", "over data.memory_budget_gb"),

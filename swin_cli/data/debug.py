@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from swin_cli.config import plain
+from swin_cli.data.schema import plain
 from swin_cli.data.sources import DataError
 from swin_cli.data.storage import DataBundle, eval_batch_size
 
@@ -21,7 +21,7 @@ def debug_subset(data: DataBundle, cfg: Any, processes: int) -> DataBundle:
     if not (t.overfit_batches or t.limit_eval_batches):
         return data
     train, val, test = data.train, data.val, data.test
-    if not all(hasattr(split, "subset") for split in (train, val, test)):
+    if not all(split.random_access for split in (train, val, test)):
         raise DataError(f"train.overfit_batches / train.limit_eval_batches (debug=fast, debug=overfit) need "
                         f"random access to the data, which data={plain(cfg.data.name)} does not give")
     if t.overfit_batches:

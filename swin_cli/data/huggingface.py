@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 VAL_SPLITS = ("validation", "val", "valid")
 
 
+def problem(cfg: Any) -> Optional[str]:
+    if not cfg.path:
+        return ("data=huggingface needs data.path=/folder/saved/with/save_to_disk "
+                "(or a folder of parquet files, or a hub name)")
+    return None
+
+
 def _import_datasets() -> Any:
     try:
         import datasets
@@ -132,7 +139,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_huggingface(cfg: Any) -> SourceData:
+def load(cfg: Any) -> SourceData:
     offline = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if _is_local(cfg.path):

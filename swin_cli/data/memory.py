@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from swin_cli.checkpoint import atomic_file
+from swin_cli.atomic_io import atomic_file
 from swin_cli.data.sources import DataError, FileSamples, Samples
 from swin_cli.data.splits import ImageSplit
 from swin_cli.text import plural

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from swin_cli.checkpoint import atomic_file
+from swin_cli.atomic_io import atomic_file
 from swin_cli.data.decode import GREY_MODES, open_image, to_mode
 from swin_cli.data.sources import FileSamples, Samples
 from swin_cli.data.transforms import _draft, resized_shape

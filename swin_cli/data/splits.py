@@ -65,10 +65,12 @@ class EpochPlan:
 
 
 class Split(Protocol):
-    """What the trainer, evaluation, preview and export ask of a split."""
+    """What the trainer, evaluation, preview, export and debug runs ask of a split."""
 
     storage: str  # "memory" or "stream"
     skipped: list[str]  # unreadable files met so far, by name
+    random_access: bool  # False: subset() cannot work (shards are read in sequence)
+    workers: int  # decoding processes (0: none, or in the main process)
 
     def __len__(self) -> int: ...
 
@@ -77,6 +79,14 @@ class Split(Protocol):
     def eval_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]: ...
 
     def sample(self, count: int, seed: int) -> Batch: ...
+
+    def stats_sample(self, count: int, seed: int) -> Iterator[Batch]:
+        """The images the normalisation statistics come from, through the evaluation view, a
+        batch at a time: `count` random ones, or all of a split held in memory (exact, and
+        cheap there)."""
+
+    def subset(self, index: Tensor) -> "Split":
+        """The images at `index`, in that order (a DataError without random access)."""
 
 
 @dataclass
@@ -88,6 +98,8 @@ class ImageSplit:
     labels: Tensor  # int64 (N,)
     skipped: list[str] = field(default_factory=list)
     storage: str = "memory"
+    random_access = True
+    workers = 0
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -123,3 +135,7 @@ class ImageSplit:
         """`count` random training images as they enter augmentation (for mode=preview)."""
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count]
         return self.images[index.to(self.images.device)], self.labels[index.to(self.labels.device)]
+
+    def stats_sample(self, count: int, seed: int) -> Iterator[Batch]:
+        """Every image, in one batch: in memory the statistics are exact and cheap."""
+        yield self.images, self.labels

@@ -1,5 +1,6 @@
-"""From a source's splits to the splits a run trains on: which storage (memory or stream), which
-transforms, the validation hold-out and the normalisation statistics."""
+"""From a source's splits to the splits a run trains on: which storage (memory or stream), the
+validation hold-out and the normalisation statistics. What a source is comes from registry.py,
+the views of an image file from views.py."""
 
 from __future__ import annotations
 
@@ -13,21 +14,18 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from swin_cli.config import plain
-from swin_cli.data import sources
+from swin_cli.data.loader import loader_settings
 from swin_cli.data.memory import DecodeCache
+from swin_cli.data.prepared import prepare
+from swin_cli.data.registry import Source, data_source
+from swin_cli.data.schema import plain
 from swin_cli.data.sources import DataError, SourceData, hold_out_order
 from swin_cli.data.splits import ImageSplit, Split
-from swin_cli.data.stats import channel_stats, channel_stats_of
-from swin_cli.data.stream import StreamSplit, loader_settings
-from swin_cli.data.transforms import CenterCrop, RandomResizedCrop, Squash
+from swin_cli.data.stats import channel_stats_of
+from swin_cli.data.stream import StreamSplit
+from swin_cli.data.views import image_views, train_crop
 
 log = logging.getLogger(__name__)
-
-# Sources that only exist as files to read while training.
-STREAM_ONLY = ("webdataset",)
-# Sources already decoded in memory by the library that reads them (small, fixed-size sets).
-TENSOR_SOURCES = ("digits", "cifar10", "cifar100")
 
 
 @dataclass
@@ -39,7 +37,8 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     channels: int
-    # Which folder the test split came from: "test", or "val" for an image folder without test/.
+    # Which split the test split came from: "test", or "val" for a source without a test split
+    # (an image folder without test/, a csv source without data.test_table, ...).
     test_source: str = "test"
     storage: str = "memory"
     storage_reason: str = ""
@@ -62,30 +61,6 @@ class DataBundle:
         return f"train {len(self.train):,} / val {len(self.val):,} / {test} {len(self.test):,}"
 
 
-def crop_pct(cfg: Any) -> float:
-    """data.crop_pct, or 0.875 (the official Swin repo's 224/256) for images over 64 px and 1.0
-    for small ones, whose whole frame matters (CIFAR: 32 px). `cfg`: a data config or the
-    `data` dict of a checkpoint (older ones have no crop keys)."""
-    if cfg.get("crop_pct") is not None:
-        return cfg.get("crop_pct")
-    return 0.875 if cfg.get("image_size") > 64 else 1.0
-
-
-def eval_transform(cfg: Any, size: int, channels: int) -> CenterCrop:
-    """The evaluation view of an image file, the same for validation, test, swin-eval, predict
-    and the export check."""
-    return CenterCrop(size, channels, crop_pct({**dict(cfg), "image_size": size}),
-                      plain(cfg.get("interpolation") or "bilinear"))
-
-
-def train_crop(cfg: Any) -> str:
-    """data.train_crop, or random_resized for image files over 64 px, else resize."""
-    choice = plain(cfg.train_crop)
-    if choice != "auto":
-        return choice
-    return "random_resized" if cfg.image_size > 64 and plain(cfg.name) not in TENSOR_SOURCES else "resize"
-
-
 def eval_batch_size(cfg: Any) -> int:
     """data.eval_batch_size, or 512 images up to 64 px and fewer for larger ones (the same
     pixels per batch), never fewer than the training batch."""
@@ -104,12 +79,12 @@ def memory_budget_bytes(cfg: Any) -> int:
         return 4 * 2**30
 
 
-def choose_storage(cfg: Any, source: SourceData, channels: int) -> tuple[str, str]:
+def choose_storage(cfg: Any, entry: Source, source: SourceData, channels: int) -> tuple[str, str]:
     """(memory or stream, why), for the start panel."""
     requested, name = plain(cfg.storage), plain(cfg.name)
-    if name in TENSOR_SOURCES:
+    if entry.held_by_reader:
         return "memory", f"data={name} is held in memory by its reader"
-    if name in STREAM_ONLY:
+    if entry.streams_itself:
         return "stream", f"data={name} is read as it streams"
     n = len(source.train) + len(source.test) + (len(source.val) if source.val is not None else 0)
     decoded = n * channels * cfg.image_size ** 2
@@ -124,36 +99,20 @@ def choose_storage(cfg: Any, source: SourceData, channels: int) -> tuple[str, st
     return "memory", f"{size}, within data.memory_budget_gb={budget / 2**30:.1f}"
 
 
-def load_source(cfg: Any) -> SourceData:
-    name = plain(cfg.name)
-    if name == "digits":
-        return sources.load_digits()
-    if name in ("cifar10", "cifar100"):
-        return sources.load_cifar(name, cfg)
-    if name == "imagefolder":
-        return sources.load_imagefolder(cfg)
-    if name == "webdataset":
-        from swin_cli.data.webdataset import load_webdataset
-
-        return load_webdataset(cfg)
-    if name == "huggingface":
-        from swin_cli.data.huggingface import load_huggingface
-
-        return load_huggingface(cfg)
-    raise DataError(f"unknown data source {name!r}")  # the schema's enum makes this unreachable
-
-
 def load_data(cfg: Any, device: Optional[torch.device] = None, statistics: bool = True) -> DataBundle:
     """The train/val/test splits described by the `data` config group. statistics=False skips
     the mean/std pass of a streamed split (mode=summary needs only sizes), reporting 0.5/0.25."""
-    source = load_source(cfg)
+    entry = data_source(plain(cfg.name))
+    source = entry.load(cfg)
     channels = cfg.channels or source.channels
-    storage, reason = choose_storage(cfg, source, channels)
-    if storage == "memory" and train_crop(cfg) == "random_resized":
+    storage, reason = choose_storage(cfg, entry, source, channels)
+    if storage == "memory" and not entry.held_by_reader and train_crop(cfg) == "random_resized":
         raise DataError("data.train_crop=random_resized needs each image at its own resolution: "
                         "use data.storage=stream (or auto)")
     if storage == "memory":
         train, val, test = _memory_splits(cfg, source, channels)
+    elif entry.streams_itself:
+        train, val, test = source.train, source.val, source.test
     else:
         train, val, test = _stream_splits(cfg, source, channels, device or torch.device("cpu"))
     for split_name, split in (("train", train), ("test", test)):
@@ -161,31 +120,15 @@ def load_data(cfg: Any, device: Optional[torch.device] = None, statistics: bool 
             raise DataError(f"the {split_name} split of data={plain(cfg.name)} is empty")
     if cfg.mean and cfg.std:
         mean, std = list(cfg.mean), list(cfg.std)
-    elif isinstance(train, ImageSplit):
-        mean, std = channel_stats(train.images)
-    elif not statistics:
+    elif statistics or storage == "memory":  # in memory the statistics are exact and cheap
+        sample = train.stats_sample(min(cfg.stats_images, len(train)), cfg.split_seed)
+        mean, std = channel_stats_of((images for images, _ in sample), channels)
+    else:
         mean, std = [0.5] * channels, [0.25] * channels
-    elif getattr(train, "streams_itself", False):  # shards: the first images read, eval crop
-        mean, std = channel_stats_of([train.stats_sample(min(cfg.stats_images, len(train)), cfg.split_seed)[0]],
-                                     channels)
-    else:  # a fixed sample of the training split through the eval crop, a batch at a time
-        batches = val.with_samples(train.samples).sample_batches(min(cfg.stats_images, len(train)), cfg.split_seed)
-        mean, std = channel_stats_of((images for images, _ in batches), channels)
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/data.std have {len(mean)}/{len(std)} values for {channels}-channel images")
     return DataBundle(train, val, test, source.classes, mean, std, channels, source.test_source, storage, reason,
                       source.where)
-
-
-def _transforms(cfg: Any, channels: int) -> tuple[Any, Any]:
-    interpolation = plain(cfg.interpolation)
-    evaluation = eval_transform(cfg, cfg.image_size, channels)
-    if train_crop(cfg) == "random_resized":
-        training = RandomResizedCrop(cfg.image_size, channels, tuple(cfg.crop_scale), tuple(cfg.crop_ratio),
-                                     interpolation)
-    else:
-        training = Squash(cfg.image_size, channels, interpolation)
-    return training, evaluation
 
 
 def _memory_splits(cfg: Any, source: SourceData, channels: int) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
@@ -196,7 +139,7 @@ def _memory_splits(cfg: Any, source: SourceData, channels: int) -> tuple[ImageSp
             kept, held = hold_out_order(len(train), cfg.val_fraction, cfg.split_seed)
             return train.subset(kept), train.subset(held), test
         return train, _fit(source.val, size, channels), test
-    training, evaluation = _transforms(cfg, channels)
+    training, evaluation = image_views(cfg, channels)
     cache = DecodeCache(Path(os.path.expanduser(cfg.cache_dir)))
     train_samples, val_samples = _hold_out_samples(cfg, source)
     where = source.where
@@ -207,28 +150,28 @@ def _memory_splits(cfg: Any, source: SourceData, channels: int) -> tuple[ImageSp
 
 
 def _stream_splits(cfg: Any, source: SourceData, channels: int, device: torch.device) -> tuple[Any, Any, Any]:
-    if getattr(source.train, "streams_itself", False):  # the source streams by itself (webdataset)
-        return source.train, source.val, source.test
-    training, evaluation = _transforms(cfg, channels)
+    training, evaluation = image_views(cfg, channels)
     settings = loader_settings(cfg, device)
     if cfg.prepare:
         source = _prepared(cfg, source)
     train_samples, val_samples = _hold_out_samples(cfg, source)
     where = source.where
-    train = StreamSplit(train_samples, training, channels, seed=cfg.split_seed, where=f"{where} train", **settings)
+    train = StreamSplit(train_samples, training, channels, seed=cfg.split_seed, where=f"{where} train",
+                        eval_transform=evaluation, **settings)
     val = StreamSplit(val_samples, evaluation, channels, where=f"{where} val", **settings)
     test = StreamSplit(source.test, evaluation, channels, where=f"{where} {source.test_source}", **settings)
     return train, val, test
 
 
 def _prepared(cfg: Any, source: SourceData) -> SourceData:
-    from swin_cli.data.prepared import prepare
-
     side = cfg.prepare_side or int(round(1.15 * cfg.image_size))
     cache = Path(os.path.expanduser(cfg.cache_dir))
-    splits = {name: prepare(getattr(source, name), side, cache, f"{source.where} {name}")
-              if getattr(source, name) is not None else None for name in ("train", "val", "test")}
-    return dataclasses.replace(source, **splits)
+
+    def prepared(samples: Any, name: str) -> Any:
+        return prepare(samples, side, cache, f"{source.where} {name}") if samples is not None else None
+
+    return dataclasses.replace(source, train=prepared(source.train, "train"), val=prepared(source.val, "val"),
+                               test=prepared(source.test, "test"))
 
 
 def _hold_out_samples(cfg: Any, source: SourceData) -> tuple[Any, Any]:

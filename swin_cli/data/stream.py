@@ -12,14 +12,15 @@ keep their size; its name comes back with the batch, is warned about once, and c
 from __future__ import annotations
 
 import logging
-import os
 import random
-from typing import Any, Callable, Iterator, Optional
+from contextlib import closing
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from swin_cli.data.loader import read_loader, worker_loader
 from swin_cli.data.sources import DataError, Samples
 from swin_cli.data.splits import Batch, EpochPlan, step_seed
 
@@ -27,27 +28,6 @@ log = logging.getLogger(__name__)
 
 # How many following samples to try in place of an unreadable one before giving up on a batch.
 MAX_REPLACEMENTS = 16
-
-
-class LoaderDied(DataError):
-    """A worker process of the stream loader exited (killed, out of memory)."""
-
-
-def loader_death(exc: BaseException, from_loader: bool = False) -> Optional[LoaderDied]:
-    """The LoaderDied an exception means, or None. A worker's death reaches the main process as
-    a RuntimeError from the loader, or from torch's SIGCHLD handler wherever the main process
-    happens to be (inside a training step, say); `from_loader`: raised by the loader itself,
-    where a reset connection to a worker's queue means the same."""
-    if isinstance(exc, LoaderDied):
-        return exc
-    if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
-        reason = str(exc).splitlines()[0]
-    elif from_loader and isinstance(exc, (ConnectionError, EOFError)):
-        reason = f"{type(exc).__name__}: {exc}"
-    else:
-        return None
-    return LoaderDied(f"a data loader worker died ({reason}); out of memory? "
-                      f"try fewer data.workers or a smaller data.prefetch")
 
 
 class _Decoded(Dataset):
@@ -78,24 +58,22 @@ def _collate(items: list[tuple[np.ndarray, int, list[str]]]) -> tuple[torch.Tens
     return images, labels, [name for _, _, failed in items for name in failed]
 
 
-def _one_thread(_: int) -> None:
-    # Each worker decodes one image at a time; torch's intra-op threads would only fight.
-    torch.set_num_threads(1)
-
-
 class StreamSplit:
     """A split read from `samples` through `transform` while training.
 
     `transform(source, rng) -> uint8 (C, H, W)`: the train crop for the training split, the
-    eval crop (which ignores rng) for the others."""
+    eval crop (which ignores rng) for the others; `eval_transform` (default: transform) is the
+    view the normalisation statistics are taken through."""
 
     storage = "stream"
+    random_access = True
 
     def __init__(self, samples: Samples, transform: Callable, channels: int, workers: int, prefetch: int,
-                 pin_memory: bool = False, seed: int = 0, where: str = ""):
+                 pin_memory: bool = False, seed: int = 0, where: str = "", eval_transform: Optional[Callable] = None):
         self.samples, self.transform, self.channels = samples, transform, channels
         self.workers, self.prefetch, self.pin_memory = workers, prefetch, pin_memory
         self.seed, self.where = seed, where
+        self.eval_transform = eval_transform or transform
         self.skipped: list[str] = []
         self._dataset = _Decoded(samples, transform, seed)
 
@@ -106,40 +84,22 @@ class StreamSplit:
     def labels(self) -> torch.Tensor:
         return torch.as_tensor(self.samples.labels, dtype=torch.int64)
 
-    def with_samples(self, samples: Samples) -> "StreamSplit":
-        return StreamSplit(samples, self.transform, self.channels, self.workers, self.prefetch, self.pin_memory,
-                           self.seed, self.where)
+    def _with(self, samples: Samples, transform: Callable) -> "StreamSplit":
+        return StreamSplit(samples, transform, self.channels, self.workers, self.prefetch, self.pin_memory,
+                           self.seed, self.where, self.eval_transform)
 
     def subset(self, index: torch.Tensor) -> "StreamSplit":
-        return self.with_samples(self.samples.subset(index.tolist()))
+        return self._with(self.samples.subset(index.tolist()), self.transform)
 
     def _batches(self, keys: list[list[tuple[int, int]]]) -> Iterator[Batch]:
         if not keys:
             return
-        loader = DataLoader(
-            self._dataset, batch_sampler=keys, num_workers=self.workers, collate_fn=_collate,
-            pin_memory=self.pin_memory, worker_init_fn=_one_thread if self.workers else None,
-            prefetch_factor=self.prefetch if self.workers else None,
-            multiprocessing_context="fork" if self.workers and "fork" in _start_methods() else None)
-        batches = iter(loader)
-        try:
+        loader = worker_loader(self._dataset, self.workers, self.prefetch, batch_sampler=keys, collate_fn=_collate,
+                               pin_memory=self.pin_memory)
+        with closing(read_loader(loader)) as batches:
             for images, labels, failed in batches:
                 self._note_skipped(failed)
                 yield images, labels
-        except (RuntimeError, ConnectionError, EOFError) as exc:
-            # Only the loader raises here. A killed worker shows as torch's RuntimeError, or,
-            # when the main process was reading that worker's queue, as a reset connection.
-            died = loader_death(exc, from_loader=True)
-            if died is None:
-                raise
-            raise died from None
-        finally:
-            # At once, not when the garbage collector gets to it: until the loader forgets its
-            # workers, torch's SIGCHLD handler raises again wherever the program is when any
-            # child process exits (an exception's traceback keeps this frame alive).
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
 
     def _note_skipped(self, failed: list[str]) -> None:
         for name in failed:
@@ -170,19 +130,6 @@ class StreamSplit:
         images, labels = zip(*self.sample_batches(count, seed))
         return torch.cat(images), torch.cat(labels)
 
-
-def _start_methods() -> list[str]:
-    import multiprocessing
-
-    return multiprocessing.get_all_start_methods()
-
-
-def default_workers(requested: Optional[int]) -> int:
-    """data.workers, or one per core up to 8 (the main process keeps training meanwhile)."""
-    if requested is not None:
-        return requested
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-def loader_settings(cfg: Any, device: torch.device) -> dict[str, Any]:
-    return {"workers": default_workers(cfg.workers), "prefetch": cfg.prefetch, "pin_memory": device.type == "cuda"}
+    def stats_sample(self, count: int, seed: int) -> Iterator[Batch]:
+        """`count` random images through the evaluation view, a batch at a time."""
+        return self._with(self.samples, self.eval_transform).sample_batches(count, seed)

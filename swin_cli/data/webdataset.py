@@ -36,12 +36,14 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from swin_cli.data.decode import guess_channels
+from swin_cli.data.loader import default_workers, read_loader, worker_loader
+from swin_cli.data.schema import first_problem
 from swin_cli.data.sources import DataError, SourceData
 from swin_cli.data.splits import Batch, EpochPlan, step_seed
-from swin_cli.data.stream import LoaderDied, _one_thread, default_workers
+from swin_cli.data.views import image_views
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,19 @@ COUNTS_VERSION = 1  # bumped when what a count means changes
 # Samples a worker hands over at a time: batches are cut from these chunks in the main process,
 # so the memory in flight (chunk x prefetch x workers) does not grow with a 512-image eval batch.
 CHUNK = 64
+
+
+def problem(cfg: Any) -> Optional[str]:
+    return first_problem(
+        (bool(cfg.train_urls), "data=webdataset needs data.train_urls='/data/train-{0000..0127}.tar'"),
+        (bool(cfg.test_urls or cfg.val_urls),
+         "data=webdataset needs data.test_urls (or data.val_urls, which the final test then uses)"),
+        (cfg.storage != "memory",
+         "data=webdataset streams its shards: data.storage=memory cannot hold them (use stream or auto)"),
+        (cfg.shuffle_buffer >= 0, f"data.shuffle_buffer must be >= 0 (got {cfg.shuffle_buffer})"),
+        (bool(cfg.image_key.strip(" ;")), "data.image_key must name at least one extension, e.g. jpg;png"),
+        (bool(cfg.label_key.strip()), "data.label_key must name the label's extension, e.g. cls"),
+    )
 
 
 def _import_wds() -> Any:
@@ -142,7 +157,7 @@ def count_shards(shards: list[str], image_exts: list[str], label_ext: str, cache
 
 
 def _store_counts(cache: Path, known: dict[str, Any]) -> None:
-    from swin_cli.checkpoint import atomic_file
+    from swin_cli.atomic_io import atomic_file
 
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +228,7 @@ class ShardSplit:
     """A split of tar shards, streamed: the batch interface of swin_cli/data/splits.py."""
 
     storage = "stream"
-    streams_itself = True  # storage._stream_splits passes it through as it is
+    random_access = False
 
     def __init__(self, shards: list[str], counts: list[int], transform: Callable, eval_transform: Callable,
                  image_exts: list[str], label_ext: str, workers: int, prefetch: int, pin_memory: bool = False,
@@ -236,19 +251,8 @@ class ShardSplit:
         if not workers:
             yield from dataset
             return
-        import multiprocessing
-
-        loader = DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=_one_thread,
-                            prefetch_factor=self.prefetch,
-                            multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods()
-                            else None)
-        try:
-            yield from loader
-        except RuntimeError as exc:
-            if "DataLoader worker" in str(exc):
-                raise LoaderDied(f"a data loader worker died ({str(exc).splitlines()[0]}); "
-                                 f"out of memory? try fewer data.workers or a smaller data.shuffle_buffer") from None
-            raise
+        with closing(read_loader(worker_loader(dataset, workers, self.prefetch, batch_size=None))) as chunks:
+            yield from chunks
 
     def _batches(self, chunks: Iterator[Chunk], size: int, skip: int = 0, keep_last: bool = False) -> Iterator[Batch]:
         """Chunks cut into batches of exactly `size` (the last one shorter when keep_last), the
@@ -348,9 +352,12 @@ class ShardSplit:
         """`count` images of randomly ordered shards through this split's transform (mode=preview)."""
         return self._first(count, seed, self.transform)
 
-    def stats_sample(self, count: int, seed: int) -> Batch:
-        """The same through the eval crop: what the mean/std are estimated from."""
-        return self._first(count, seed, self.eval_transform)
+    def stats_sample(self, count: int, seed: int) -> Iterator[Batch]:
+        """The same through the eval crop, in one batch: what the mean/std are estimated from."""
+        yield self._first(count, seed, self.eval_transform)
+
+    def subset(self, index: torch.Tensor) -> "ShardSplit":
+        raise DataError("shards are read in sequence: a ShardSplit has no random access to take a subset of")
 
 
 def _first_image(shard: str, image_exts: list[str]) -> Any:
@@ -364,9 +371,7 @@ def _first_image(shard: str, image_exts: list[str]) -> Any:
     return None
 
 
-def load_webdataset(cfg: Any) -> SourceData:
-    from swin_cli.data.storage import _transforms
-
+def load(cfg: Any) -> SourceData:
     _import_wds()
     image_exts = [e.strip().lower() for e in cfg.image_key.split(";") if e.strip()]
     label_ext = cfg.label_key.strip().lower()
@@ -393,7 +398,7 @@ def load_webdataset(cfg: Any) -> SourceData:
         classes = [str(i) for i in range(largest + 1)]
     first = _first_image(found["train"][0][0], image_exts)
     channels = cfg.channels or (guess_channels(first) if first is not None else 3)
-    training, evaluation = _transforms(cfg, channels)
+    training, evaluation = image_views(cfg, channels)
     cuda = torch.cuda.is_available()  # pinned batches: the source does not know the run's device
 
     def split_of(name: str, transform: Callable) -> ShardSplit:

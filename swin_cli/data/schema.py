@@ -1,0 +1,155 @@
+"""The `data` config group's schema: every data.* key, its type and default, and the checks of
+the keys every source reads (registry.data_problem adds the source's own).
+
+Keys of one source (webdataset's urls, huggingface's path, csv's tables) stay flat in data.*,
+where users type them, but only that source checks them (swin_cli/data/registry.py). Imported by
+swin_cli/config.py, so it imports nothing of swin-cli and nothing heavy: `swin-train --help`
+must not pay for torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+def _choices(name: str, *values: str) -> type[Enum]:
+    # swin_cli.config.choices, which this module cannot import: config imports it.
+    return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
+
+
+# memory: decode once into a uint8 tensor (fastest for sets that fit); stream: decode while
+# training in worker processes; auto: see swin_cli/data/storage.py choose_storage.
+Storage = _choices("Storage", "auto", "memory", "stream")
+TrainCrop = _choices("TrainCrop", "auto", "resize", "random_resized")
+Interpolation = _choices("Interpolation", "bilinear", "bicubic")
+
+
+@dataclass
+class DataConfig:
+    # A source of swin_cli/data/registry.py (checked at start-up, the allowed ones named).
+    name: str = MISSING
+    # Where the data lives (imagefolder: a folder with train/ and test/, optional val/;
+    # cifar: where torchvision keeps or downloads it; csv: what relative image paths are
+    # relative to). None means the source's default.
+    root: Optional[str] = None
+    image_size: int = 32
+    # Channels fed to the model; None keeps the source's own (1 for digits, 3 for RGB).
+    channels: Optional[int] = None
+    # Held-out part of train used for validation when the source has no val split.
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    batch_size: int = 64
+    # null: 512 images up to 64 px, fewer for larger ones (the same pixels per batch), never
+    # fewer than batch_size.
+    eval_batch_size: Optional[int] = None
+    download: bool = True
+    # memory, stream or auto: stream for data=webdataset, for data.train_crop=random_resized, or
+    # when the decoded set (N x C x image_size^2 bytes) is over memory_budget_gb; else memory.
+    storage: Storage = Storage.auto
+    # null: a quarter of the machine's RAM.
+    memory_budget_gb: Optional[float] = None
+    # Training view of each image: resize (squash the whole image to image_size, the memory
+    # storage's), random_resized (RandomResizedCrop from the image at its own resolution, stream
+    # storage), auto (random_resized for image files over 64 px, else resize).
+    train_crop: TrainCrop = TrainCrop.auto
+    # RandomResizedCrop: the fraction of the image area and the aspect-ratio range of the crop.
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    interpolation: Interpolation = Interpolation.bilinear
+    # Evaluation view: resize the shorter side to image_size / crop_pct, then the centre crop.
+    # null: 0.875 over 64 px (224 -> 256, the official Swin repo's), 1.0 for small images.
+    crop_pct: Optional[float] = None
+    # Stream storage: decoding processes (null: one per core, at most 8), batches each keeps
+    # ready, and how many training images (eval view) the mean/std are estimated from.
+    workers: Optional[int] = None
+    prefetch: int = 4
+    stats_images: int = 2000
+    # Stream storage of image files: read a copy prepared once under cache_dir, each image
+    # re-encoded with its shorter side at most prepare_side (null: 1.15 x image_size), in a few
+    # shard files. Decoding fewer pixels is the loader's main cost (benchmarks/RESULTS.md).
+    prepare: bool = False
+    prepare_side: Optional[int] = None
+    # Repeated augmentation (Hoffer et al. 2020; DeiT, Lee et al.'s small-data ViTs): each epoch
+    # takes len(train) / repeats images, each `repeats` times in a row, differently augmented.
+    repeats: int = 1
+    # Decoded images are cached here as uint8 tensors so later runs skip JPEG decoding.
+    cache_dir: str = "~/.cache/swin-cli"
+    # On a GPU, hold the decoded uint8 images in GPU memory when they take at most half of the
+    # free memory (CIFAR-10: 184 MB), so batches never cross from the host.
+    on_device: bool = True
+    # Per-channel normalisation; None computes it from the training split.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    # data=huggingface: a folder written by datasets' save_to_disk, a folder of parquet files, or
+    # a hub name (needs the network, or its copy in the datasets cache with HF_HUB_OFFLINE=1).
+    path: Optional[str] = None
+    # data=huggingface and data=csv: the columns holding the image and the label (each source's
+    # yaml sets its own default image column: huggingface `image`, csv `path`).
+    image_column: str = "image"
+    label_column: str = "label"
+    # data=csv: tables of path,label rows (a CSV file with a header, or .jsonl objects). Image
+    # paths are absolute, or relative to data.root when set, else to the table's folder.
+    # test_table may be left out when val_table is given (the final test is then on it, and
+    # validation holds out data.val_fraction of train).
+    train_table: Optional[str] = None
+    val_table: Optional[str] = None
+    test_table: Optional[str] = None
+    # data=webdataset: tar shards, brace-expanded ('/data/train-{0000..0127}.tar', quoted for
+    # Hydra) or globbed (/data/train-*.tar). test_urls may be left out when val_urls is given
+    # (the final test is then on val); without val_urls there is no validation.
+    train_urls: Optional[str] = None
+    val_urls: Optional[str] = None
+    test_urls: Optional[str] = None
+    # The extensions of a sample's image (the first present of ;-separated alternatives) and of
+    # its integer label: WebDataset's conventions.
+    image_key: str = "jpg;jpeg;png;webp"
+    label_key: str = "cls"
+    # Class names by label (webdataset; null: "0".."K-1" from the largest label in the shards).
+    classes: Optional[list[str]] = None
+    # Encoded samples each loader worker shuffles among, on top of the per-epoch shard order
+    # (0: off). Costs this many encoded images of memory per worker.
+    shuffle_buffer: int = 1000
+
+
+def plain(value: Any) -> Any:
+    """A config value with enums turned into their string (data.storage -> "auto"): the data
+    package's copy of swin_cli.config.plain, which it cannot import (config imports this)."""
+    return getattr(value, "value", value)
+
+
+def first_problem(*checks: tuple[bool, str]) -> Optional[str]:
+    """The message of the first (ok, message) check that is not ok, or None."""
+    return next((message for ok, message in checks if not ok), None)
+
+
+def shared_problem(d: DataConfig) -> Optional[str]:
+    """What is wrong with the keys every source reads, in one line naming the key, or None."""
+    return first_problem(
+        (d.channels is None or d.channels in (1, 3), f"data.channels must be 1, 3 or null (got {d.channels})"),
+        (0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1) (got {d.val_fraction})"),
+        (d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})"),
+        (d.eval_batch_size is None or d.eval_batch_size >= 1,
+         f"data.eval_batch_size must be >= 1 or null (got {d.eval_batch_size})"),
+        (d.memory_budget_gb is None or d.memory_budget_gb >= 0,
+         f"data.memory_budget_gb must be >= 0 or null (got {d.memory_budget_gb})"),
+        (d.crop_pct is None or 0 < d.crop_pct <= 1, f"data.crop_pct must be in (0, 1] or null (got {d.crop_pct})"),
+        (len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+         f"data.crop_scale must be [low, high] with 0 < low <= high <= 1 (got {list(d.crop_scale)})"),
+        (len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
+         f"data.crop_ratio must be [low, high] with 0 < low <= high (got {list(d.crop_ratio)})"),
+        (d.workers is None or d.workers >= 0, f"data.workers must be >= 0 or null (got {d.workers})"),
+        (d.prefetch >= 1, f"data.prefetch must be >= 1 (got {d.prefetch})"),
+        (d.stats_images >= 1, f"data.stats_images must be >= 1 (got {d.stats_images})"),
+        (d.repeats >= 1, f"data.repeats must be >= 1 (got {d.repeats})"),
+        (d.prepare_side is None or d.prepare_side >= d.image_size,
+         f"data.prepare_side must be >= data.image_size={d.image_size} or null (got {d.prepare_side})"),
+        (not (d.storage == "memory" and d.train_crop == "random_resized"),
+         "data.train_crop=random_resized needs each image at its own resolution: use data.storage=stream (or auto)"),
+        *((value is None or len(value) in (1, 3), f"data.{key} must list 1 or 3 values (got {value})")
+          for key, value in (("mean", d.mean), ("std", d.std))),
+        (d.std is None or all(v > 0 for v in d.std), f"data.std values must be > 0 (got {d.std})"),
+    )
