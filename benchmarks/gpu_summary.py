@@ -25,8 +25,12 @@ def run_row(run_dir: Path) -> str:
     if results.is_file():
         res = json.loads(results.read_text())
         test, wall = f"{res['test_acc']:.2f}", f"{res['wall_time_s']:.0f}"
-        if res.get("stopped_early"):  # e.g. train.time_limit_min: the schedule did not finish
-            test += f" (stopped after epoch {res['stopped_early']['epoch']}: {res['stopped_early']['reason']})"
+        # e.g. train.time_limit_min: the schedule did not finish. Runs before "stop" wrote
+        # "stopped_early": {"epoch", "reason": the words}.
+        stop = res.get("stop") or ({**res["stopped_early"], "detail": res["stopped_early"]["reason"]}
+                                   if res.get("stopped_early") else None)
+        if stop and stop["reason"] != "finished":
+            test += f" (stopped after epoch {stop['epoch']}: {stop['detail']})"
     else:
         test, wall = "(stopped)", ""
     return f"| {run_dir.name} | {len(rows)} | {val:.2f} | {test} | {rate:,.0f} | {data:.1%} | {wall} |"

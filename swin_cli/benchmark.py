@@ -1,6 +1,6 @@
 """mode=benchmark: how fast the configured training step runs here, and how far from the
 hardware's limit. The model, precision, compile mode, channels-last input, optimizer and batch
-pipeline are built as a training run builds them (build.py, augment.TrainBatch), but fed
+pipeline are the training run's own (step.build_train_step, the Trainer's step), but fed
 random uint8 images of the configured shape: no data set is loaded, so any config can be timed
 in seconds. It reports train and inference img/s in steady state, achieved TFLOP/s and MFU
 (model FLOPs over the device's peak, peaks.py), peak memory and the share of each step spent
@@ -8,7 +8,7 @@ preparing batches, prints a table and writes <run dir>/benchmark.json.
 
 Timing synchronises the GPU only at the edges of a measured window, never inside a step, so
 the host queues steps ahead as in training. The optimizer does one step per batch
-(train.accumulate is not simulated) and the EMA update is left out (one fused lerp per step).
+(train.accumulate is not simulated); the EMA update is part of the step, as in training.
 """
 
 from __future__ import annotations
@@ -22,18 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn as nn
 
-from swin_cli.augment import TrainBatch, model_input
-from swin_cli.build import (autocast, build_model, build_optimizer, build_scheduler, configure_device, select_device,
-                            training_module, uses_cuda_graphs)
+from swin_cli.atomic_io import write_text_atomic
+from swin_cli.build import autocast, configure_device, select_device
 from swin_cli.config import plain
 from swin_cli.model import count_parameters
 from swin_cli.peaks import device_peak, matmul_dtype
 from swin_cli.profiling import format_top_ops, profile_steps
-from swin_cli.records import PrepTimer
+from swin_cli.step import build_train_step
 from swin_cli.summary import device_name, forward_flops
-from swin_cli.update import EMA, ParameterUpdate
 
 log = logging.getLogger("swin_cli")
 
@@ -45,24 +42,13 @@ TRAIN_FLOPS_PER_FORWARD = 3
 POOL_BATCHES = 4
 # Steps under the profiler: enough to see a steady step, few enough for a small trace.
 PROFILE_STEPS = 5
-SOURCE_SHAPES = {"digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}
 
 
 def data_shape(data_cfg: Any) -> tuple[int, int, str]:
-    """(channels, classes, note) of the configured data without loading it. An image folder's
-    classes are its train/ subfolders when it is there (the head's width barely moves the
-    timing, so a missing folder costs only a note)."""
-    name = plain(data_cfg.name)
-    channels, classes = SOURCE_SHAPES.get(name, (3, 10))
-    note = ""
-    if name == "imagefolder":
-        train = Path(str(data_cfg.root or "")).expanduser() / "train"
-        found = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
-        if found:
-            classes = len(found)
-        else:
-            note = f"no class folders under {train}: timed with {classes} classes"
-    return data_cfg.channels or channels, classes, note
+    """(channels, classes, note) of the configured data without loading it (swin_cli/data/glance.py)."""
+    from swin_cli.data import data_shape as shape_without_loading
+
+    return shape_without_loading(data_cfg)
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -90,42 +76,30 @@ def timed(step: Callable[[int], Any], first: int, count: int, device: torch.devi
 
 
 class BenchmarkRun:
-    """The objects one training step needs, built from the config as the Trainer builds them."""
+    """The training step a run of this config would train with (step.build_train_step), and a
+    pool of random uint8 batches of the configured shape to feed it."""
 
     def __init__(self, cfg: Any):
-        t, b = cfg.train, cfg.benchmark
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = select_device(plain(cfg.device))
-        configure_device(self.device, t.tf32, cfg.deterministic)
+        configure_device(self.device, cfg.train.tf32, cfg.deterministic)
         torch.manual_seed(cfg.seed)
         self.in_chans, self.num_classes, self.note = data_shape(cfg.data)
-        self.batch = b.batch_size or cfg.data.batch_size
-        self.precision = plain(t.precision)
-        compile_mode = plain(t.compile_mode)
-        size = cfg.data.image_size
-        # pretrained=False: the weights do not change the timing, and an offline machine can time
-        # a fine-tuning config.
-        self.model = build_model(cfg.model, size, self.in_chans, self.num_classes, pretrained=False).to(self.device)
-        self.forward = training_module(self.model, self.device, 1, t.compile, compile_mode)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.device, t.compile_optimizer)
-        total = b.warmup_steps + b.steps + PROFILE_STEPS
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total, total)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        # The EMA too: it is part of every step of a run that has one.
-        ema = EMA(self.model, t.ema.decay) if t.ema.decay else None
-        self.update = ParameterUpdate(self.optimizer, self.scaler, self.scheduler, self.model, t.grad_clip, ema,
-                                      t.compile_optimizer, compile_mode)
+        self.batch = cfg.benchmark.batch_size or cfg.data.batch_size
+        total = cfg.benchmark.warmup_steps + cfg.benchmark.steps + PROFILE_STEPS
         channels = self.in_chans
-        self.prepare = TrainBatch(cfg.aug, self.num_classes, t.label_smoothing, [0.5] * channels, [0.25] * channels,
-                                  self.device)
-        self.prepare_batch = torch.compile(self.prepare, mode=compile_mode) if t.compile else self.prepare
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.0 if self.prepare.mix.active else t.label_smoothing)
-        self.timer = PrepTimer(self.device)
+        # pretrained=False: the weights do not change the timing, and an offline machine can time
+        # a fine-tuning config. One micro-batch per step: train.accumulate is not simulated.
+        self.step = build_train_step(cfg, self.device, channels, self.num_classes, [0.5] * channels,
+                                     [0.25] * channels, self.batch, total, total, pretrained=False)
+        self._make_pool(cfg.data.image_size, cfg.data.on_device)
+
+    def _make_pool(self, size: int, on_device: bool) -> None:
         # Where a training run keeps its uint8 data: in GPU memory (data.on_device) or pinned host
         # memory copied per batch.
-        where = self.device if self.device.type != "cuda" or cfg.data.on_device else torch.device("cpu")
+        where = self.device if self.device.type != "cuda" or on_device else torch.device("cpu")
         n = POOL_BATCHES * self.batch
         self.images = torch.randint(0, 256, (n, self.in_chans, size, size), dtype=torch.uint8, device=where)
         self.labels = torch.randint(0, self.num_classes, (n,), device=where)
@@ -140,65 +114,54 @@ class BenchmarkRun:
         return self.images[index], self.labels[index]
 
     def train_step(self, i: int) -> torch.Tensor:
-        """Trainer._train_step for one micro-batch: prepare (timed), forward, backward, step."""
-        images, labels = self.batch_at(i)
-        if uses_cuda_graphs(self.cfg.train):
-            torch.compiler.cudagraph_mark_step_begin()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.timer.start()
-        x, y, target = model_input(images, labels, self.device, self.prepare_batch, self.cfg.train.channels_last)
-        self.timer.stop()
-        with autocast(self.device, self.precision):
-            logits = self.forward(x)
-            loss = self.criterion(logits.float(), target)
-        self.scaler.scale(loss).backward()
-        self.update()
-        return loss.detach()
+        """One training step on pool batch i, exactly as the Trainer runs it; returns the loss."""
+        loss, _ = self.step(*self.batch_at(i))
+        return loss
 
     @torch.no_grad()
     def inference_step(self, i: int) -> torch.Tensor:
         """What validation does per batch: normalise, forward in eval mode."""
         images, _ = self.batch_at(i)
-        x = self.prepare.normalize(images.to(self.device, non_blocking=True))
-        if self.cfg.train.channels_last:
+        x = self.step.prepare.normalize(images.to(self.device, non_blocking=True))
+        if self.step.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
-            return self.forward(x)
+        with autocast(self.device, self.step.precision):
+            return self.step.forward_model(x)
 
 
 def run_benchmark(cfg: Any, run_dir: Path) -> dict[str, Any]:
     b = cfg.benchmark
     run = BenchmarkRun(cfg)
-    device, batch = run.device, run.batch
+    device, batch, step = run.device, run.batch, run.step
     name = device_name(device)
-    log.info(f"benchmark: {cfg.model.name} at {cfg.data.image_size} px, batch {batch}, {run.precision}"
+    log.info(f"benchmark: {cfg.model.name} at {cfg.data.image_size} px, batch {batch}, {step.precision}"
              f"{', compiled (' + plain(cfg.train.compile_mode) + ')' if cfg.train.compile else ''} on {name}: "
              f"{b.warmup_steps} warm-up + {b.steps} timed steps")
 
-    run.model.train()
+    step.model.train()
     warmup_s = timed(run.train_step, 0, b.warmup_steps, device)  # compilation is paid here
-    run.timer.collect()  # the warm-up's preparation time is not part of the steady state
+    step.prep_timer.collect()  # the warm-up's preparation time is not part of the steady state
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_s = timed(run.train_step, b.warmup_steps, b.steps, device)
-    prep_s = run.timer.collect()
+    prep_s = step.prep_timer.collect()
     memory, memory_kind = peak_memory(device)
 
-    run.model.eval()  # the compiled forward compiles once more for eval mode, in its warm-up
+    step.model.eval()  # the compiled forward compiles once more for eval mode, in its warm-up
     timed(run.inference_step, 0, b.warmup_steps, device)
     infer_s = timed(run.inference_step, 0, b.steps, device)
 
-    flops, _ = forward_flops(run.model, cfg.data.image_size, run.in_chans)
-    dtype = matmul_dtype(device, run.precision)
+    flops, _ = forward_flops(step.model, cfg.data.image_size, run.in_chans)
+    dtype = matmul_dtype(device, step.precision)
     peak_tflops, peak_source = device_peak(device, name, dtype)
     train_ips, infer_ips = b.steps * batch / train_s, b.steps * batch / infer_s
     train_tflops = TRAIN_FLOPS_PER_FORWARD * flops * train_ips / 1e12
     infer_tflops = flops * infer_ips / 1e12
     result: dict[str, Any] = {
         "device": name, "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "model": cfg.model.name, "params": count_parameters(run.model), "image_size": cfg.data.image_size,
+        "model": cfg.model.name, "params": count_parameters(step.model), "image_size": cfg.data.image_size,
         "in_chans": run.in_chans, "num_classes": run.num_classes, "batch_size": batch,
-        "precision": run.precision, "compile": bool(cfg.train.compile), "compile_mode": plain(cfg.train.compile_mode),
+        "precision": step.precision, "compile": bool(cfg.train.compile), "compile_mode": plain(cfg.train.compile_mode),
         "channels_last": bool(cfg.train.channels_last), "grad_checkpointing": bool(cfg.model.grad_checkpointing),
         "warmup_steps": b.warmup_steps, "steps": b.steps, "warmup_s": warmup_s,
         "train_step_ms": 1000 * train_s / b.steps, "train_img_per_s": train_ips,
@@ -212,12 +175,12 @@ def run_benchmark(cfg: Any, run_dir: Path) -> dict[str, Any]:
         "note": run.note or None, "trace": None, "top_ops": None,
     }
     if b.profile:
-        run.model.train()
+        step.model.train()
         trace = run_dir / "trace.json"
         start = b.warmup_steps + b.steps
         result["top_ops"] = profile_steps(lambda: run.train_step(start), PROFILE_STEPS, device, trace)
         result["trace"] = str(trace)
-    (run_dir / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(run_dir / "benchmark.json", json.dumps(result, indent=2) + "\n")
     log.info(format_result(result))
     if result["top_ops"]:
         log.info(f"top ops by self time over {PROFILE_STEPS} training steps (trace: {result['trace']}):\n"

@@ -1,26 +1,22 @@
-"""Checkpoints: their format and version, the one atomic-write helper every file of a run goes
-through, loads that explain what is wrong, which weights are best, and where a run resumes from.
-
-Every write goes to a temporary file in the same folder, fsynced, then renamed over the old
-one, so at every instant `last.pt` (or metrics.csv, results.json, a plot) is either the previous
-complete file or the new complete one — never a truncated mix, whatever kills the process.
+"""Checkpoints: their format and version, loads that explain what is wrong, which weights are
+best, the background writer, and where a run resumes from. Every checkpoint is written
+atomically (atomic_io): a crash leaves the previous complete file, never a truncated one.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shlex
-import shutil
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from swin_cli import __version__, atomic_io
+# Re-exported until export.py and tests/test_cli.py import them from atomic_io.
+from swin_cli.atomic_io import atomic_path, save_atomic, write_text_atomic  # noqa: F401
 from swin_cli.config import ConfigError, plain
 from swin_cli.errors import SwinCliError
 
@@ -48,47 +44,18 @@ class CheckpointError(SwinCliError):
     pass
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A hidden temporary path beside `path` for a writer that takes a file name; on leaving the
-    block the file is fsynced and renamed over `path`. A reader, or a crash at any instant, sees
-    the old file or the new one, never a half-written one. On an error (a failed check, a full
-    disk) the temporary file is removed and `path` is untouched. Every file swin-cli writes goes
-    through here."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        os.close(fd)
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def header(config: dict[str, Any], signature: dict[str, Any], classes: list[str], mean: list[float],
+           std: list[float]) -> dict[str, Any]:
+    """What marks a checkpoint as ours and rebuilds and feeds its model: the format and versions,
+    the run's resolved config, its shape signature, the class names and the normalisation."""
+    return {"format": "swin-cli", "format_version": FORMAT_VERSION, "version": __version__, "config": config,
+            "signature": signature, "classes": classes, "mean": mean, "std": std}
 
 
-@contextmanager
-def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """`atomic_path` for a writer that takes an open file."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        yield f
-
-
-def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """torch.save `state` to `path` so that a crash mid-write leaves the old file intact."""
-    try:
-        with atomic_file(path) as f:
-            torch.save(state, f)
-    except OSError as exc:
-        why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise CheckpointError(f"could not write checkpoint {path}: {why}; "
-                              f"the previous checkpoint there is untouched") from None
+def write(state: dict[str, Any], path: Path) -> None:
+    """Save a checkpoint to `path` atomically; a full disk is a one-line error and leaves the
+    previous checkpoint there."""
+    atomic_io.save_atomic(state, path, what="checkpoint")
 
 
 def cpu_copy(state: Any) -> Any:
@@ -126,50 +93,30 @@ class BackgroundWriter:
         if pending is not None:
             pending.result()
 
-    def close(self) -> None:
-        """Wait for the last write (its error raised) and end the thread."""
+    def close(self, quietly: bool = False) -> None:
+        """Wait for the last write (its error raised) and end the thread. `quietly`: an error is
+        only logged, so that it does not hide the one being reported."""
         try:
             self.wait()
+        except Exception as exc:
+            if not quietly:
+                raise
+            log.warning(f"the last epoch-end checkpoint could not be written: {exc}")
         finally:
             if self.pool is not None:
                 self.pool.shutdown()
                 self.pool = None
 
+    def save_epoch_end(self, state: dict[str, Any], run_dir: Path, best: bool) -> None:
+        """Write an epoch's checkpoint to last.pt and, when it scored `best`, its weights alone
+        to best.pt (resuming reads last.pt). `state` must not change while the write runs:
+        a cpu_copy."""
+        def write_both() -> None:
+            write(state, run_dir / "last.pt")
+            if best:
+                write(best_state(state), run_dir / "best.pt")
 
-def copy_atomic(source: Path, target: Path) -> None:
-    with open(source, "rb") as src, atomic_file(target) as dst:
-        shutil.copyfileobj(src, dst)
-
-
-def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Delete the temporary files that atomic writes leave when a process is killed mid-write
-    (`.last.pt.<random>.tmp` is as big as a checkpoint). Only this run's hidden `.*.tmp` files."""
-    removed = []
-    for path in Path(folder).glob(".*.tmp"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Small text files (metrics, results): a reader never sees a half-written one."""
-    with atomic_file(path, "w") as f:
-        f.write(text)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        self.submit(write_both)
 
 
 def resolve(path_or_dir: str | Path) -> Path:
@@ -262,6 +209,18 @@ def restore(state: dict[str, Any], model: Any, optimizer: Any, scheduler: Any, s
             ema.load_state_dict(state["ema"] if state.get("ema") else state["model"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {state['path']} does not fit this run: {str(exc).splitlines()[0]}") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNGs, as a checkpoint keeps them."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(saved: dict[str, Any]) -> None:
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
 
 
 # ------------------------------------------------------------------------ where to resume from

@@ -13,7 +13,9 @@ Every export checks itself before it is kept: ONNX Runtime (or the reloaded Torc
 must give torch's logits within 1e-4 on real images of the checkpoint's own data (random inputs
 when that data cannot be loaded, said so), at two batch sizes to exercise the dynamic axis.
 
-`OnnxClassifier(path)` runs an exported file (for predictions without the training stack).
+The arguments are Hydra overrides of conf/export.yaml (schema: swin_cli/export_config.py), as
+swin-train's are, with the same one-line errors. swin_cli/onnx_runtime.py runs an exported file
+(OnnxClassifier, the sidecar) without this module or the training stack.
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from swin_cli.errors import SwinCliError
+from swin_cli.export_config import KEYS
+from swin_cli.onnx_runtime import (
+    INPUT_NAME, INSTALL_HINT, OUTPUT_NAME, OnnxClassifier, default_output, require_onnx, resolve_checkpoint,
+    sidecar_path,
+)
 
 PROGRAM = "swin-export"
 TOLERANCE = 1e-4
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-INSTALL_HINT = 'pip install "swin-cli[export]"'
-FORMATS = ("onnx", "torchscript")
-EXPORTERS = ("dynamo", "legacy")
-KEYS = ("ckpt", "format", "out", "batch", "opset", "exporter")
 # The exporter traces with this many images; dynamo treats 0 and 1 as special sizes, so not those.
 EXAMPLE_BATCH = 2
 # Above this many bytes of weights one ONNX protobuf cannot hold them (its limit is 2 GiB); the
@@ -61,6 +63,8 @@ against torch on the checkpoint's own test images (max abs diff of the logits <=
   exporter  dynamo (default): torch.export-based torch.onnx.export;
             legacy: the TorchScript-based one (faster to export, deprecated by torch)
 
+The keys ({', '.join(KEYS)}) are Hydra overrides of conf/export.yaml:
+{PROGRAM} --cfg job [key=value ...] prints the config they make.
 ONNX needs the export extra: {INSTALL_HINT}
 
 examples:
@@ -69,100 +73,7 @@ examples:
   {PROGRAM} ckpt=run format=torchscript"""
 
 
-class ArgumentError(SwinCliError):
-    """A bad command line: exit code 2."""
-
-
-class MissingExtraError(SwinCliError):
-    pass
-
-
-# ----------------------------------------------------------------------------- arguments
-
-
-def parse_args(argv: list[str]) -> dict[str, Any]:
-    """key=value arguments to a dict of typed values (defaults filled in)."""
-    allowed = ", ".join(KEYS)
-    args: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ArgumentError(f"expected key=value arguments, got {arg!r} (keys: {allowed}; see --help)")
-        if key not in KEYS:
-            raise ArgumentError(f"unknown key {key!r} (keys: {allowed})")
-        if key in args:
-            raise ArgumentError(f"{key}= is given twice")
-        args[key] = value
-    if not args.get("ckpt"):
-        raise ArgumentError("ckpt=<run dir or .pt> is required (see --help)")
-    given = set(args)
-    fmt = args.setdefault("format", "onnx")
-    if fmt not in FORMATS:
-        raise ArgumentError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    exporter = args.setdefault("exporter", "dynamo")
-    if exporter not in EXPORTERS:
-        raise ArgumentError(f"exporter must be one of {', '.join(EXPORTERS)} (got {exporter!r})")
-    args["batch"] = _positive_int("batch", args.get("batch", "8"))
-    args["opset"] = _positive_int("opset", args["opset"]) if "opset" in args else None
-    onnx_only = sorted(given & {"opset", "exporter"})
-    if fmt != "onnx" and onnx_only:
-        keys = " and ".join(f"{k}=" for k in onnx_only)
-        raise ArgumentError(f"{keys} {'apply' if len(onnx_only) > 1 else 'applies'} only to format=onnx "
-                            f"(got format={fmt})")
-    args.setdefault("out", None)
-    return args
-
-
-def _positive_int(key: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ArgumentError(f"{key} must be a positive integer (got {value!r})")
-    return number
-
-
-# ----------------------------------------------------------------------------- optional packages
-
-
-def require_onnx(*modules: str) -> None:
-    """Import the export extra's packages, or fail with one line naming the extra."""
-    import importlib
-
-    missing = []
-    for name in modules or ("onnx", "onnxruntime", "onnxscript"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise MissingExtraError(missing_extra_message(missing))
-
-
-def missing_extra_message(missing: list[str]) -> str:
-    return f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} " \
-           f"not installed: {INSTALL_HINT}"
-
-
 # ----------------------------------------------------------------------------- checkpoint and data
-
-
-def resolve_checkpoint(ckpt: str) -> Path:
-    """A .pt, or a run dir meaning its best.pt (its last.pt when it has no best.pt)."""
-    path = Path(os.path.expanduser(ckpt))
-    if path.is_dir():
-        best = path / "best.pt"
-        path = best if best.is_file() or not (path / "last.pt").is_file() else path / "last.pt"
-    return path
-
-
-def default_output(ckpt_path: Path, fmt: str, out: Optional[str]) -> Path:
-    suffix = ".onnx" if fmt == "onnx" else ".torchscript.pt"
-    if out is None:
-        return ckpt_path.with_name(ckpt_path.stem + suffix)
-    path = Path(os.path.expanduser(out))
-    return path / (ckpt_path.stem + suffix) if path.is_dir() else path
 
 
 def sample_images(state: dict[str, Any], count: int):
@@ -170,22 +81,14 @@ def sample_images(state: dict[str, Any], count: int):
     (None, why not) when that data cannot be loaded here."""
     import torch
 
+    from swin_cli.data import first_test_images
+
     signature = state["signature"]
     size, channels = signature["data.image_size"], signature["in_chans"]
     data_cfg = dict(state["config"].get("data", {}))
     name = data_cfg.get("name")
     try:
-        if name == "imagefolder":
-            images, where = _imagefolder_sample(data_cfg, size, channels, count)
-        else:
-            from omegaconf import OmegaConf
-
-            from swin_cli.data import load_data
-
-            # Never download during an export; mean/std as trained (no statistics pass).
-            cfg = OmegaConf.create({**data_cfg, "image_size": size, "channels": channels, "download": False,
-                                    "mean": list(state["mean"]), "std": list(state["std"])})
-            images, where = next(load_data(cfg).test.eval_batches(count))[0], f"test images of data={name}"
+        images, where = first_test_images(data_cfg, size, channels, count, state["mean"], state["std"])
     except Exception as exc:  # whatever stops the data loading, the check goes on with random inputs
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None, f"data={name} could not be loaded ({reason})"
@@ -194,36 +97,6 @@ def sample_images(state: dict[str, Any], count: int):
     if images.shape[1:] != (channels, size, size):
         return None, f"data={name} gave images of shape {tuple(images.shape[1:])}, not {(channels, size, size)}"
     return images[torch.arange(count) % len(images)], where
-
-
-def _imagefolder_sample(data_cfg: dict[str, Any], size: int, channels: int, count: int):
-    """The first images of an image folder's test/ (else val/, else train/) split, one class
-    after another, decoded directly: no pass over the whole data set for a handful of images."""
-    import torch
-
-    import numpy as np
-
-    from swin_cli.data import eval_transform, list_classes
-
-    root = Path(os.path.expanduser(str(data_cfg.get("root") or "")))
-    split = next((root / s for s in ("test", "val", "train") if (root / s).is_dir()), None)
-    if split is None:
-        raise FileNotFoundError(f"no test/, val/ or train/ folder under {root}")
-    per_class = list(list_classes(split).values())
-    view = eval_transform(data_cfg, size, channels)
-    decoded: list[np.ndarray] = []
-    for rank in range(max((len(files) for files in per_class), default=0)):
-        for files in per_class:
-            if rank < len(files) and len(decoded) < count:
-                try:
-                    decoded.append(view(str(files[rank])))
-                except Exception:  # an unreadable file: the next one
-                    pass
-        if len(decoded) >= count:
-            break
-    if not decoded:
-        return torch.empty(0, channels, size, size, dtype=torch.uint8), str(split)
-    return torch.from_numpy(np.stack(decoded)), f"images of {split}"
 
 
 def check_inputs(state: dict[str, Any], batch: int):
@@ -314,30 +187,14 @@ def _torchscript_runner(path: Path):
     return lambda x: module(x)
 
 
-def export(args: dict[str, Any]) -> dict[str, Any]:
-    """Run one export as parsed by parse_args; returns the sidecar's contents."""
-    from swin_cli.data import crop_pct
+def write_checked(model, inputs, out: Path, args: dict[str, Any], batch_sizes: list[int],
+                  where: str) -> tuple[Optional[int], float, dict[str, Any]]:
+    """Export `model` to `out` and compare the file's logits with torch's on `inputs`; the file is
+    moved into place only once it has passed, so a failed check leaves nothing behind. Returns
+    the ONNX opset (None for TorchScript), the seconds the export took, and the check's numbers."""
+    from swin_cli import checkpoint
 
     fmt = args["format"]
-    if fmt == "onnx":
-        require_onnx()
-    import torch
-
-    from swin_cli import __version__, checkpoint
-    from swin_cli.build import model_from_checkpoint
-
-    ckpt_path = resolve_checkpoint(args["ckpt"])
-    state = checkpoint.load(ckpt_path)
-    model = model_from_checkpoint(state)
-    out = default_output(ckpt_path, fmt, args["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    batch_sizes = check_batch_sizes(args["batch"])
-    inputs, where = check_inputs(state, max(batch_sizes))
-    print(f"{PROGRAM}: {ckpt_path} -> {out} ({fmt}"
-          f"{', exporter=' + args['exporter'] if fmt == 'onnx' else ''})", flush=True)
-
-    # Moved into place only once it has passed the check; a failed check leaves nothing behind.
     start = time.perf_counter()
     with checkpoint.atomic_path(out) as tmp:
         if fmt == "onnx":
@@ -358,9 +215,22 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
         if not worst <= TOLERANCE:  # also catches NaN
             raise SwinCliError(f"{engine} differs from torch by {worst:.3g} > {TOLERANCE:.0e} on {where}; "
                                f"nothing written" + (" (try the other exporter=)" if fmt == "onnx" else ""))
+    check = {"inputs": where, "batch_sizes": batch_sizes, "max_abs_diff": worst, "max_abs_diff_per_batch": diffs,
+             "tolerance": TOLERANCE, "runtime": engine}
+    return opset, seconds, check
 
+
+def sidecar_meta(state: dict[str, Any], ckpt_path: Path, out: Path, args: dict[str, Any], opset: Optional[int],
+                 check: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """What a user of the exported file needs besides the graph, and where it came from."""
+    import torch
+
+    from swin_cli import __version__
+    from swin_cli.data import crop_pct
+
+    fmt = args["format"]
     signature = state["signature"]
-    meta = {
+    return {
         "format": fmt,
         "file": out.name,
         "input": {"name": INPUT_NAME, "dtype": "float32",
@@ -385,10 +255,31 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "exporter": args["exporter"] if fmt == "onnx" else "torch.jit.trace",
         "opset": opset,
-        "check": {"inputs": where, "batch_sizes": batch_sizes, "max_abs_diff": worst,
-                  "max_abs_diff_per_batch": diffs, "tolerance": TOLERANCE, "runtime": engine},
+        "check": check,
         "export_seconds": round(seconds, 2),
     }
+
+
+def export(args: dict[str, Any]) -> dict[str, Any]:
+    """Run one export (args: export_config.export_args's); returns the sidecar's contents."""
+    fmt = args["format"]
+    if fmt == "onnx":
+        require_onnx()
+    from swin_cli import checkpoint
+    from swin_cli.build import model_from_checkpoint
+
+    ckpt_path = resolve_checkpoint(args["ckpt"])
+    state = checkpoint.load(ckpt_path)
+    model = model_from_checkpoint(state)
+    out = default_output(ckpt_path, fmt, args["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    batch_sizes = check_batch_sizes(args["batch"])
+    inputs, where = check_inputs(state, max(batch_sizes))
+    print(f"{PROGRAM}: {ckpt_path} -> {out} ({fmt}"
+          f"{', exporter=' + args['exporter'] if fmt == 'onnx' else ''})", flush=True)
+    opset, seconds, check = write_checked(model, inputs, out, args, batch_sizes, where)
+    meta = sidecar_meta(state, ckpt_path, out, args, opset, check, seconds)
     sidecar = sidecar_path(out)
     checkpoint.write_text_atomic(sidecar, json.dumps(meta, indent=2) + "\n")
     size_mb = out.stat().st_size / 2**20
@@ -396,99 +287,45 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-# ----------------------------------------------------------------------------- running an export
-
-
-def sidecar_path(model_path: str | Path) -> Path:
-    path = Path(model_path)
-    return path.with_name(path.name + ".json")
-
-
-def read_sidecar(model_path: str | Path) -> dict[str, Any]:
-    """The JSON swin-export wrote next to an exported model."""
-    path = sidecar_path(model_path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SwinCliError(f"{path} not found: the class names and normalisation of {Path(model_path).name} "
-                           f"live there (written by swin-export next to the model)") from None
-    except (OSError, ValueError) as exc:
-        raise SwinCliError(f"cannot read {path}: {exc}") from None
-
-
-class OnnxClassifier:
-    """An exported ONNX model (a .onnx, or a run dir meaning its best.onnx) under ONNX Runtime:
-    `clf(images)` with normalised float images (N, C, H, W) returns torch float32 logits
-    (N, classes) on the CPU.
-
-    With its sidecar (the default): `classes`, `mean`, `std`, `image_size`, `channels` and
-    `meta` (the whole JSON) come from it. `providers`: ONNX Runtime execution providers
-    (default CPU only); `threads`: intra-op threads (default ONNX Runtime's own choice).
-    """
-
-    def __init__(self, path: str | Path, *, sidecar: bool = True, providers: Optional[list[str]] = None,
-                 threads: Optional[int] = None):
-        require_onnx("onnxruntime")
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if self.path.is_dir():  # a run dir: the export of its best.pt
-            self.path = self.path / "best.onnx"
-        self.meta = read_sidecar(self.path) if sidecar else {}
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:
-            raise SwinCliError(f"ONNX Runtime cannot load {self.path}: {str(exc).strip().splitlines()[0]}") from None
-        first_input, first_output = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self.input_name, self.output_name = first_input.name, first_output.name
-        self.input_shape = list(first_input.shape)
-        self.classes: Optional[list[str]] = self.meta.get("classes")
-        self.mean: Optional[list[float]] = self.meta.get("mean")
-        self.std: Optional[list[float]] = self.meta.get("std")
-        self.image_size: Optional[int] = self.meta.get("image_size")
-        self.channels: Optional[int] = self.meta.get("channels")
-
-    @property
-    def opset(self) -> Optional[int]:
-        """The default-domain opset of the model's graph."""
-        import onnx
-
-        model = onnx.load(str(self.path), load_external_data=False)
-        return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-
-    def __call__(self, images) -> Any:
-        import torch
-
-        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        try:
-            (logits,) = self.session.run([self.output_name], {self.input_name: x})
-        except Exception as exc:
-            raise SwinCliError(f"{self.path.name} takes {self.input_name} of shape {self.input_shape}, "
-                               f"got {list(x.shape)}: {str(exc).strip().splitlines()[0]}") from None
-        return torch.from_numpy(logits)
-
-
 # ----------------------------------------------------------------------------- command line
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--help" in argv or "-h" in argv:
-        print(USAGE)
-        return
+def _run(cfg: Any) -> None:
+    """The Hydra task: check the composed arguments, export; a user's error is one line."""
+    from swin_cli.export_config import ArgumentError, export_args
+
     try:
-        export(parse_args(argv))
-    except ArgumentError as exc:
-        print(f"{PROGRAM}: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        export(export_args(cfg))
     except SwinCliError as exc:
         print(f"{PROGRAM}: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, ArgumentError) else 1)
+
+
+def _hydra_app():
+    """swin-export's @hydra.main function, made on call: --help needs neither Hydra's runner nor
+    the schema in its ConfigStore."""
+    import hydra
+
+    from swin_cli import export_config
+
+    export_config.register()
+    return hydra.main(version_base="1.3", config_path="pkg://swin_cli.conf", config_name="export")(_run)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """`swin-export key=value ...` (argv: the arguments, sys.argv's by default)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in args or "-h" in args:
+        print(USAGE)
+        return
+    from swin_cli.export_config import explain
+    from swin_cli.main import run_hydra_app
+
+    saved, sys.argv = sys.argv, [PROGRAM, *args]  # Hydra reads its overrides from sys.argv
+    try:
+        run_hydra_app(_hydra_app(), PROGRAM, explain=explain)
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

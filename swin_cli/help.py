@@ -19,7 +19,6 @@ TOP_LEVEL_KEYS = {
     "epochs": "passes over the training split",
     "seed": "seeds init, shuffling and augmentation; the same seed repeats a CPU run bit for bit",
     "device": "auto (CUDA, else MPS, else CPU) | cpu | cuda | mps",
-    "logger": "none | tensorboard (<run dir>/tb) | mlflow (outputs/mlruns), or a list: [tensorboard,mlflow]",
     "threads": "CPU threads for torch (null: one per core)",
     "deterministic": "deterministic kernels only: GPU runs repeat bit for bit, more slowly",
     "resume": "a run dir or .pt to continue, or auto (the newest run under outputs/ with this config)",
@@ -28,7 +27,7 @@ TOP_LEVEL_KEYS = {
     "predict_dir": "mode=predict: a folder of images to label into predictions.csv",
     "predict_backend": "mode=predict: torch | onnx (the checkpoint's swin-export under ONNX Runtime)",
 }
-GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log", "benchmark")
+GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log", "logger", "benchmark")
 EXAMPLES = """\
   swin-train data=digits model=nano epochs=2                # offline, a minute on a laptop
   swin-train model=tiny model.patch_size=2 model.window_size=4 data=cifar10 epochs=10
@@ -36,6 +35,7 @@ EXAMPLES = """\
   swin-train experiment=cifar10_nano                         # CIFAR-10, downloaded once
   swin-train -m data=digits optimizer=adamw,sgd optimizer.lr=1e-3,3e-4 epochs=3
   swin-train mode=preview data=digits aug.auto_augment=trivialaugment   # augment_preview.png
+  swin-train data=digits 'logger=[tensorboard,mlflow]'       # or logger=wandb; each needs its extra
   swin-train debug=fast model=tiny                           # 1 step each of train, val, test; run dir in /tmp
   swin-eval ckpt=outputs/DATE/TIME data=digits               # evaluate a run's best.pt
   swin-train experiment=finetune data.root=/data/my_images   # ImageNet Swin-T, fine-tuned

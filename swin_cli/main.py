@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,6 +33,10 @@ program = "swin-train"
 # What Hydra puts in a run dir before our code runs; a run dir holding nothing else was made for
 # a run that never started.
 _HYDRA_ONLY = {".hydra", "swin-train.log"}
+
+
+def _print_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def print_error(line: str) -> None:
@@ -197,6 +201,38 @@ def _hydra_main(cfg: DictConfig) -> Any:
     return run(cfg)
 
 
+def run_hydra_app(app: Callable[[], Any], program: str, report: Callable[[str], None] = _print_stderr,
+                  explain: Callable[[str], str] = lambda line: line) -> None:
+    """Run a @hydra.main function as the command `program` (swin-train, swin-eval, swin-export):
+    a composition error (a bad override, an unknown key or option) ends as one `<program>:
+    error:` line through `report` and exit 2, a run dir or log file that cannot be written as one
+    line and exit 1. `explain` may add what the program knows to a composition error's line."""
+    # Hydra prints a composition error as a stack trace. With HYDRA_FULL_ERROR it raises
+    # instead, and the error becomes one line here. A user who set HYDRA_FULL_ERROR=1 gets the trace.
+    full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if full_trace:
+            raise
+        message = str(exc)
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and str(cause) not in message:
+            message += "\n" + str(cause)
+        report(f"{program}: error: {explain(one_line(message))}")
+        sys.exit(2)
+    except (OSError, ValueError) as exc:
+        # Hydra cannot create the run dir (OSError), or cannot open the log file in a run dir
+        # that exists but refuses writes (logging's ValueError, caused by the OSError).
+        os_error = _os_error(exc)
+        if full_trace or os_error is None:
+            raise
+        where = f" {os_error.filename}" if os_error.filename else ""
+        report(f"{program}: error: cannot write{where}: {os_error.strerror or os_error}")
+        sys.exit(1)
+
+
 def main() -> None:
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         from swin_cli.help import help_text
@@ -214,31 +250,8 @@ def main() -> None:
     if not distributed.is_main():
         # One run dir, one log: the other ranks write neither Hydra's files nor log lines.
         sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[]"]
-    # Hydra prints a composition error (a bad override, an unknown option) as a stack trace.
-    # With HYDRA_FULL_ERROR it raises instead, and the error becomes one line here: exit 2 for
-    # the config, 1 for the file system. A user who set HYDRA_FULL_ERROR=1 gets the trace.
-    full_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        _hydra_main()
-    except (HydraException, OmegaConfBaseException) as exc:
-        if full_trace:
-            raise
-        message = str(exc)
-        cause = exc.__cause__ or exc.__context__
-        if cause is not None and str(cause) not in message:
-            message += "\n" + str(cause)
-        print_error(f"{program}: error: {one_line(message)}")
-        sys.exit(2)
-    except (OSError, ValueError) as exc:
-        # Hydra cannot create the run dir (OSError), or cannot open swin-train.log in a run dir
-        # that exists but refuses writes (logging's ValueError, caused by the OSError).
-        os_error = _os_error(exc)
-        if full_trace or os_error is None:
-            raise
-        where = f" {os_error.filename}" if os_error.filename else ""
-        print_error(f"{program}: error: cannot write{where}: {os_error.strerror or os_error}")
-        sys.exit(1)
+        run_hydra_app(_hydra_main, program, print_error)
     finally:
         distributed.teardown()
 

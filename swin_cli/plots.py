@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from swin_cli.checkpoint import atomic_file
+from swin_cli.atomic_io import atomic_file
 
 log = logging.getLogger("swin_cli")
 _warned = False

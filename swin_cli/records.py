@@ -14,11 +14,11 @@ from typing import Any, Optional
 
 import torch
 
-from swin_cli import checkpoint, plots, summary
+from swin_cli import atomic_io, plots, summary
 from swin_cli.build import lr_factor
 from swin_cli.errors import SwinCliError
+from swin_cli.loggers import open_trackers
 from swin_cli.text import plural
-from swin_cli.tracking import open_trackers
 
 log = logging.getLogger("swin_cli")
 
@@ -55,8 +55,8 @@ class RunRecords:
         writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
-        checkpoint.write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
-        checkpoint.write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        atomic_io.write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
+        atomic_io.write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
     def epoch(self, history: list[dict[str, Any]], improved: bool) -> None:
         """After an epoch: its row (the last of `history`) everywhere, and its line on screen;
@@ -86,7 +86,7 @@ class RunRecords:
                for s in range(total_steps)]
         plots.plot_lr(lrs, steps_per_epoch, self.run_dir / "lr.png")
         plots.plot_confusion(confusion.tolist(), results["classes"], self.run_dir / "confusion.png")
-        checkpoint.write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_io.write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         for tracker in self.trackers:
             tracker.finish(results, self.run_dir)
 
@@ -139,7 +139,7 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 def clean_up_after_a_kill(run_dir: Path) -> None:
     """Remove what a killed checkpoint write left in `run_dir`, and say so."""
-    removed = checkpoint.remove_stale_temp_files(run_dir)
+    removed = atomic_io.remove_stale_temp_files(run_dir)
     if removed:
         names = ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
         log.info(f"removed {plural(len(removed), 'temporary file')} an interrupted write left in {run_dir}: {names}")

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from swin_cli import plots
-from swin_cli.checkpoint import write_text_atomic
+from swin_cli.atomic_io import write_text_atomic
 from swin_cli.text import plural
 
 ERROR_FILE = "error.txt"

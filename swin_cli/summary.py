@@ -128,13 +128,12 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
 
 def storage_text(data_cfg: Any, data: Any) -> str:
     """Which storage the run reads from, why, and the views of an image it trains and tests on."""
-    from swin_cli.data import crop_pct, eval_batch_size, train_crop
+    from swin_cli.data import crop_pct, data_source, eval_batch_size, train_crop
 
     text = f"{data.storage} ({data.storage_reason})"
     if data.storage == "stream":
-        workers = getattr(data.train, "workers", None)
-        text += f", {workers} worker processes" if workers is not None else ""
-    if plain(data_cfg.name) not in ("digits", "cifar10", "cifar100"):
+        text += f", {data.train.workers} worker processes"
+    if not data_source(plain(data_cfg.name)).held_by_reader:  # views of image files apply
         crop = train_crop(data_cfg)
         scale = "-".join(f"{v:g}" for v in data_cfg.crop_scale)
         text += (f"; train: {'random resized crop, scale ' + scale if crop == 'random_resized' else 'resize'}"

@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from swin_cli import report
-from swin_cli.checkpoint import write_text_atomic
+from swin_cli.atomic_io import write_text_atomic
 from swin_cli.text import plural
 
 

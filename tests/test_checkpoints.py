@@ -8,8 +8,10 @@ import torch
 
 from conftest import FAST, TINY_MODEL, make_config
 from swin_cli import checkpoint
+from swin_cli.atomic_io import WriteError
 from swin_cli.build import build_model, model_from_checkpoint
 from swin_cli.errors import SwinCliError
+from swin_cli.loop_state import LoopState, Stop
 from swin_cli.train import Trainer
 from swin_cli.weights import read_weights
 
@@ -48,7 +50,7 @@ def slow_writes(monkeypatch, seconds: float, fail_on: int = 0) -> list[dict]:
     import threading
     import time
 
-    real_save, saved = checkpoint.save_atomic, []
+    real_save, saved = checkpoint.write, []
 
     def save(state, path):
         if threading.current_thread() is not threading.main_thread():
@@ -56,11 +58,11 @@ def slow_writes(monkeypatch, seconds: float, fail_on: int = 0) -> list[dict]:
         saved.append({"path": path.name, "thread": threading.current_thread().name,
                       "state": checkpoint.cpu_copy(state)})
         if len(saved) == fail_on:
-            raise checkpoint.CheckpointError(f"could not write checkpoint {path}: "
-                                             f"{errno.errorcode[errno.ENOSPC]}; the previous checkpoint there is untouched")
+            raise WriteError(f"could not write checkpoint {path}: {errno.errorcode[errno.ENOSPC]}; "
+                             f"the previous checkpoint there is untouched")
         real_save(state, path)
 
-    monkeypatch.setattr(checkpoint, "save_atomic", save)
+    monkeypatch.setattr(checkpoint, "write", save)
     return saved
 
 
@@ -106,7 +108,40 @@ def test_a_stop_request_during_a_pending_write_leaves_its_own_checkpoint_last(tm
 def test_a_failed_background_write_stops_the_run_with_its_one_line_error(tmp_path, monkeypatch):
     slow_writes(monkeypatch, 0.0, fail_on=3)  # epoch 1: last.pt, best.pt; epoch 2: last.pt fails
     trainer = Trainer(make_config(*FAST, "epochs=4"), tmp_path / "run")
-    with pytest.raises(checkpoint.CheckpointError, match=r"could not write checkpoint .*last.pt: ENOSPC"):
+    with pytest.raises(WriteError, match=r"could not write checkpoint .*last.pt: ENOSPC"):
         trainer.fit()
     assert trainer.epoch <= 3  # found at the next epoch's end at the latest, not after the run
     assert checkpoint.load(tmp_path / "run" / "last.pt")["epoch"] == 1  # the previous one, untouched
+
+
+# What Trainer.state() listed by hand before LoopState: a checkpoint's keys, flat, as they were.
+LOOP_KEYS = {"epoch", "step_in_epoch", "global_step", "running", "history", "best_val_acc", "best_epoch",
+             "best_source", "plateau", "stopped_early"}
+CHECKPOINT_KEYS = {"format", "format_version", "version", "config", "signature", "classes", "mean", "std", "model",
+                   "optimizer", "scheduler", "scaler", "ema", *LOOP_KEYS, "wall_time_s", "rng"}
+
+
+def test_a_checkpoint_keeps_the_keys_it_always_had(tmp_path):
+    Trainer(make_config(*FAST, "epochs=1"), tmp_path / "run").fit()
+    assert set(torch.load(tmp_path / "run" / "last.pt", weights_only=True)) == CHECKPOINT_KEYS
+    assert set(LoopState().to_dict()) == LOOP_KEYS
+
+
+def test_the_loop_state_round_trips_and_reads_checkpoints_from_before_early_stopping():
+    loop = LoopState(epoch=3, step_in_epoch=2, global_step=14, history=[{"epoch": 1}, {"epoch": 2}, {"epoch": 3}],
+                     best_val_acc=55.0, best_epoch=2, best_source="ema", plateau={"best": 55.0, "epochs": 1})
+    loop.running["loss"] = 1.5
+    snapshot = loop.to_dict()
+    assert LoopState.from_dict(snapshot) == loop
+    loop.running["loss"] += 1.0  # a snapshot for a background write does not move with the loop
+    loop.history.append({"epoch": 4})
+    assert snapshot["running"]["loss"] == 1.5 and len(snapshot["history"]) == 3
+    # A checkpoint from before early stopping: no plateau, no stop.
+    old = LoopState.from_dict({k: v for k, v in snapshot.items() if k not in ("plateau", "stopped_early")})
+    assert old.plateau == {"best": -1.0, "epochs": 0} and old.stop is None and old.global_step == 14
+    # Only a plateau carries over to a resumed run; a time limit belongs to its process.
+    loop.stop = Stop("time_limit", 3, "train.time_limit_min=9: ...")
+    assert loop.to_dict()["stopped_early"] is None
+    loop.stop = Stop("plateau", 3, "validation accuracy has not risen ...")
+    assert loop.to_dict()["stopped_early"] == "validation accuracy has not risen ..."
+    assert LoopState.from_dict(loop.to_dict()).stop == loop.stop

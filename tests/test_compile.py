@@ -83,7 +83,7 @@ def test_a_run_compiles_once_across_steps_epochs_and_lr_changes(monkeypatch, tmp
     lrs: list[float] = []
 
     def on_step(trainer: Trainer) -> None:
-        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        lrs.append(trainer.step.optimizer.param_groups[0]["lr"])
         if trainer.global_step == 1:
             after_first.extend(c.frame_count for c in counters)
 
@@ -190,7 +190,7 @@ def test_a_run_with_a_compiled_update_resumes_into_an_eager_one(tmp_path):
     saved = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
     assert isinstance(saved["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
     trainer = Trainer(make_config(*base, "epochs=2", f"resume={tmp_path / 'a' / 'last.pt'}"), tmp_path / "b")
-    assert isinstance(trainer.optimizer.param_groups[0]["lr"], float)
+    assert isinstance(trainer.step.optimizer.param_groups[0]["lr"], float)
     results = trainer.fit()
     assert results["epochs"] == 2 and all(isinstance(r["lr"], float) for r in trainer.history)
 

@@ -209,11 +209,12 @@ HOST_READS = {"_local_scalar_dense", "item", "nonzero", "unique", "_unique2", "u
 def _recording_trainer(monkeypatch, tmp_path, *overrides: str):
     """A Trainer over digits with the whole regularisation on and the optimizer CUDA gets (fused
     AdamW, or the compiled step's capturable one), run on the CPU; and its first 16 images."""
+    import swin_cli.step as step_module
     import swin_cli.train as train_module
     from conftest import TINY_MODEL, make_config
     from swin_cli.build import build_optimizer
 
-    monkeypatch.setattr(train_module, "build_optimizer",
+    monkeypatch.setattr(step_module, "build_optimizer",
                         lambda opt_cfg, model, device, compiled_step=False:
                         build_optimizer(opt_cfg, model, torch.device("cuda"), compiled_step))
     cfg = make_config(*TINY_MODEL, "data=digits", "data.batch_size=16", "threads=1", "aug=small_data",
@@ -231,7 +232,7 @@ def test_a_training_step_never_reads_a_value_back_to_the_host(monkeypatch, tmp_p
     from torch.utils._python_dispatch import TorchDispatchMode
 
     trainer, images, labels = _recording_trainer(monkeypatch, tmp_path)
-    trainer._train_step(images, labels)  # the first step creates the optimizer state
+    trainer.step(images, labels)  # the first step creates the optimizer state
 
     class Record(TorchDispatchMode):
         def __init__(self):
@@ -248,7 +249,7 @@ def test_a_training_step_never_reads_a_value_back_to_the_host(monkeypatch, tmp_p
             return func(*args, **(kwargs or {}))
 
     with Record() as record:
-        loss, _ = trainer._train_step(images, labels)
+        loss, _ = trainer.step(images, labels)
     assert {"_fused_adamw_", "_foreach_lerp_", "_foreach_norm"} <= record.ops, sorted(record.ops)
     assert not HOST_READS & record.ops, HOST_READS & record.ops
     assert torch.isfinite(loss)
@@ -273,7 +274,7 @@ def test_the_compiled_update_reads_nothing_back_either(monkeypatch, tmp_path):
     torch._dynamo.reset()
     trainer, images, labels = _recording_trainer(monkeypatch, tmp_path, "train.compile_optimizer=true")
     for _ in range(2):
-        loss, _ = trainer._train_step(images, labels)
+        loss, _ = trainer.step(images, labels)
     assert {"lerp", "sqrt"} <= seen or {"_foreach_lerp", "_foreach_sqrt"} <= seen, sorted(seen)
     assert not HOST_READS & seen, HOST_READS & seen
     assert torch.isfinite(loss)
