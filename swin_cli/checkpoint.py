@@ -16,7 +16,6 @@ import torch
 
 from swin_cli import __version__, atomic_io
 # Re-exported until export.py and tests/test_cli.py import them from atomic_io.
-from swin_cli.atomic_io import atomic_path, save_atomic, write_text_atomic  # noqa: F401
 from swin_cli.config import ConfigError, plain
 from swin_cli.errors import SwinCliError
 

@@ -192,11 +192,11 @@ def write_checked(model, inputs, out: Path, args: dict[str, Any], batch_sizes: l
     """Export `model` to `out` and compare the file's logits with torch's on `inputs`; the file is
     moved into place only once it has passed, so a failed check leaves nothing behind. Returns
     the ONNX opset (None for TorchScript), the seconds the export took, and the check's numbers."""
-    from swin_cli import checkpoint
+    from swin_cli.atomic_io import atomic_path
 
     fmt = args["format"]
     start = time.perf_counter()
-    with checkpoint.atomic_path(out) as tmp:
+    with atomic_path(out) as tmp:
         if fmt == "onnx":
             export_onnx(model, inputs[:EXAMPLE_BATCH].clone(), tmp, args["exporter"], args["opset"])
             runner = OnnxClassifier(tmp, sidecar=False)
@@ -266,6 +266,7 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
     if fmt == "onnx":
         require_onnx()
     from swin_cli import checkpoint
+    from swin_cli.atomic_io import write_text_atomic
     from swin_cli.build import model_from_checkpoint
 
     ckpt_path = resolve_checkpoint(args["ckpt"])
@@ -281,7 +282,7 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
     opset, seconds, check = write_checked(model, inputs, out, args, batch_sizes, where)
     meta = sidecar_meta(state, ckpt_path, out, args, opset, check, seconds)
     sidecar = sidecar_path(out)
-    checkpoint.write_text_atomic(sidecar, json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(sidecar, json.dumps(meta, indent=2) + "\n")
     size_mb = out.stat().st_size / 2**20
     print(f"{PROGRAM}: wrote {out} ({size_mb:.1f} MB, exported in {seconds:.1f} s) and {sidecar.name}", flush=True)
     return meta

@@ -164,11 +164,12 @@ def test_runtime_faults_are_one_line_with_exit_code_1(tmp_path):
     # A checkpoint of a wider model than the one asked for.
     from conftest import make_config
     from swin_cli import checkpoint
+    from swin_cli.atomic_io import save_atomic
 
     signature = checkpoint.shape_signature(make_config(*TINY_MODEL, "model.embed_dim=16"), 1, 10)
     other = tmp_path / "other.pt"
-    checkpoint.save_atomic({"format": "swin-cli", "format_version": checkpoint.FORMAT_VERSION,
-                            "signature": signature}, other)
+    save_atomic({"format": "swin-cli", "format_version": checkpoint.FORMAT_VERSION,
+                 "signature": signature}, other)
     cases = [
         (["data=imagefolder", f"data.root={empty}"], "has no train/ folder"),
         (["data=imagefolder", f"data.root={mismatch}", f"data.cache_dir={tmp_path / 'cache'}"],
