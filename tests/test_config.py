@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import CONF, make_config
+
 from swin_cli.config import ConfigError, validate
 
 PAPER = {  # Liu et al. 2021, Table 1 (embed dim C, layer numbers, heads)
@@ -26,7 +27,8 @@ def test_paper_presets(name):
 def test_nano_is_the_notebook_model():
     cfg = make_config()
     m = cfg.model
-    assert (m.patch_size, m.embed_dim, list(m.depths), list(m.num_heads), m.window_size) == (2, 24, [2, 2, 2], [4, 4, 4], 4)
+    assert (m.patch_size, m.embed_dim, list(m.depths), list(m.num_heads), m.window_size) == \
+        (2, 24, [2, 2, 2], [4, 4, 4], 4)
     assert cfg.data.image_size == 32
 
 
@@ -65,7 +67,8 @@ def test_unknown_key_and_wrong_type_rejected_by_schema():
     (["data=imagefolder"], "data=imagefolder needs data.root"),
     (["data.val_fraction=1.0"], "data.val_fraction must be in [0, 1)"),
     (["train.time_limit_min=0"], "train.time_limit_min must be > 0 or null"),
-    (["train.compile_optimizer=true", "train.precision=fp16"], "train.compile_optimizer does not work with train.precision=fp16"),
+    (["train.compile_optimizer=true", "train.precision=fp16"],
+     "train.compile_optimizer does not work with train.precision=fp16"),
 ])
 def test_out_of_range_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -140,7 +143,8 @@ def test_every_config_option_composes_and_validates(group, option):
         assert hydra_cfg.job.name == "swin-train"
         assert group == "hydra" or "submitit" in hydra_cfg.launcher._target_
         return
-    extra = {("data", "imagefolder"): ["data.root=/some/folder"], ("experiment", "finetune"): ["data.root=/some/folder"],
+    extra = {("data", "imagefolder"): ["data.root=/some/folder"],
+             ("experiment", "finetune"): ["data.root=/some/folder"],
              ("experiment", "imagenet_swin_t"): ["data.root=/some/folder"],
              ("data", "huggingface"): ["data.path=/some/folder"],
              ("data", "webdataset"): ["data.train_urls=/s/train.tar", "data.test_urls=/s/test.tar"],
@@ -149,3 +153,43 @@ def test_every_config_option_composes_and_validates(group, option):
     validate(cfg)
     if group in ("model", "data", "aug", "optimizer", "scheduler"):
         assert cfg[group].name == option
+
+
+@pytest.mark.parametrize("overrides, first", [
+    (["train.time_limit_min=0", "log.interval=0"], "log.interval"),  # the train checks run in two parts
+    (["benchmark.steps=0", "train.early_stopping.patience=0"], "benchmark.steps"),
+    (["aug.crop_padding=-1", "optimizer.lr=0", "model.drop_rate=1.5"], "model.drop_rate"),
+    (["scheduler.pct_start=0", "data.val_fraction=1.0", "mode=predict"], "mode=predict"),
+    (["threads=0", "log.tracking_uri=x"], "threads"),
+])
+def test_several_problems_report_the_first_in_the_order_validate_always_used(overrides, first):
+    with pytest.raises(ConfigError) as info:
+        validate(make_config(*overrides))
+    assert str(info.value).startswith(first)
+
+
+def test_config_groups_pickle_with_their_enums_found_where_they_are_named():
+    # Worker processes get config values pickled: each choices() Enum must be importable by the
+    # module and name pickle records (its group's module, not swin_cli.choices).
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    from swin_cli.config import OptimizerConfig, OptimizerName
+    from swin_cli.data.schema import DataConfig, Storage
+
+    for group in (OptimizerConfig(name=OptimizerName.sgd), DataConfig(name="csv", storage=Storage.stream)):
+        node = OmegaConf.structured(group)
+        assert pickle.loads(pickle.dumps(node)) == node
+    assert pickle.loads(pickle.dumps(OptimizerName.sgd)) is OptimizerName.sgd
+    assert (OptimizerName.__module__, Storage.__module__) == ("swin_cli.config.optim", "swin_cli.data.schema")
+
+
+def test_one_plain_and_one_choices_for_the_whole_project():
+    import swin_cli.choices
+    import swin_cli.config
+    import swin_cli.data.schema
+
+    assert swin_cli.config.plain is swin_cli.data.schema.plain is swin_cli.choices.plain
+    assert swin_cli.config.choices is swin_cli.choices.choices
+    assert swin_cli.config.plain(swin_cli.config.Mode.eval) == "eval" and swin_cli.config.plain(3) == 3

@@ -3,29 +3,27 @@ the keys every source reads (registry.data_problem adds the source's own).
 
 Keys of one source (webdataset's urls, huggingface's path, csv's tables) stay flat in data.*,
 where users type them, but only that source checks them (swin_cli/data/registry.py). Imported by
-swin_cli/config.py, so it imports nothing of swin-cli and nothing heavy: `swin-train --help`
-must not pay for torch.
+swin_cli/config/, so it imports nothing of swin-cli but swin_cli.choices and nothing heavy:
+`swin-train --help` must not pay for torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import MISSING
 
+# plain is imported from here by the rest of the data package.
+from swin_cli.choices import choices, plain
 
-def _choices(name: str, *values: str) -> type[Enum]:
-    # swin_cli.config.choices, which this module cannot import: config imports it.
-    return Enum(name, [(v, v) for v in values], type=str)  # type: ignore[return-value]
-
+__all__ = ["DataConfig", "Interpolation", "Storage", "TrainCrop", "first_problem", "plain", "shared_problem"]
 
 # memory: decode once into a uint8 tensor (fastest for sets that fit); stream: decode while
 # training in worker processes; auto: see swin_cli/data/storage.py choose_storage.
-Storage = _choices("Storage", "auto", "memory", "stream")
-TrainCrop = _choices("TrainCrop", "auto", "resize", "random_resized")
-Interpolation = _choices("Interpolation", "bilinear", "bicubic")
+Storage = choices("Storage", "auto", "memory", "stream")
+TrainCrop = choices("TrainCrop", "auto", "resize", "random_resized")
+Interpolation = choices("Interpolation", "bilinear", "bicubic")
 
 
 @dataclass
@@ -113,12 +111,6 @@ class DataConfig:
     # Encoded samples each loader worker shuffles among, on top of the per-epoch shard order
     # (0: off). Costs this many encoded images of memory per worker.
     shuffle_buffer: int = 1000
-
-
-def plain(value: Any) -> Any:
-    """A config value with enums turned into their string (data.storage -> "auto"): the data
-    package's copy of swin_cli.config.plain, which it cannot import (config imports this)."""
-    return getattr(value, "value", value)
 
 
 def first_problem(*checks: tuple[bool, str]) -> Optional[str]:

@@ -1,0 +1,103 @@
+"""The `train` config group: loss, gradients, precision, compilation, EMA, stopping and debugging
+knobs of the training loop, and their checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from swin_cli.choices import choices, plain
+from swin_cli.config.errors import check
+
+Precision = choices("Precision", "fp32", "bf16", "fp16")
+# torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernels.
+CompileMode = choices("CompileMode", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class EmaConfig:
+    # Exponential moving average of the weights, updated every optimizer step; None: off.
+    # The EMA weights are validated beside the raw ones and kept in checkpoints.
+    decay: Optional[float] = None
+
+
+@dataclass
+class EarlyStoppingConfig:
+    # Stop when validation accuracy (the better of the raw and EMA weights) has not risen by
+    # more than min_delta points for `patience` epochs in a row; null: train every epoch.
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    label_smoothing: float = 0.0
+    # Clip the global gradient norm to this value; None disables clipping.
+    grad_clip: Optional[float] = None
+    # Sum gradients over this many batches per optimizer step (same update as a k-times batch).
+    accumulate: int = 1
+    # Autocast dtype for forward/backward; fp16 adds a GradScaler. Weights stay fp32.
+    precision: Precision = Precision.fp32
+    # torch.compile the model (compile time is paid in the first steps).
+    compile: bool = False
+    # The torch.compile mode for the model, the batch pipeline and (train.compile_optimizer) the
+    # update, with train.compile=true: reduce-overhead replays CUDA graphs (static shapes: every
+    # training batch has the same size), max-autotune also searches kernels (long compiles).
+    compile_mode: CompileMode = CompileMode.default
+    # Compile what follows backward (gradient clipping, the optimizer step, the EMA update), with
+    # the lr as a tensor so the schedule does not recompile it. Not under fp16.
+    compile_optimizer: bool = False
+    # Feed the patch embedding channels-last images (faster convolutions on GPUs).
+    channels_last: bool = False
+    # CUDA only: fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa, ~7x the
+    # fp32 rate on an H100; the usual choice for training). false keeps full fp32 products.
+    tf32: bool = True
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
+    max_steps_per_epoch: Optional[int] = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    # Minutes of training this process may take: after an epoch, when one more epoch would end
+    # past the limit, stop there and test the best weights (a run that must fit a time slot still
+    # reports a test accuracy; the schedule is not shortened). null: no limit.
+    time_limit_min: Optional[float] = None
+    # Debugging (the debug config group sets these). overfit_batches: train on only the first N
+    # batches of the training split, the same batches in the same order every epoch, and
+    # validate on them, to check that the model can fit them (debug=overfit). limit_eval_batches:
+    # validation and the final test score only their first N batches of data.eval_batch_size
+    # images (debug=fast).
+    # detect_anomaly: torch.autograd's anomaly detection, so that a backward op making a NaN
+    # stops the run naming it and the forward op behind it (debug=anomaly; slow).
+    overfit_batches: Optional[int] = None
+    limit_eval_batches: Optional[int] = None
+    detect_anomaly: bool = False
+
+
+def check_train(cfg: Any) -> None:
+    """The step's keys: label smoothing, clipping, accumulation, EMA decay, step and batch limits."""
+    t = cfg.train
+    check(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1) (got {t.label_smoothing})")
+    check(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null (got {t.grad_clip})")
+    check(t.accumulate >= 1, f"train.accumulate must be >= 1 (got {t.accumulate})")
+    check(t.ema.decay is None or 0 < t.ema.decay < 1, f"train.ema.decay must be in (0, 1) or null (got {t.ema.decay})")
+    check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
+          f"train.max_steps_per_epoch must be >= 1 or null (got {t.max_steps_per_epoch})")
+    for key in ("overfit_batches", "limit_eval_batches"):
+        value = getattr(t, key)
+        check(value is None or value >= 1, f"train.{key} must be >= 1 or null (got {value})")
+
+
+def check_stopping_and_compile(cfg: Any) -> None:
+    """Early stopping, the compiled optimizer step (not under fp16) and the time limit.
+
+    Apart from check_train only to keep the order validate has always reported problems in
+    (these came after log.* and benchmark.*)."""
+    t = cfg.train
+    es = t.early_stopping
+    check(es.patience is None or es.patience >= 1,
+          f"train.early_stopping.patience must be >= 1 or null (got {es.patience})")
+    check(es.min_delta >= 0, f"train.early_stopping.min_delta must be >= 0 (got {es.min_delta})")
+    check(not (t.compile_optimizer and plain(t.precision) == "fp16"),
+          "train.compile_optimizer does not work with train.precision=fp16 (its GradScaler decides on the host "
+          "whether to skip each step): use bf16, or leave the optimizer step eager")
+    check(t.time_limit_min is None or t.time_limit_min > 0,
+          f"train.time_limit_min must be > 0 or null (got {t.time_limit_min})")
