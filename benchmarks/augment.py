@@ -23,8 +23,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from swin_cli.augment import TrainBatch
-from swin_cli.config import register_configs
 from swin_cli.build import build_model
+from swin_cli.config import register_configs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import make_step, sync  # noqa: E402
@@ -88,15 +88,16 @@ def main() -> None:
     for label, seconds in (("cifar10_nano model", nano), ("cifar10_swin model", swin)):
         print(f"{label:<36} {seconds * 1e3:9.1f} {BATCH / seconds:10.0f}")
 
-    print(f"\n{'augmentation (whole TrainBatch)':<36} {'ms/batch':>9} {'img/s':>10} {'/ nano step':>11} {'/ swin step':>11}")
+    print(f"\n{'augmentation (whole TrainBatch)':<36} {'ms/batch':>9} {'img/s':>10} "
+          f"{'/ nano step':>11} {'/ swin step':>11}")
     for label, overrides in PRESETS.items():
         cfg = config(*overrides)
         prepare = TrainBatch(cfg.aug, CLASSES, cfg.train.label_smoothing, [0.5] * 3, [0.25] * 3, device)
-        seconds = seconds_per_call(lambda: prepare(images, labels), device, args.repeats)
+        seconds = seconds_per_call(lambda prepare=prepare: prepare(images, labels), device, args.repeats)
         print(f"{label:<36} {seconds * 1e3:9.2f} {BATCH / seconds:10.0f} {seconds / nano:11.1%} {seconds / swin:11.2%}")
         if args.compile and label != "none":
             compiled = torch.compile(prepare)
-            seconds = seconds_per_call(lambda: compiled(images, labels), device, args.repeats)
+            seconds = seconds_per_call(lambda compiled=compiled: compiled(images, labels), device, args.repeats)
             print(f"{'  compiled':<36} {seconds * 1e3:9.2f} {BATCH / seconds:10.0f} {seconds / nano:11.1%} "
                   f"{seconds / swin:11.2%}")
 

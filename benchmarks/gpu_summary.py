@@ -59,7 +59,8 @@ def main() -> None:
     bench = bench_rows(out)
     if bench:
         print("\n## mode=benchmark (bf16)\n")
-        print("| run | device | batch | train img/s | inference img/s | TFLOP/s | MFU | peak GiB | data share | warm-up s |")
+        print("| run | device | batch | train img/s | inference img/s | TFLOP/s | MFU | peak GiB | data share "
+              "| warm-up s |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(bench))
     tta = out / "eval_tta_flip" / "eval.json"

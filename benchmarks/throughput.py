@@ -139,7 +139,7 @@ def bench(config: str, device: torch.device, dtype: torch.dtype | None, compile_
         memory[cand.name] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
         runs[cand.name] = (step, [])
     for _ in range(repeats):  # interleaved
-        for name, (step, rates) in runs.items():
+        for step, rates in runs.values():
             sync(device)
             start = time.perf_counter()
             for _ in range(steps):

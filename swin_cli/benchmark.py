@@ -200,7 +200,8 @@ def format_result(r: dict[str, Any]) -> str:
         ("train", f"{rate(r['train_img_per_s'])} img/s ({r['train_step_ms']:.1f} ms/step of {r['batch_size']}), "
                   f"data {100 * r['data_share']:.0f}% of the step"),
         ("inference", f"{rate(r['inference_img_per_s'])} img/s"),
-        ("FLOPs", f"{r['forward_gflops_per_image']:.3g} GFLOP/image forward, x{TRAIN_FLOPS_PER_FORWARD} per training image"),
+        ("FLOPs", f"{r['forward_gflops_per_image']:.3g} GFLOP/image forward, "
+                  f"x{TRAIN_FLOPS_PER_FORWARD} per training image"),
         ("achieved", f"{r['train_tflops']:.3g} TFLOP/s training, {r['inference_tflops']:.3g} inference"),
         ("MFU", f"{100 * r['mfu']:.1f}% training, {100 * r['inference_mfu']:.1f}% inference, of "
                 f"{r['peak_tflops']:.4g} TFLOP/s ({r['peak_source']})"),

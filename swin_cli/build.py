@@ -105,7 +105,8 @@ def training_module(model: nn.Module, device: torch.device, processes: int, comp
     reduce-overhead for CUDA graphs, max-autotune); it shares `model`'s parameters."""
     module = model
     if processes > 1:
-        module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return torch.compile(module, mode=compile_mode) if compile else module
 
 

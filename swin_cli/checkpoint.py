@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from swin_cli import __version__, atomic_io
+
 # Re-exported until export.py and tests/test_cli.py import them from atomic_io.
 from swin_cli.config import ConfigError, plain
 from swin_cli.errors import SwinCliError

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import sys
 import time
 import warnings
@@ -33,7 +32,13 @@ from typing import Any, Optional
 from swin_cli.errors import SwinCliError
 from swin_cli.export_config import KEYS
 from swin_cli.onnx_runtime import (
-    INPUT_NAME, INSTALL_HINT, OUTPUT_NAME, OnnxClassifier, default_output, require_onnx, resolve_checkpoint,
+    INPUT_NAME,
+    INSTALL_HINT,
+    OUTPUT_NAME,
+    OnnxClassifier,
+    default_output,
+    require_onnx,
+    resolve_checkpoint,
     sidecar_path,
 )
 

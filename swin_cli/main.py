@@ -89,8 +89,8 @@ def share_machine(cfg: DictConfig, hydra_cfg: Any) -> None:
 def run(cfg: DictConfig) -> Optional[float]:
     """Train (or evaluate) as `cfg` says; returns the best validation accuracy for sweepers."""
     # Imported here: the training stack is only needed once a config has been composed.
-    from swin_cli.evaluate import evaluate_checkpoint, predict_folder
     from swin_cli import sweep
+    from swin_cli.evaluate import evaluate_checkpoint, predict_folder
     from swin_cli.interrupt import TrainingInterrupted
     from swin_cli.train import Trainer
 

@@ -110,7 +110,8 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
            else "val n/a")
     if row["ema_val_acc"] is not None:
         val += f" (ema {row['ema_val_acc']:6.2f}%)"
-    return (f"epoch {row['epoch']:>{width}}/{epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}% | "
+    return (f"epoch {row['epoch']:>{width}}/{epochs} | "
+            f"train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}% | "
             f"{val} | lr {row['lr']:.2e} | {row['epoch_time_s']:.1f}s (data {data_share:.0%}) "
             f"{row['train_img_per_s']:.0f} img/s"
             + (f" | {row['skipped_images']} unreadable skipped" if row.get("skipped_images") else ""))
@@ -166,7 +167,8 @@ class EpochProgress:
             return
         loss_sum, correct, images = sums.tolist()
         seen = max(1, running["seen"] + images)
-        stats = (f"loss {(running['loss'] + loss_sum) / seen:.4f} acc {100 * (running['correct'] + correct) / seen:5.2f}% "
+        accuracy = 100 * (running["correct"] + correct) / seen
+        stats = (f"loss {(running['loss'] + loss_sum) / seen:.4f} acc {accuracy:5.2f}% "
                  f"{images / max(seconds, 1e-9):.0f} img/s")
         self.bar.update(self.task, completed=done_steps, stats=stats)
 

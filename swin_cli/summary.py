@@ -175,12 +175,20 @@ def _short(value: Any) -> str:
 
 
 # What a finished run dir holds, in the order a reader wants it.
-RUN_FILES = [("results.json", "best/test accuracy, epochs, time, params"), ("metrics.csv", "one row per epoch"),
-             ("metrics.jsonl", "the same rows as JSON lines"), ("best.pt", "the best val accuracy's weights (eval, export, fine-tuning)"),
-             ("last.pt", "checkpoint after the last epoch (resume=)"), ("curves.png", "loss and accuracy curves"),
-             ("lr.png", "learning-rate schedule"), ("confusion.png", "test confusion matrix"),
-             ("swin-train.log", "everything printed"), (".hydra/config.yaml", "the resolved config"),
-             ("tb", "TensorBoard scalars")]
+RUN_FILES = [
+    ("results.json", "best/test accuracy, epochs, time, params, why it stopped"),
+    ("metrics.csv", "one row per epoch"),
+    ("metrics.jsonl", "the same rows as JSON lines"),
+    ("best.pt", "the best val accuracy's weights (eval, export, fine-tuning)"),
+    ("last.pt", "checkpoint after the last epoch (resume=)"),
+    ("curves.png", "loss and accuracy curves"),
+    ("lr.png", "learning-rate schedule"),
+    ("confusion.png", "test confusion matrix"),
+    ("swin-train.log", "everything printed"),
+    (".hydra/config.yaml", "the resolved config"),
+    ("tb", "TensorBoard scalars (logger=tensorboard)"),
+    ("wandb", "the W&B run (logger=wandb)"),
+]
 
 
 def end_panel(run_dir: Any) -> str:

@@ -26,8 +26,18 @@ from omegaconf import OmegaConf
 from swin_cli import atomic_io, checkpoint, distributed
 from swin_cli.build import batch_plan, check_pretrained, configure_device, select_device
 from swin_cli.config import plain
-from swin_cli.data import (DataBundle, EpochPlan, LoaderDied, Split, debug_subset, eval_batch_size, load_data,
-                           loader_death, place_data, step_seed)
+from swin_cli.data import (
+    DataBundle,
+    EpochPlan,
+    LoaderDied,
+    Split,
+    debug_subset,
+    eval_batch_size,
+    load_data,
+    loader_death,
+    place_data,
+    step_seed,
+)
 from swin_cli.errors import NonFiniteLoss
 from swin_cli.evaluate import evaluate_split
 from swin_cli.interrupt import StopRequest, TrainingInterrupted

@@ -3,33 +3,31 @@
 from __future__ import annotations
 
 import enum
+import math
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-import math
-
 import torchvision.transforms.v2.functional as TF
+from conftest import make_config
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import InterpolationMode
 
 from swin_cli.augment import (
+    INVERT,
     MAX_BIN,
     NO_MAGNITUDE,
     NUM_BINS,
     OPS,
-    SIGNED,
-    INVERT,
     POLICY_OPS,
+    SIGNED,
     AutoAugment,
     BatchAugment,
-    PolicyAugment,
     MixBatch,
     Normalize,
+    PolicyAugment,
 )
-from conftest import make_config
 
 
 def aug_cfg(**overrides) -> types.SimpleNamespace:
@@ -176,7 +174,8 @@ def test_each_op_matches_torchvision_image_by_image(kind: str, op: str):
 
 def policy_entries(policy: str) -> list[tuple[str, int]]:
     """Every distinct (torchvision op name, magnitude bin) a policy uses."""
-    from torchvision.transforms import AutoAugment as TVAutoAugment, AutoAugmentPolicy
+    from torchvision.transforms import AutoAugment as TVAutoAugment
+    from torchvision.transforms import AutoAugmentPolicy
 
     table = TVAutoAugment(AutoAugmentPolicy(policy)).policies
     return sorted({(name, m or 0) for sub in table for name, _, m in sub})
@@ -208,8 +207,8 @@ def test_every_op_of_a_policy_matches_torchvision_image_by_image(policy: str):
                     want = torch.stack([_apply_op(img, name, magnitude, InterpolationMode.NEAREST, None)
                                         for img in images])
                 n = len(images)
-                got = auto.apply(images, torch.full((n,), POLICY_OPS[name]), torch.full((n,), level, dtype=torch.float64),
-                                 torch.full((n,), negate))
+                levels = torch.full((n,), level, dtype=torch.float64)
+                got = auto.apply(images, torch.full((n,), POLICY_OPS[name]), levels, torch.full((n,), negate))
                 diff = (got.int() - want.int()).abs()
                 label = f"{policy} {name} bin {m} negate {negate} {tuple(images.shape)}"
                 if name in ("ShearX", "ShearY", "Rotate"):

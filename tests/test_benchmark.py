@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, make_config, run_cli
+
 from swin_cli.benchmark import data_shape, timed
 from swin_cli.config import ConfigError, validate
 from swin_cli.peaks import device_peak, matmul_dtype, measured_matmul_peak, table_peak

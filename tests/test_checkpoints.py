@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import FAST, TINY_MODEL, make_config
+
 from swin_cli import checkpoint
 from swin_cli.atomic_io import WriteError
 from swin_cli.build import build_model, model_from_checkpoint

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT, SHARED_CIFAR, TINY_MODEL, run_cli, run_cli_together
+from PIL import Image
 
 
 def test_digits_nano_trains_end_to_end(tmp_path):
@@ -163,6 +162,7 @@ def test_runtime_faults_are_one_line_with_exit_code_1(tmp_path):
             Image.new("RGB", (8, 8)).save(mismatch / split / name / "0.png")
     # A checkpoint of a wider model than the one asked for.
     from conftest import make_config
+
     from swin_cli import checkpoint
     from swin_cli.atomic_io import save_atomic
 

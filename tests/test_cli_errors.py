@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from conftest import TINY_MODEL, run_cli
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL, make_config
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from conftest import TINY_MODEL, make_config
 from swin_cli.build import build_model, build_optimizer, build_scheduler, training_module
 
 # TINY_MODEL's architecture as constructor arguments; drop path on, so training-mode randomness

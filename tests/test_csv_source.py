@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL, make_config, run_cli
 from PIL import Image
 
-from conftest import TINY_MODEL, make_config, run_cli
 from swin_cli.config import ConfigError, validate
 from swin_cli.data import DataError, EpochPlan, data_shape, first_test_images, load_data
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_config
 from PIL import Image
 
-from conftest import make_config
 from swin_cli.data import DataError, channel_stats, load_data
 
 

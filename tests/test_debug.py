@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, make_config
+
 from swin_cli import plots
 from swin_cli.config import ConfigError, validate
 from swin_cli.errors import NonFiniteLoss
@@ -29,9 +29,9 @@ def test_help_lists_the_debug_options():
 
 
 def test_debug_fast_runs_one_step_of_each_with_its_run_dir_under_the_temp_folder(tmp_path, monkeypatch, no_curves):
+    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
-    from conftest import CONF
     from swin_cli.config import register_configs
 
     register_configs()

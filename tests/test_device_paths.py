@@ -133,6 +133,7 @@ def test_compiled_training_steps_match_eager_on_cpu(monkeypatch, attn_impl, vers
 
 def test_tf32_is_on_by_default_for_cuda_and_off_by_knob(monkeypatch):
     from conftest import make_config
+
     from swin_cli.build import configure_device
 
     assert make_config().train.tf32 is True
@@ -189,6 +190,7 @@ def test_the_training_batch_pipeline_compiles_to_one_graph(preset, warm):
     compilation meets the pipeline on its first call (a compiled run) or after an eager one
     placed its lookup tables; for aug=strong (TrivialAugment) and aug=small_data (AutoAugment)."""
     from conftest import make_config
+
     from swin_cli.augment import TrainBatch
 
     prepare = TrainBatch(make_config(f"aug={preset}").aug, 10, 0.1, [0.5] * 3, [0.25] * 3, torch.device("cpu"))
@@ -209,9 +211,10 @@ HOST_READS = {"_local_scalar_dense", "item", "nonzero", "unique", "_unique2", "u
 def _recording_trainer(monkeypatch, tmp_path, *overrides: str):
     """A Trainer over digits with the whole regularisation on and the optimizer CUDA gets (fused
     AdamW, or the compiled step's capturable one), run on the CPU; and its first 16 images."""
+    from conftest import TINY_MODEL, make_config
+
     import swin_cli.step as step_module
     import swin_cli.train as train_module
-    from conftest import TINY_MODEL, make_config
     from swin_cli.build import build_optimizer
 
     monkeypatch.setattr(step_module, "build_optimizer",
@@ -270,7 +273,8 @@ def test_the_compiled_update_reads_nothing_back_either(monkeypatch, tmp_path):
         return gm
 
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: real_compile(fn, backend=aot_autograd(fw_compiler=record)))
+    backend = aot_autograd(fw_compiler=record)
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: real_compile(fn, backend=backend))
     torch._dynamo.reset()
     trainer, images, labels = _recording_trainer(monkeypatch, tmp_path, "train.compile_optimizer=true")
     for _ in range(2):

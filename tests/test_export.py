@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from PIL import Image
-
 from conftest import TINY_MODEL, run_cli
+from PIL import Image
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

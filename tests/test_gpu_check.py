@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -45,7 +44,8 @@ def test_without_a_gpu_it_stops_at_once_with_one_line(tmp_path):
     proc = gpu_check(tmp_path, FAKE_GPU="False")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "gpu_check: error: no CUDA GPU here (torch.cuda.is_available() is False); for a dry run on a CPU set DEVICE=cpu"]
+        "gpu_check: error: no CUDA GPU here (torch.cuda.is_available() is False); "
+        "for a dry run on a CPU set DEVICE=cpu"]
     assert not (tmp_path / "out").exists()  # nothing ran
 
 
@@ -57,7 +57,8 @@ def test_exit_code_is_0_only_when_every_part_passed(tmp_path):
     failed = gpu_check(tmp_path, FAIL_PART="throughput.py")
     assert failed.returncode == 1
     line, = failed.stderr.strip().splitlines()
-    assert line.startswith("gpu_check: error: 1 part failed: throughput_compiled (rc=3, see throughput_compiled.log)"), line
+    expected = "gpu_check: error: 1 part failed: throughput_compiled (rc=3, see throughput_compiled.log)"
+    assert line.startswith(expected), line
     assert "failed: throughput_compiled" in (tmp_path / "out" / "progress.log").read_text()
 
 

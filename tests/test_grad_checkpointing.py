@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_config
 from live_memory import LiveBytes
+
 from swin_cli.build import build_model
 from swin_cli.model import SwinTransformer
 

@@ -7,7 +7,6 @@ import itertools
 import pytest
 import torch
 import torchvision
-
 from conftest import torchvision_reference
 
 from swin_cli.model import (

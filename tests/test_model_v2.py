@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
 from conftest import torchvision_reference
 
 from swin_cli.model import SwinTransformer, count_parameters, log_spaced_relative_coords

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import CONF, ROOT, make_config, run_cli
+
 from swin_cli.config import ConfigError, validate
 from swin_cli.data import SOURCES, DataError, ImageSplit, data_shape, data_source, debug_subset, load_data
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL, make_config, run_cli
 from PIL import Image
 
-from conftest import TINY_MODEL, make_config, run_cli
 from swin_cli.config import ConfigError, validate
 from swin_cli.data import DataError, EpochPlan, load_data
 

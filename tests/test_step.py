@@ -9,8 +9,8 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import FAST, make_config
+
 from swin_cli.augment import model_input
 from swin_cli.build import build_optimizer, build_scheduler
 from swin_cli.step import TrainStep, build_loss, build_train_step

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL, make_config, run_cli
 from PIL import Image
 
-from conftest import TINY_MODEL, make_config, run_cli
 from swin_cli import checkpoint
 from swin_cli.data import EpochPlan, ImageSplit, LoaderDied, StreamSplit, epoch_order, load_data
 from swin_cli.data.transforms import RandomResizedCrop

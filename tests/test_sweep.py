@@ -7,8 +7,8 @@ import json
 import os
 
 import pytest
-
 from conftest import TINY_MODEL, run_cli
+
 from swin_cli.main import one_line
 from swin_cli.text import plural
 
@@ -76,6 +76,7 @@ def test_failed_job_raises_for_optuna_and_returns_for_the_basic_sweeper(tmp_path
     basic = OmegaConf.create({"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}})
     assert sweep.failed_job(tmp_path, str(error), basic, error) is None
     assert (tmp_path / "error.txt").read_text() == "model.window_size must be >= 1 (got 0)\n"
-    optuna = OmegaConf.create({"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}})
+    target = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    optuna = OmegaConf.create({"sweeper": {"_target_": target}})
     with pytest.raises(ValueError):  # Optuna records the trial as FAIL and carries on
         sweep.failed_job(tmp_path, str(error), optuna, error)

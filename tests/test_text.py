@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import make_config
+
 from swin_cli.text import plural
 
 

@@ -235,8 +235,9 @@ def test_weights_of_the_other_swin_version_say_which_version_to_set(tmp_path, sa
 
 
 def test_offline_finetune_stops_on_the_weights_before_decoding_the_data(hub_cache, monkeypatch, tmp_path):
-    import swin_cli.train
     from conftest import make_config
+
+    import swin_cli.train
     from swin_cli.train import Trainer
 
     def offline(*args, **kwargs):

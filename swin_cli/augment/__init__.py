@@ -28,7 +28,16 @@ from swin_cli.augment.pipeline import TrainBatch, model_input
 from swin_cli.augment.pixel_ops import GRAY_WEIGHTS, autocontrast, equalize, grayscale, smooth
 from swin_cli.augment.policy import INVERT, POLICY_MAX_BIN, POLICY_OPS, PolicyAugment
 from swin_cli.augment.randaugment import (
-    MAX_BIN, NO_MAGNITUDE, NUM_BINS, OPS, RANDAUGMENT_SPACE, SIGNED, TRIVIAL_SPACE, AutoAugment, OpSpace, canonical,
+    MAX_BIN,
+    NO_MAGNITUDE,
+    NUM_BINS,
+    OPS,
+    RANDAUGMENT_SPACE,
+    SIGNED,
+    TRIVIAL_SPACE,
+    AutoAugment,
+    OpSpace,
+    canonical,
 )
 
 __all__ = [

@@ -2,7 +2,7 @@
 erasing of normalised ones.
 
 `AUTO_AUGMENTS` is where aug.auto_augment is chosen: a new policy is a module with a class that
-takes (images, generator), and one entry here (plus its name in config.py's AutoAugment choices).
+takes (images, generator), and one entry here (plus its name in swin_cli/config/aug.py's AutoAugment choices).
 """
 
 from __future__ import annotations

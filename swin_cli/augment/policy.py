@@ -9,8 +9,24 @@ import torch
 from torch import Tensor
 
 from swin_cli.augment.randaugment import (
-    AUTOCONTRAST, BRIGHTNESS, COLOR, CONTRAST, EQUALIZE, IDENTITY, OPS, POSTERIZE, ROTATE, SHARPNESS, SHEAR_X,
-    SHEAR_Y, SIGNED, SOLARIZE, TRANSLATE_X, TRANSLATE_Y, AutoAugment, canonical,
+    AUTOCONTRAST,
+    BRIGHTNESS,
+    COLOR,
+    CONTRAST,
+    EQUALIZE,
+    IDENTITY,
+    OPS,
+    POSTERIZE,
+    ROTATE,
+    SHARPNESS,
+    SHEAR_X,
+    SHEAR_Y,
+    SIGNED,
+    SOLARIZE,
+    TRANSLATE_X,
+    TRANSLATE_Y,
+    AutoAugment,
+    canonical,
 )
 
 # AutoAugment's policies also invert images; RandAugment and TrivialAugment never draw this op.
@@ -36,7 +52,8 @@ class PolicyAugment:
     centre, as in RandAugment here; torchvision's AutoAugment shears about the top-left corner."""
 
     def __init__(self, policy: str, device: Optional[torch.device] = None):
-        from torchvision.transforms import AutoAugment as TorchvisionAutoAugment, AutoAugmentPolicy
+        from torchvision.transforms import AutoAugment as TorchvisionAutoAugment
+        from torchvision.transforms import AutoAugmentPolicy
 
         names = [p.value for p in AutoAugmentPolicy]
         if policy not in names:

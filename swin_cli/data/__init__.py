@@ -18,7 +18,7 @@ interface the rest of swin-cli reads. Everything outside this package imports fr
     glance.py      a data set's shape and a few test images without loading it
     debug.py       the smaller data of debug runs
 
-The names below are imported on first use, not with the package: swin_cli/config.py imports
+The names below are imported on first use, not with the package: swin_cli/config imports
 the schema, and `swin-train --help` must not pay for torch.
 """
 
