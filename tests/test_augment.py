@@ -207,8 +207,8 @@ def test_every_op_of_a_policy_matches_torchvision_image_by_image(policy: str):
                     want = torch.stack([_apply_op(img, name, magnitude, InterpolationMode.NEAREST, None)
                                         for img in images])
                 n = len(images)
-                levels = torch.full((n,), level, dtype=torch.float64)
-                got = auto.apply(images, torch.full((n,), POLICY_OPS[name]), levels, torch.full((n,), negate))
+                level_per_image = torch.full((n,), level, dtype=torch.float64)
+                got = auto.apply(images, torch.full((n,), POLICY_OPS[name]), level_per_image, torch.full((n,), negate))
                 diff = (got.int() - want.int()).abs()
                 label = f"{policy} {name} bin {m} negate {negate} {tuple(images.shape)}"
                 if name in ("ShearX", "ShearY", "Rotate"):
