@@ -19,18 +19,21 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
 from swin_cli.atomic_io import write_text_atomic
+from swin_cli.benchmark_progress import BenchmarkProgress, Phase, duration
 from swin_cli.build import autocast, configure_device, select_device
 from swin_cli.config import plain
+from swin_cli.data import settle_auto
 from swin_cli.model import count_parameters
 from swin_cli.peaks import device_peak, matmul_dtype
 from swin_cli.profiling import format_top_ops, profile_steps
 from swin_cli.step import build_train_step
 from swin_cli.summary import device_name, forward_flops
+from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
@@ -65,14 +68,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step: Callable[[int], Any], first: int, count: int, device: torch.device) -> float:
-    """Seconds for steps first..first+count-1, the GPU drained before and after."""
+def timed(step: Callable[[int], Any], first: int, count: int, device: torch.device,
+          progress: Optional[BenchmarkProgress] = None) -> float:
+    """Seconds for steps first..first+count-1, the GPU drained before and after; the time
+    `progress` spends reporting after each step is not counted."""
     sync(device)
     start = time.perf_counter()
+    reporting = 0.0
     for i in range(first, first + count):
         step(i)
+        if progress is not None:
+            reporting += progress.tick()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start - reporting
 
 
 class BenchmarkRun:
@@ -129,27 +137,60 @@ class BenchmarkRun:
             return self.step.forward_model(x)
 
 
+def start_progress(cfg: Any, device: torch.device, batch: int) -> BenchmarkProgress:
+    """The progress of the four runs of steps run_benchmark times, in its order."""
+    b = cfg.benchmark
+    phases = [Phase("warm-up", b.warmup_steps), Phase("train", b.steps),
+              Phase("inference warm-up", b.warmup_steps, 1 / 3), Phase("inference", b.steps, 1 / 3)]
+    hint = (f" (benchmark.warmup_steps={b.warmup_steps} + benchmark.steps={b.steps} of batch {batch}; "
+            f"fewer steps or a smaller benchmark.batch_size take less)")
+    live = bool(cfg.log.progress) and sys.stdout.isatty()
+    return BenchmarkProgress(phases, live, warn_cpu=device.type == "cpu", hint=hint)
+
+
+def time_steps(run: BenchmarkRun, warmup: int, steps: int) -> dict[str, float]:
+    """Warm-up, timed training and inference steps, with progress as they go: the seconds of
+    each and the training steps' batch preparation."""
+    device, step = run.device, run.step
+    progress = start_progress(run.cfg, device, run.batch)
+    try:
+        step.model.train()
+        progress.start(0)
+        warmup_s = timed(run.train_step, 0, warmup, device, progress)  # compilation is paid here
+        if warmup:
+            later = warmup_s / warmup * (steps + (warmup + steps) / 3)
+            log.info(f"benchmark: warm-up done ({plural(warmup, 'step')}, {warmup_s:.1f} s); "
+                     f"the timed steps take about {duration(later)} more")
+        step.prep_timer.collect()  # the warm-up's preparation time is not part of the steady state
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        progress.start(1)
+        train_s = timed(run.train_step, warmup, steps, device, progress)
+        prep_s = step.prep_timer.collect()
+        memory = peak_memory(device)
+        step.model.eval()  # the compiled forward compiles once more for eval mode, in its warm-up
+        progress.start(2)
+        timed(run.inference_step, 0, warmup, device, progress)
+        progress.start(3)
+        infer_s = timed(run.inference_step, 0, steps, device, progress)
+    finally:
+        progress.close()
+    return {"warmup_s": warmup_s, "train_s": train_s, "prep_s": prep_s, "infer_s": infer_s, "memory": memory}
+
+
 def run_benchmark(cfg: Any, run_dir: Path) -> dict[str, Any]:
     b = cfg.benchmark
+    if cfg.data.image_size is None or cfg.aug.name == "auto":  # timed at the size and crops a run would get
+        settle_auto(cfg)
     run = BenchmarkRun(cfg)
     device, batch, step = run.device, run.batch, run.step
     name = device_name(device)
     log.info(f"benchmark: {cfg.model.name} at {cfg.data.image_size} px, batch {batch}, {step.precision}"
              f"{', compiled (' + plain(cfg.train.compile_mode) + ')' if cfg.train.compile else ''} on {name}: "
              f"{b.warmup_steps} warm-up + {b.steps} timed steps")
-
-    step.model.train()
-    warmup_s = timed(run.train_step, 0, b.warmup_steps, device)  # compilation is paid here
-    step.prep_timer.collect()  # the warm-up's preparation time is not part of the steady state
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    train_s = timed(run.train_step, b.warmup_steps, b.steps, device)
-    prep_s = step.prep_timer.collect()
-    memory, memory_kind = peak_memory(device)
-
-    step.model.eval()  # the compiled forward compiles once more for eval mode, in its warm-up
-    timed(run.inference_step, 0, b.warmup_steps, device)
-    infer_s = timed(run.inference_step, 0, b.steps, device)
+    times = time_steps(run, b.warmup_steps, b.steps)
+    warmup_s, train_s, prep_s, infer_s = times["warmup_s"], times["train_s"], times["prep_s"], times["infer_s"]
+    memory, memory_kind = times["memory"]
 
     flops, _ = forward_flops(step.model, cfg.data.image_size, run.in_chans)
     dtype = matmul_dtype(device, step.precision)
@@ -206,7 +247,7 @@ def format_result(r: dict[str, Any]) -> str:
         ("MFU", f"{100 * r['mfu']:.1f}% training, {100 * r['inference_mfu']:.1f}% inference, of "
                 f"{r['peak_tflops']:.4g} TFLOP/s ({r['peak_source']})"),
         ("memory", f"{gib:.2f} GiB peak ({r['peak_memory_kind']})"),
-        ("warm-up", f"{r['warmup_s']:.1f} s for {r['warmup_steps']} steps (compilation included)"),
+        ("warm-up", f"{r['warmup_s']:.1f} s for {plural(r['warmup_steps'], 'step')} (compilation included)"),
     ]
     if r["note"]:
         rows.append(("note", r["note"]))

@@ -5,6 +5,7 @@ atomically (atomic_io): a crash leaves the previous complete file, never a trunc
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -19,6 +20,7 @@ from swin_cli import __version__, atomic_io
 # Re-exported until export.py and tests/test_cli.py import them from atomic_io.
 from swin_cli.config import ConfigError, plain
 from swin_cli.errors import SwinCliError
+from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
@@ -245,6 +247,34 @@ def resume_source(resume: Optional[str], config: dict[str, Any], run_dir: Path,
     requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
     own = Path(run_dir) / "last.pt"
     return own if requeued and own.is_file() else None
+
+
+class NothingLeftToTrain(Exception):
+    """resume= named a run that already trained every epoch asked for and tested its best
+    weights: not an error (exit 0); the message gives the run's test result."""
+
+    def __init__(self, message: str, results: dict[str, Any]):
+        super().__init__(message)
+        self.results = results
+
+
+def check_not_finished(state: dict[str, Any], epochs: int) -> None:
+    """Raise NothingLeftToTrain when `state` is the last checkpoint of a run that trained all
+    `epochs` epochs and wrote its results.json. A run that died while testing (no results.json)
+    resumes as before and runs its final test."""
+    run_dir = Path(state["path"]).parent
+    results_path = run_dir / "results.json"
+    if state["epoch"] < epochs or state.get("step_in_epoch") or not results_path.is_file():
+        return
+    try:
+        results = json.loads(results_path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable results: resume as before, which tests again and rewrites them
+    test = results.get("test_acc")
+    shown = f"test acc {test:.2f}%" if isinstance(test, (int, float)) else "no test accuracy recorded"
+    raise NothingLeftToTrain(f"nothing left to train: {run_dir} finished all {plural(epochs, 'epoch')}; {shown} "
+                             f"(from {results_path}); to train it further, resume it with epochs greater "
+                             f"than {state['epoch']}", results)
 
 
 def _find_same_config(config: dict[str, Any], run_dir: Path, outputs: Path) -> Optional[Path]:

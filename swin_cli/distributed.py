@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from swin_cli.errors import SwinCliError
+from swin_cli.text import plural
 
 # Read by conf/config.yaml's run dir, so every rank resolves the same folder.
 STAMP_VARIABLE = "SWIN_CLI_RUN_STAMP"
+
+T = TypeVar("T")
 
 
 def requested() -> bool:
@@ -64,7 +67,7 @@ def setup() -> None:
         # stop here: rank 0 would otherwise wait for the others in init_process_group.
         per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
         if per_node > gpus:
-            raise SwinCliError(f"torchrun started {per_node} processes on this node but it has "
+            raise SwinCliError(f"torchrun started {plural(per_node, 'process')} on this node but it has "
                                f"{gpus} GPU{'' if gpus == 1 else 's'}: use --nproc_per_node={gpus}")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -97,3 +100,25 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if initialised():
         dist.barrier()
+
+
+def computed_once(compute: Callable[[], T]) -> T:
+    """`compute()` run on rank 0 only, its result sent to every other rank (which wait for it).
+
+    For work whose answer is the same on every rank but costs real time, such as the channel
+    statistics of a streamed split: one rank pays for it instead of all of them. In a single
+    process it is just `compute()`. The result must be picklable. An error on rank 0 is sent
+    too and raised on every rank, which would otherwise wait for an answer that never comes."""
+    if not initialised():
+        return compute()
+    box: list[Any] = [None]
+    if is_main():
+        try:
+            box = [(True, compute())]
+        except Exception as exc:
+            box = [(False, exc)]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value

@@ -1,7 +1,8 @@
 """Evaluation: loss and accuracy of a model on a split (used by training as well), of a saved
 checkpoint (mode=eval), and labels for a folder of new images (mode=predict). A checkpoint's
 model is rebuilt from the config saved inside it, so only the checkpoint and the data are
-needed, not the command line that trained it."""
+needed, not the command line that trained it. eval.json and predictions.csv go to the run dir
+Hydra made: for a checkpoint in a run dir, `<that run dir>/eval/<date>_<time>` (run_dirs.py)."""
 
 from __future__ import annotations
 
@@ -111,9 +112,11 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) 
     result = {"checkpoint": state["path"], "data": name, "data_root": data.where, "split": cfg.eval_split,
               "test_split": data.test_source, "images": len(split), "loss": loss, "acc": acc,
               "tta": plain(cfg.eval.tta), "skipped_images": split.skipped}
-    write_text_atomic(Path(run_dir) / "eval.json", json.dumps(result, indent=2) + "\n")
+    out = Path(run_dir) / "eval.json"
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     log.info(f"{state['path']}: {shown} acc {acc:.2f}% loss {loss:.4f} on {plural(len(split), 'image')} "
              f"of data={name} ({data.where})")
+    log.info(f"wrote {out}")
     return result
 
 
@@ -135,7 +138,9 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     writer.writerow(["path", "prediction", "confidence"] + [f"top{k + 1}" for k in range(top)])
     unreadable: list[str] = []
     view = eval_transform(info["data"], size, channels)
-    batch = eval_batch_size(cfg.data)
+    # Sized for the command line's data.image_size as always; left unset (auto), the model's size.
+    sized = cfg.data if cfg.data.image_size is not None else OmegaConf.merge(cfg.data, {"image_size": size})
+    batch = eval_batch_size(sized)
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         decoded = [_decoded(view, f) for f in chunk]

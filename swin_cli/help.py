@@ -15,7 +15,8 @@ from swin_cli.config import Config, plain
 
 # One line per top-level key (tests check that every key of the schema has one).
 TOP_LEVEL_KEYS = {
-    "mode": "train | eval | predict | summary | preview (augment_preview.png) | benchmark (benchmark.json)",
+    "mode": "train | eval | predict | summary | preview (augment_preview.png) | benchmark (benchmark.json)"
+            " | cache (lists data.cache_dir; cache.clear=all|<folder>|<entry> clears)",
     "epochs": "passes over the training split",
     "seed": "seeds init, shuffling and augmentation; the same seed repeats a CPU run bit for bit",
     "device": "auto (CUDA, else MPS, else CPU) | cpu | cuda | mps",
@@ -27,11 +28,12 @@ TOP_LEVEL_KEYS = {
     "predict_dir": "mode=predict: a folder of images to label into predictions.csv",
     "predict_backend": "mode=predict: torch | onnx (the checkpoint's swin-export under ONNX Runtime)",
 }
-GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log", "logger", "benchmark")
+GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log", "logger", "benchmark",
+              "cache")
 EXAMPLES = """\
   swin-train data=digits model=nano epochs=2                # offline, a minute on a laptop
   swin-train model=tiny model.patch_size=2 model.window_size=4 data=cifar10 epochs=10
-  swin-train data=imagefolder data.root=/data/my_images data.image_size=64
+  swin-train data=imagefolder data.root=/data/my_images     # trains at the files' own size
   swin-train experiment=cifar10_nano                         # CIFAR-10, downloaded once
   swin-train -m data=digits optimizer=adamw,sgd optimizer.lr=1e-3,3e-4 epochs=3
   swin-train mode=preview data=digits aug.auto_augment=trivialaugment   # augment_preview.png
@@ -40,6 +42,11 @@ EXAMPLES = """\
   swin-eval ckpt=outputs/DATE/TIME data=digits               # evaluate a run's best.pt
   swin-train experiment=finetune data.root=/data/my_images   # ImageNet Swin-T, fine-tuned
   swin-export ckpt=outputs/DATE/TIME                         # best.onnx, checked against torch"""
+# data=imagefolder's two layouts, in three lines (swin_cli/data/imagefolder.py reads them).
+IMAGE_FOLDER_LAYOUT = """\
+  data.root/train/<class>/*  data.root/test/<class>/*  (optional data.root/val/<class>/*; no test/: tests on val/)
+  or data.root/<class>/* with data.layout=classes: data.val_fraction, data.test_fraction of each class held
+  out, seeded by data.split_seed, written to <run dir>/split.json (data.split_file=<it> reuses the split)"""
 # Hydra's plugin groups, from the optional `sweep` extra.
 PLUGIN_GROUPS = """\
   hydra/launcher: basic*, joblib, slurm, submitit_local, submitit_slurm   (pip install "swin-cli[sweep]")
@@ -80,6 +87,7 @@ def help_text(program: str = "swin-train") -> str:
         lines.append(f"  {shown:<18} {meaning}")
     lines += [f"  {', '.join(k + '.*' for k in GROUP_KEYS)}: each group's own keys",
               "", "Examples:", EXAMPLES, "",
+              "Image folders (data=imagefolder data.root=...):", IMAGE_FOLDER_LAYOUT, "",
               "Every key with its value: swin-train --cfg job [overrides]   (--cfg all adds Hydra's)",
               "Config search path and defaults: swin-train --info",
               "", "Hydra plugin groups:", PLUGIN_GROUPS,

@@ -2,17 +2,18 @@
 
 Errors a user can fix end as one `swin-train: error: ...` line on stderr and a non-zero exit:
 2 for a bad config value, 1 for other problems (data, checkpoint, NaN loss, disk), and
-128+signal after Ctrl-C/SIGTERM (130/143) once a resumable checkpoint is saved.
+128+signal after Ctrl-C/SIGTERM (130/143) once a resumable checkpoint is saved. A run that fails
+before its first step takes back its run dir unless it holds a checkpoint or results, and says
+which (run_dirs.py); resume= onto a finished run says there is nothing left to train, exit 0.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,16 +24,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from swin_cli.config import ConfigError, register_configs, validate
 from swin_cli.errors import SwinCliError
+from swin_cli.run_dirs import RunDir, register_resolver
 
 log = logging.getLogger("swin_cli")
 
 register_configs()
+register_resolver()  # hydra.run.dir's ${swin_run_dir:...}
 
 # The command the user typed, for the first word of every error line (swin-eval sets its own).
 program = "swin-train"
-# What Hydra puts in a run dir before our code runs; a run dir holding nothing else was made for
-# a run that never started.
-_HYDRA_ONLY = {".hydra", "swin-train.log"}
 
 
 def _print_stderr(line: str) -> None:
@@ -58,17 +58,6 @@ def report_error(message: str) -> None:
                                                   "levelname": "ERROR", "msg": line}))
 
 
-def remove_unstarted_run_dir(run_dir: Path) -> None:
-    """Take back the run dir Hydra made for a config that failed validation, and its date folder
-    if that is now empty, so a typo leaves nothing behind."""
-    if run_dir.is_dir() and set(os.listdir(run_dir)) <= _HYDRA_ONLY:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        try:
-            run_dir.parent.rmdir()  # only succeeds when empty
-        except OSError:
-            pass
-
-
 def share_machine(cfg: DictConfig, hydra_cfg: Any) -> None:
     """Under a parallel launcher (joblib), give each job its share of the cores and, on a
     multi-GPU host, its own GPU, instead of every job grabbing everything."""
@@ -86,51 +75,95 @@ def share_machine(cfg: DictConfig, hydra_cfg: Any) -> None:
         torch.cuda.set_device(hydra_cfg.job.num % torch.cuda.device_count())
 
 
-def run(cfg: DictConfig) -> Optional[float]:
-    """Train (or evaluate) as `cfg` says; returns the best validation accuracy for sweepers."""
+class _Attempt:
+    """How far a run got: a Trainer that has taken its first step has a run dir worth keeping."""
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+
+    @property
+    def stepped(self) -> bool:
+        return self.trainer is not None and self.trainer.first_step_s is not None
+
+
+def run_mode(cfg: DictConfig, run_dir: RunDir, hydra_cfg: Any, attempt: _Attempt) -> Optional[float]:
+    """Do what cfg.mode says; returns the best validation accuracy (eval: the accuracy) for sweepers."""
     # Imported here: the training stack is only needed once a config has been composed.
-    from swin_cli import sweep
     from swin_cli.evaluate import evaluate_checkpoint, predict_folder
-    from swin_cli.interrupt import TrainingInterrupted
     from swin_cli.train import Trainer
 
+    mode, path = cfg.mode.value, run_dir.path
+    if mode == "eval":
+        return evaluate_checkpoint(cfg, path, hydra_cfg.overrides.task)["acc"]
+    if mode == "summary":  # describe the model and data, train nothing, write nothing
+        from swin_cli.summary import describe
+
+        log.info(describe(cfg, "none (mode=summary writes no files)"))
+        run_dir.remove_if_unstarted()
+        return None
+    if mode == "cache":  # list data.cache_dir and clear what cache.clear names; no run dir
+        from swin_cli.cache import run_cache_mode
+
+        log.info(run_cache_mode(cfg))
+        run_dir.remove_if_unstarted()
+        return None
+    if mode == "predict":
+        predict_folder(cfg, path)
+        return None
+    if mode == "benchmark":  # time the configured step on random data, train nothing
+        from swin_cli.benchmark import run_benchmark
+
+        run_benchmark(cfg, path)
+        return None
+    if mode == "preview":
+        from swin_cli.preview import write_preview
+
+        log.info(f"wrote {write_preview(cfg, path)}")
+        return None
+    sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    attempt.trainer = Trainer(cfg, path, hydra_cfg.overrides.task, sweep_dir)
+    return attempt.trainer.fit()["best_val_acc"]
+
+
+def end_failed_run(exc: SwinCliError, run_dir: RunDir, stepped: bool) -> NoReturn:
+    """Exit after a failed single run: 2 for a bad config, 1 otherwise. A config that never ran
+    leaves no run dir; a run that failed before its first step removes its run dir unless it
+    holds a checkpoint or results, and says which."""
+    from swin_cli import distributed
+
+    config_error = isinstance(exc, ConfigError)
+    if distributed.is_main() and not (config_error and run_dir.remove_if_unstarted()):
+        line = run_dir.tidy_after_failure(stepped)
+        if line:
+            log.info(line)
+    sys.exit(2 if config_error else 1)
+
+
+def run(cfg: DictConfig) -> Optional[float]:
+    """Run `cfg` as Hydra composed it; returns the best validation accuracy for sweepers."""
+    from swin_cli import sweep
+    from swin_cli.checkpoint import NothingLeftToTrain
+    from swin_cli.interrupt import TrainingInterrupted
+
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = RunDir(Path(hydra_cfg.runtime.output_dir))
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun:
         share_machine(cfg, hydra_cfg)
+    attempt = _Attempt()
     try:
         validate(cfg)
-        if cfg.mode.value == "eval":
-            return evaluate_checkpoint(cfg, run_dir, hydra_cfg.overrides.task)["acc"]
-        if cfg.mode.value == "summary":  # describe the model and data, train nothing
-            from swin_cli.summary import describe
-
-            log.info(describe(cfg, run_dir))
-            return None
-        if cfg.mode.value == "predict":
-            predict_folder(cfg, run_dir)
-            return None
-        if cfg.mode.value == "benchmark":  # time the configured step on random data, train nothing
-            from swin_cli.benchmark import run_benchmark
-
-            run_benchmark(cfg, run_dir)
-            return None
-        if cfg.mode.value == "preview":
-            from swin_cli.preview import write_preview
-
-            log.info(f"wrote {write_preview(cfg, run_dir)}")
-            return None
-        sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
-        return Trainer(cfg, run_dir, hydra_cfg.overrides.task, sweep_dir).fit()["best_val_acc"]
+        return run_mode(cfg, run_dir, hydra_cfg, attempt)
+    except NothingLeftToTrain as finished:  # resume= onto a finished run: say so, exit 0
+        log.info(str(finished))
+        if not multirun:
+            run_dir.tidy_after_failure(stepped=False)  # nothing was written worth keeping
+        return finished.results.get("best_val_acc")
     except SwinCliError as exc:
         report_error(str(exc))
         if multirun:  # the sweep goes on; its summary shows this job as failed
-            return sweep.failed_job(run_dir, str(exc), hydra_cfg, exc)
-        if isinstance(exc, ConfigError):
-            remove_unstarted_run_dir(run_dir)
-            sys.exit(2)
-        sys.exit(1)
+            return sweep.failed_job(run_dir.path, str(exc), hydra_cfg, exc)
+        end_failed_run(exc, run_dir, attempt.stepped)
     except TrainingInterrupted as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -138,7 +171,7 @@ def run(cfg: DictConfig) -> Optional[float]:
             raise
         # A bug in one job should not cost the other jobs of a sweep their results.
         log.exception(f"job failed: {type(exc).__name__}: {exc}")
-        return sweep.failed_job(run_dir, f"{type(exc).__name__}: {exc}", hydra_cfg, exc)
+        return sweep.failed_job(run_dir.path, f"{type(exc).__name__}: {exc}", hydra_cfg, exc)
 
 
 # Lines of Hydra/OmegaConf error text that describe internals rather than the user's mistake.

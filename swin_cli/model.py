@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from swin_cli.text import plural
+
 __all__ = [
     "SwinTransformer",
     "count_parameters",
@@ -517,7 +519,7 @@ def architecture_problem(*, image_size: int, patch_size: int, in_chans: int, num
         (len(depths) >= 1 and all(d >= 1 for d in depths),
          f"model.depths must be a non-empty list of positive ints (got {depths})"),
         (len(depths) == len(num_heads), f"model.depths and model.num_heads must have the same length "
-                                        f"(got {len(depths)} stages of depth and {len(num_heads)} of heads)"),
+                                        f"(got {plural(len(depths), 'stage')} of depth and {len(num_heads)} of heads)"),
         (image_size >= 1, f"data.image_size must be >= 1 (got {image_size})"),
         (patch_size < 1 or image_size % patch_size == 0,
          f"data.image_size={image_size} is not divisible by model.patch_size={patch_size}"),

@@ -11,7 +11,7 @@ import torch
 
 from swin_cli import plots
 from swin_cli.augment import TrainBatch
-from swin_cli.data import load_data
+from swin_cli.data import load_data, settle_auto
 from swin_cli.errors import SwinCliError
 from swin_cli.summary import augment_text
 
@@ -39,7 +39,7 @@ def preview_title(aug: Any) -> str:
 
 
 def write_preview(cfg: Any, run_dir: Path) -> Path:
-    data = load_data(cfg.data)
+    data = load_data(cfg.data, settled=settle_auto(cfg))  # the size and aug=auto a run would settle on
     prepare = TrainBatch(cfg.aug, data.num_classes, cfg.train.label_smoothing, data.mean, data.std,
                          torch.device("cpu"))
     torch.manual_seed(cfg.seed)

@@ -23,6 +23,7 @@ from swin_cli.augment import TrainBatch, model_input
 from swin_cli.build import autocast, build_model, build_optimizer, build_scheduler, training_module, uses_cuda_graphs
 from swin_cli.config import plain
 from swin_cli.errors import NonFiniteLoss
+from swin_cli.host_memory import keep_freed_memory
 from swin_cli.records import PrepTimer
 from swin_cli.update import EMA, ParameterUpdate, match_loaded_optimizer
 
@@ -129,6 +130,7 @@ def build_train_step(cfg: Any, device: torch.device, in_chans: int, num_classes:
     """The step `cfg` describes, its model on `device` (pretrained: with model.pretrained's
     weights loaded). The model is built first: with the same seed it gets the same weights."""
     t = cfg.train
+    keep_freed_memory()  # a step's large host tensors reuse the last step's pages (host_memory.py)
     compile_mode = plain(t.compile_mode)
     model = build_model(cfg.model, cfg.data.image_size, in_chans, num_classes, pretrained=pretrained).to(device)
     forward_model = training_module(model, device, processes, t.compile, compile_mode)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from swin_cli.cache import written_cache_line
 from swin_cli.config import plain
 from swin_cli.model import SwinTransformer, count_parameters
 from swin_cli.text import plural
@@ -35,10 +36,10 @@ def describe(cfg: Any, run_dir: Any) -> str:
     """mode=summary: the panel a run of `cfg` would start with, without building anything it
     would train with (the data is loaded for its sizes and classes)."""
     from swin_cli.build import batch_plan, build_model, select_device
-    from swin_cli.data import load_data
+    from swin_cli.data import load_data, settle_auto
 
     device = select_device(plain(cfg.device))
-    data = load_data(cfg.data, statistics=False)
+    data = load_data(cfg.data, statistics=False, settled=settle_auto(cfg))
     model = build_model(cfg.model, cfg.data.image_size, data.in_chans, data.num_classes).to(device)
     batch_size, steps_per_epoch = batch_plan(cfg, len(data.train))
     return start_panel(cfg, model, data, run_dir, device_name(device), steps_per_epoch, batch_size)
@@ -94,11 +95,12 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
     from rich.text import Text
 
     m, o, s, t = cfg.model, cfg.optimizer, cfg.scheduler, cfg.train
+    settled = getattr(data, "settled", {})
     total, per_stage = forward_flops(model, cfg.data.image_size, data.in_chans)
     lines = [
         ("run dir", str(run_dir)),
         ("device", device_name),
-        ("data", f"{plain(cfg.data.name)}: {data.sizes()}, {data.num_classes} classes, "
+        ("data", f"{plain(cfg.data.name)}: {data.sizes()}, {plural(data.num_classes, 'class')}, "
                  f"{data.in_chans}x{cfg.data.image_size}x{cfg.data.image_size}"),
         ("storage", storage_text(cfg.data, data)),
         ("model", f"swin-{m.name}{' (V2)' if m.version == 2 else ''}: {count_parameters(model):,} params, "
@@ -109,15 +111,21 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
                       + (f", warmup {plural(s.warmup_epochs, 'epoch')}" if s.warmup_epochs else "")),
         ("training", f"{plural(cfg.epochs, 'epoch')} x {plural(steps_per_epoch, 'step')} of {batch_size}"
                      + (f" x {t.accumulate} accumulated" if t.accumulate > 1 else "")
-                     + (f" x {processes} processes = global batch {batch_size * t.accumulate * processes}"
+                     + (f" x {plural(processes, 'process')} = global batch {batch_size * t.accumulate * processes}"
                         if processes > 1 else "")
                      + f", {plain(t.precision)}"
                      + (f", compiled ({plain(t.compile_mode)})" if t.compile else "")
                      + (f", EMA {t.ema.decay}" if t.ema.decay else "")
                      + (f", label smoothing {t.label_smoothing}" if t.label_smoothing else "")
                      + f", seed {cfg.seed}"),
-        ("augment", augment_text(cfg.aug) + (f", repeated x{cfg.data.repeats}" if cfg.data.repeats > 1 else "")),
+        ("augment", augment_text(cfg.aug) + (f", repeated x{cfg.data.repeats}" if cfg.data.repeats > 1 else "")
+         + (f"; {settled['aug']}" if "aug" in settled else "")),
     ]
+    # Why the size and the augmentation are what they are, when the data chose (swin_cli/data/auto.py).
+    lines[3:3] = [(key, settled[key]) for key in ("size", "split") if key in settled]
+    cache = written_cache_line()  # only when loading the data wrote into data.cache_dir
+    if cache:
+        lines.append(("cache", cache))
     text = Text()
     for key, value in lines:
         text.append(f"{key:<10}", style="bold")

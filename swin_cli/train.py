@@ -36,6 +36,7 @@ from swin_cli.data import (
     load_data,
     loader_death,
     place_data,
+    settle_auto,
     step_seed,
 )
 from swin_cli.errors import NonFiniteLoss
@@ -77,8 +78,11 @@ class Trainer:
         # Pretrained weights that cannot be had (offline, not cached) stop the run before the
         # data is decoded, which for an image folder can take a while.
         check_pretrained(cfg.model)
-        self.data: DataBundle = place_data(debug_subset(load_data(cfg.data, self.device), cfg, self.world),
-                                           self.device, cfg.data.on_device)
+        # data.image_size=null and aug=auto become concrete here, once, before any decoding and
+        # before the model, the shape signature and the checkpoints' config read them.
+        settled = settle_auto(cfg, self.run_dir if self.is_main else None)
+        self.data: DataBundle = place_data(debug_subset(load_data(cfg.data, self.device, settled=settled), cfg,
+                                                        self.world), self.device, cfg.data.on_device)
         self.batch_size, self.steps_per_epoch = batch_plan(cfg, len(self.data.train), self.world)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step = build_train_step(cfg, self.device, self.data.in_chans, self.data.num_classes, self.data.mean,
@@ -121,6 +125,7 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         checkpoint.check_resumable(state, self.signature, self.cfg.epochs)
+        checkpoint.check_not_finished(state, self.cfg.epochs)
         source_dir = Path(state["path"]).parent
         if self.is_main:
             clean_up_after_a_kill(source_dir)

@@ -4,14 +4,20 @@ device's peak, benchmark.json, and a profiler trace."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import pytest
 import torch
 from conftest import TINY_MODEL, make_config, run_cli
 
 from swin_cli.benchmark import data_shape, timed
+from swin_cli.benchmark_progress import BenchmarkProgress, Phase, duration
 from swin_cli.config import ConfigError, validate
 from swin_cli.peaks import device_peak, matmul_dtype, measured_matmul_peak, table_peak
+
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
 
 
 def test_swin_train_mode_benchmark_writes_benchmark_json_and_a_trace(tmp_path):
@@ -36,6 +42,7 @@ def test_swin_train_mode_benchmark_writes_benchmark_json_and_a_trace(tmp_path):
     assert trace["traceEvents"]
     assert result["top_ops"] and all(0 < op["share"] <= 1 for op in result["top_ops"])
     assert "MFU" in proc.stdout and "top ops by self time" in proc.stdout
+    assert "benchmark: warm-up done (1 step, " in proc.stdout  # and how long the rest will take
     assert not (run_dir / "last.pt").exists()  # nothing trained, nothing checkpointed
 
 
@@ -92,6 +99,65 @@ def test_the_gpu_is_synchronised_at_the_window_edges_only(monkeypatch):
     steps = []
     timed(steps.append, 5, 4, torch.device("cuda"))
     assert steps == [5, 6, 7, 8] and len(syncs) == 2
+
+
+def test_reporting_progress_adds_no_sync_and_its_time_is_not_counted(monkeypatch):
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+
+    class SlowReport:
+        def tick(self) -> float:
+            time.sleep(0.05)
+            return 0.05
+
+    assert timed(lambda i: None, 0, 4, torch.device("cuda"), SlowReport()) < 0.05
+    assert len(syncs) == 2
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_prints_a_line_every_few_seconds_with_the_time_left(caplog):
+    clock = FakeClock()
+    phases = [Phase("warm-up", 2), Phase("train", 6), Phase("inference", 6, 1 / 3)]
+    progress = BenchmarkProgress(phases, live=False, warn_cpu=True, clock=clock)
+    with caplog.at_level(logging.INFO, logger="swin_cli"):
+        progress.start(0)
+        for _ in range(2):
+            clock.now += 2.0
+            progress.tick()
+        progress.start(1)
+        for _ in range(6):
+            clock.now += 2.0  # a line once 5 s have passed: after steps 3 and 6
+            progress.tick()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["benchmark: train 3/6 steps, 2.00 s/step, about 10 s left",
+                     "benchmark: train 6/6 steps, 2.00 s/step, about 4 s left"]  # 6 inference steps at 1/3
+    assert duration(45) == "45 s" and duration(200) == "3 min 20 s" and duration(3900) == "1 h 05 min"
+
+
+@pytest.mark.parametrize("first_step_s,device_is_cpu,warned", [(5.0, True, True), (4.0, True, False),
+                                                                (5.0, False, False)])
+def test_a_cpu_benchmark_over_a_minute_is_warned_about_after_its_first_step(caplog, first_step_s, device_is_cpu,
+                                                                            warned):
+    clock = FakeClock()
+    phases = [Phase("warm-up", 2), Phase("train", 10)]  # 12 steps: 5.01 s each is just over a minute
+    progress = BenchmarkProgress(phases, live=False, warn_cpu=device_is_cpu, hint=" (fewer steps)", clock=clock)
+    clock.now += 0.01
+    progress.start(0)
+    clock.now += first_step_s + 0.01
+    with caplog.at_level(logging.INFO, logger="swin_cli"):
+        progress.tick()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(warnings) == warned, warnings
+    if warned:
+        assert warnings[0] == ("benchmark: the first step took 5.0 s on this CPU, so the benchmark will take "
+                               "about 1 min 00 s (fewer steps)")
 
 
 def test_an_image_folder_is_timed_with_its_class_count_without_loading_it(tmp_path):

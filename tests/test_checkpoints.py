@@ -15,6 +15,9 @@ from swin_cli.loop_state import LoopState, Stop
 from swin_cli.train import Trainer
 from swin_cli.weights import read_weights
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 
 def test_best_pt_keeps_the_weights_without_the_training_state_and_every_reader_works(tmp_path):
     cfg = make_config(*TINY_MODEL, "data=digits", "epochs=1", "train.max_steps_per_epoch=2", "threads=1",
@@ -145,3 +148,16 @@ def test_the_loop_state_round_trips_and_reads_checkpoints_from_before_early_stop
     loop.stop = Stop("plateau", 3, "validation accuracy has not risen ...")
     assert loop.to_dict()["stopped_early"] == "validation accuracy has not risen ..."
     assert LoopState.from_dict(loop.to_dict()).stop == loop.stop
+
+
+def test_a_finished_run_has_nothing_left_unless_it_died_before_its_results(tmp_path):
+    Trainer(make_config(*FAST, "epochs=1"), tmp_path / "run").fit()
+    with pytest.raises(checkpoint.NothingLeftToTrain, match=r"nothing left to train: .*run finished all 1 epoch; "
+                                                            r"test acc \d+\.\d\d%") as info:
+        Trainer(make_config(*FAST, "epochs=1", f"resume={tmp_path / 'run'}"), tmp_path / "again")
+    assert info.value.results["epochs"] == 1
+    # Killed while testing: last.pt is complete but results.json was never written, so the
+    # resume runs the final test as it always did.
+    (tmp_path / "run" / "results.json").unlink()
+    again = Trainer(make_config(*FAST, "epochs=1", f"resume={tmp_path / 'run'}"), tmp_path / "again")
+    assert again.fit()["epochs"] == 1 and (tmp_path / "again" / "results.json").is_file()

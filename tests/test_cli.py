@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED_CIFAR, TINY_MODEL, run_cli, run_cli_together
+from conftest import FAST, ROOT, SHARED_CIFAR, TINY_MODEL, run_cli, run_cli_together
 from PIL import Image
+
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
 
 
 def test_digits_nano_trains_end_to_end(tmp_path):
@@ -71,6 +74,7 @@ def test_mode_summary_shows_stages_without_training(tmp_path):
     assert "MFLOPs/image forward" in proc.stdout and "16x16" in proc.stdout and "2x2" in proc.stdout
     assert not re.search(r"^epoch\s+\d+/", proc.stdout, re.MULTILINE)  # no training happened
     assert "resolved config" in proc.stdout and "window_size=7" in proc.stdout
+    assert not list(tmp_path.glob("outputs/*"))  # a summary writes no run dir
 
 
 def test_python_dash_m_and_cfg_job(tmp_path):
@@ -134,11 +138,10 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("swin-train: error: "), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
-    logs = list((tmp_path / "outputs").glob("*/*/swin-train.log"))
-    if runtime:  # the run dir keeps the log, and the log ends with the error
-        assert len(logs) == 1 and logs[0].read_text().rstrip().endswith(lines[0])
-    else:  # a config that never ran leaves no run dir behind
-        assert logs == []
+    # Neither a config that never ran nor a run that failed before its first step, with nothing
+    # worth keeping, leaves a run dir behind; the runtime failure says so.
+    assert not list(tmp_path.glob("outputs/*")), list(tmp_path.glob("outputs/**/*"))
+    assert ("removed the run dir" in proc.stdout) == runtime, proc.stdout
 
 
 def test_swin_eval_names_itself_and_a_missing_ckpt_is_a_config_error(tmp_path):
@@ -209,6 +212,22 @@ def test_sigterm_saves_then_resume_finishes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "epoch 6/6" in resumed.stdout
     assert (tmp_path / "resumed" / "metrics.csv").read_text().count("\n") == 7
+
+
+def test_resuming_a_finished_run_says_nothing_is_left_and_exits_0(tmp_path):
+    args = [*FAST, "epochs=2"]
+    done = run_cli(*args, "hydra.run.dir=outputs/done", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    test_acc = json.loads((tmp_path / "outputs" / "done" / "results.json").read_text())["test_acc"]
+    auto, named = run_cli_together([[*args, "resume=auto", "hydra.run.dir=outputs/again"],
+                                    [*args, "resume=outputs/done", "hydra.run.dir=outputs/named"]], cwd=tmp_path)
+    for proc in (auto, named):
+        assert proc.returncode == 0, proc.stderr
+        assert (f"nothing left to train: outputs/done finished all 2 epochs; test acc {test_acc:.2f}% "
+                f"(from outputs/done/results.json)") in proc.stdout, proc.stdout
+        assert "resumed from" not in proc.stdout and "epoch 3" not in proc.stdout and "Traceback" not in proc.stderr
+    # Nothing was trained, so nothing new is left under outputs/.
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["done"]
 
 
 @pytest.mark.slow

@@ -14,6 +14,9 @@ from typing import Iterator
 import pytest
 from conftest import TINY_MODEL, run_cli
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
     lines = proc.stderr.strip().splitlines()

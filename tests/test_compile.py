@@ -14,6 +14,9 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from swin_cli.build import build_model, build_optimizer, build_scheduler, training_module
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 # TINY_MODEL's architecture as constructor arguments; drop path on, so training-mode randomness
 # is part of the graph.
 TINY = dict(image_size=16, patch_size=2, in_chans=3, num_classes=5, embed_dim=8, depths=[1, 1], num_heads=[2, 2],

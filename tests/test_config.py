@@ -29,6 +29,11 @@ def test_nano_is_the_notebook_model():
     m = cfg.model
     assert (m.patch_size, m.embed_dim, list(m.depths), list(m.num_heads), m.window_size) == \
         (2, 24, [2, 2, 2], [4, 4, 4], 4)
+    # The digits' size is left to the source, which keeps the 32 px it has always trained at.
+    assert cfg.data.image_size is None
+    from swin_cli.data import settle_auto
+
+    settle_auto(cfg)
     assert cfg.data.image_size == 32
 
 
@@ -40,9 +45,18 @@ def test_every_model_field_overridable():
 
 
 def test_digits_picks_no_aug_but_command_line_wins():
-    assert make_config("data=digits").aug.name == "none"
-    assert make_config("data=digits", "aug=basic").aug.hflip is True
-    assert make_config("data=cifar10").aug.hflip is True
+    from swin_cli.data import settle_auto
+
+    def settled(*overrides):
+        cfg = make_config(*overrides)
+        settle_auto(cfg)
+        return cfg.aug
+
+    digits = settled("data=digits")
+    assert digits.name == "auto" and (digits.crop_padding, digits.hflip) == (0, False)
+    assert settled("data=digits", "aug=basic").hflip is True
+    cifar = settled("data=cifar10")  # not read: CIFAR's channels are its registry entry's
+    assert (cifar.crop_padding, cifar.hflip) == (4, True)
 
 
 def test_unknown_key_and_wrong_type_rejected_by_schema():

@@ -199,6 +199,7 @@ def test_shape_and_export_images_without_loading_for_a_run(tables, tmp_path):
     assert (channels, classes) == (3, 10) and "gone.csv does not exist" in note
 
 
+@pytest.mark.e2e  # a subprocess
 def test_swin_train_runs_on_csv_tables(tables, tmp_path):
     proc = run_cli("data=csv", f"data.train_table={tables['train']}", f"data.test_table={tables['test']}", *TINY_MODEL,
                    "epochs=1", "train.max_steps_per_epoch=2", "data.batch_size=4", "data.storage=stream",

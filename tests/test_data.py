@@ -42,6 +42,7 @@ def test_digits_offline_splits_are_fixed_and_disjoint():
     assert a.train.images.dtype == torch.uint8 and a.train.images.max() > 200
 
 
+@pytest.mark.e2e  # a subprocess
 def test_digits_are_scikit_learn_s_read_without_importing_it():
     import subprocess
     import sys

@@ -12,6 +12,9 @@ from swin_cli.errors import NonFiniteLoss
 from swin_cli.summary import augment_text
 from swin_cli.train import Trainer
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 FAST = [*TINY_MODEL, "data=digits", "threads=1", "log.progress=false"]
 
 

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from swin_cli.model import SwinTransformer
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 SMALL = dict(image_size=16, patch_size=2, in_chans=3, num_classes=5, embed_dim=16, depths=[2, 2],
              num_heads=[2, 4], window_size=4, drop_path_rate=0.0)
 

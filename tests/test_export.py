@@ -25,6 +25,9 @@ from swin_cli.export_config import KEYS, export_args, register  # noqa: E402
 from swin_cli.model import SwinTransformer  # noqa: E402
 from swin_cli.onnx_runtime import OnnxClassifier, missing_extra_message  # noqa: E402
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 # Image 20, patch 2: a 10x10 map, padded to 12 for window 4, shifted by 2 with a mask; after
 # merging a 5x5 map, padded to 8, shifted and masked again.
 SMALL = dict(image_size=20, patch_size=2, in_chans=3, num_classes=5, embed_dim=8, depths=[2, 2],

@@ -37,7 +37,7 @@ def test_checkpointed_gradients_equal_the_plain_ones(version):
 
 
 def test_the_config_key_reaches_every_stage_and_evaluation_is_unchanged():
-    cfg = make_config("model.grad_checkpointing=true")
+    cfg = make_config("model.grad_checkpointing=true", "data.image_size=32")
     model = build_model(cfg.model, cfg.data.image_size, 1, 10)
     assert all(stage.grad_checkpointing for stage in model.stages)
     plain = build_model(make_config().model, cfg.data.image_size, 1, 10)

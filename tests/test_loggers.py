@@ -16,6 +16,9 @@ from swin_cli import checkpoint
 from swin_cli.config import ConfigError, validate
 from swin_cli.loggers import TRACKERS, MissingExtra, missing_library, open_trackers, selected
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 
 def config(*overrides: str):
     return make_config(*FAST, *overrides)

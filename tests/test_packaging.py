@@ -9,7 +9,11 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
 from conftest import CONF, ROOT
+
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
 
 
 def test_wheel_carries_conf_and_installed_cli_composes_from_elsewhere(tmp_path):

@@ -25,6 +25,7 @@ def test_every_source_has_its_yaml_and_every_yaml_its_source():
     assert named == {name: name for name in SOURCES}
 
 
+@pytest.mark.e2e  # a subprocess
 def test_an_unknown_source_is_one_line_naming_the_sources(tmp_path):
     with pytest.raises(ConfigError) as err:
         validate(make_config("data.name=parquet"))

@@ -20,6 +20,9 @@ from PIL import Image
 from swin_cli.config import ConfigError, validate
 from swin_cli.data import DataError, EpochPlan, load_data
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 CLASSES = ["cat", "dog", "eel"]
 
 

@@ -21,6 +21,9 @@ from swin_cli.data.transforms import RandomResizedCrop
 from swin_cli.interrupt import TrainingInterrupted
 from swin_cli.train import Trainer
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 
 def photo_folder(root: Path, per_class: int = 10, classes=("cat", "dog"), test_split: str = "test") -> Path:
     """JPEGs of mixed sizes and aspect ratios, with class-dependent content."""

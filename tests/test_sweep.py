@@ -12,6 +12,9 @@ from conftest import TINY_MODEL, run_cli
 from swin_cli.main import one_line
 from swin_cli.text import plural
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 
 def read_summary(sweep_dir):
     with open(sweep_dir / "summary.csv") as f:

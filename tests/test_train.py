@@ -22,6 +22,9 @@ from swin_cli.interrupt import TrainingInterrupted
 from swin_cli.records import TIMING_FIELDS
 from swin_cli.train import Trainer
 
+# Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
+pytestmark = pytest.mark.e2e
+
 
 def config(*overrides: str):
     return make_config(*FAST, *overrides)

@@ -50,16 +50,26 @@ class ModelConfig:
     grad_checkpointing: bool = False
 
 
-def check_model(cfg: Any) -> None:
-    """The architecture (the model builds for data.image_size and data.channels) and dropout rates."""
+def architecture_problem_of(cfg: Any) -> Optional[str]:
+    """Why cfg's model cannot be built for its data, in one line naming the key, or None. With
+    data.image_size still null (settled once the data is open) the size's own rules wait: the
+    data's side is checked again then, by swin_cli/data/auto.py, with the same message."""
     # Imported here: the model module imports torch, which --help must not pay for.
     from swin_cli.model import architecture_problem
 
     m, d = cfg.model, cfg.data
-    check_problem(architecture_problem(
-        image_size=d.image_size, patch_size=m.patch_size, in_chans=d.channels or 1, num_classes=0,
+    # A stand-in side that passes the size rules, so the rest are checked before any data is read.
+    size = d.image_size if d.image_size is not None else m.patch_size
+    return architecture_problem(
+        image_size=size, patch_size=m.patch_size, in_chans=d.channels or 1, num_classes=0,
         embed_dim=m.embed_dim, depths=list(m.depths), num_heads=list(m.num_heads), window_size=m.window_size,
-        mlp_ratio=m.mlp_ratio, stem_convs=m.stem_convs, version=m.version))
+        mlp_ratio=m.mlp_ratio, stem_convs=m.stem_convs, version=m.version)
+
+
+def check_model(cfg: Any) -> None:
+    """The architecture (the model builds for data.image_size and data.channels) and dropout rates."""
+    m = cfg.model
+    check_problem(architecture_problem_of(cfg))
     for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
         value = getattr(m, key)
         check(0.0 <= value < 1.0, f"model.{key} must be in [0, 1) (got {value})")

@@ -22,7 +22,8 @@ from swin_cli.loggers import LoggerConfig, missing_library, settings_problem
 Device = choices("Device", "auto", "cpu", "cuda", "mps")
 # preview: write <run dir>/augment_preview.png, training images after the configured augmentation.
 # benchmark: time the configured training step on random data, write <run dir>/benchmark.json.
-Mode = choices("Mode", "train", "eval", "predict", "summary", "preview", "benchmark")
+# cache: list data.cache_dir, or clear what cache.clear names (swin_cli/cache.py); no run dir.
+Mode = choices("Mode", "train", "eval", "predict", "summary", "preview", "benchmark", "cache")
 TTA = choices("TTA", "none", "flip")
 PredictBackend = choices("PredictBackend", "torch", "onnx")
 
@@ -48,6 +49,15 @@ class BenchmarkConfig:
 
 
 @dataclass
+class CacheConfig:
+    """mode=cache: what to remove from data.cache_dir after listing it. null: list only; all:
+    everything; a folder: the entries made from images in it (a data root or a split folder);
+    an entry's name as the listing shows it: that entry."""
+
+    clear: Optional[str] = None
+
+
+@dataclass
 class LogConfig:
     # A live progress bar when stdout is a terminal; plain epoch lines otherwise.
     progress: bool = True
@@ -70,6 +80,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     mode: Mode = Mode.train
     epochs: int = 10
     seed: int = 0
@@ -126,6 +137,9 @@ def check_mode(cfg: Any) -> None:
     check(mode not in ("eval", "predict") or bool(cfg.ckpt),
           f"mode={mode} needs ckpt=/path/to/checkpoint.pt (or a run dir: its best.pt)")
     check(mode != "predict" or bool(cfg.predict_dir), "mode=predict needs predict_dir=/folder/of/images")
+    check(cfg.cache["clear"] is None or mode == "cache", f"cache.clear is read by mode=cache only (got mode={mode})")
+    check(cfg.cache["clear"] is None or str(cfg.cache["clear"]).strip() != "",
+          "cache.clear must be all, a folder or an entry name (mode=cache lists the entries)")
     check(cfg.eval_split in ("train", "val", "test"),
           f"eval_split must be one of train, val, test (got {cfg.eval_split!r})")
 

@@ -15,6 +15,8 @@ interface the rest of swin-cli reads. Everything outside this package imports fr
     splits.py      the batch interface (ImageSplit in memory), epoch order
     stats.py       per-channel mean/std in bounded memory
     storage.py     which storage a config gets; load_data
+    auto.py        what data.image_size=null and aug=auto become once the source is open
+    class_split.py an image folder of root/<class>/ split by fractions (data.layout=classes)
     glance.py      a data set's shape and a few test images without loading it
     debug.py       the smaller data of debug runs
 
@@ -42,6 +44,7 @@ _HOMES = {
     "step_seed": "splits",
     "channel_stats": "stats",
     "DataBundle": "storage", "eval_batch_size": "storage", "load_data": "storage", "place_data": "storage",
+    "Settled": "auto", "settle_auto": "auto",
     "data_shape": "glance", "first_test_images": "glance",
     "debug_subset": "debug",
 }

@@ -29,6 +29,7 @@ import torch
 from swin_cli.data.decode import guess_channels
 from swin_cli.data.schema import first_problem
 from swin_cli.data.sources import DataError, FileSamples, SourceData, first_of_each_class
+from swin_cli.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def _existing(cfg: Any, key: str, path: Path, images: list[str]) -> list[Optiona
     files = [os.path.abspath(base / os.path.expanduser(image)) for image in images]
     missing = [f for f in files if not os.path.isfile(f)]
     if len(missing) == len(files):
-        raise DataError(f"none of the {len(files):,} images of data.{key}={cfg.get(key)} exist (e.g. {missing[0]}); "
+        raise DataError(f"none of the {plural(len(files), 'image')} of data.{key}={cfg.get(key)} exist "
+                        f"(e.g. {missing[0]}); "
                         f"relative paths are read from {origin} ({base})")
     if missing:
         log.warning(f"data.{key}: {len(missing):,} of {len(files):,} listed images do not exist, left out: "

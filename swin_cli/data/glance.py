@@ -13,6 +13,7 @@ from swin_cli.data.registry import data_source
 from swin_cli.data.schema import plain
 from swin_cli.data.storage import load_data
 from swin_cli.data.views import eval_transform
+from swin_cli.text import plural
 
 
 def data_shape(cfg: Any) -> tuple[int, int, str]:
@@ -26,7 +27,7 @@ def data_shape(cfg: Any) -> tuple[int, int, str]:
         if found:
             classes = found
         else:
-            note = f"{why}: timed with {classes} classes"
+            note = f"{why}: timed with {plural(classes, 'class')}"
     return cfg.channels or channels, classes, note
 
 

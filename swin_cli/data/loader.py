@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from swin_cli.data.sources import DataError
 
@@ -38,6 +39,19 @@ def loader_death(exc: BaseException, from_loader: bool = False) -> Optional[Load
 def _one_thread(_: int) -> None:
     # Each worker decodes one image at a time; torch's intra-op threads would only fight.
     torch.set_num_threads(1)
+
+
+def stacked(pixels: Sequence[np.ndarray]) -> torch.Tensor:
+    """Equal-shaped uint8 arrays as one (N, ...) tensor. In a worker process it is stacked
+    straight into shared memory: a batch put on the worker's queue is otherwise copied there
+    once more (9.6 MB at 64 x 224 px; torch's own collate avoids that copy the same way)."""
+    shape = (len(pixels), *pixels[0].shape)
+    if get_worker_info() is None:
+        return torch.from_numpy(np.stack(pixels))
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    images = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    np.stack(pixels, out=images.numpy())
+    return images
 
 
 def worker_loader(dataset: Dataset, workers: int, prefetch: int, **options: Any) -> DataLoader:

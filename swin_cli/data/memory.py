@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from swin_cli.atomic_io import atomic_file
+from swin_cli.data.cache_notes import note_written
 from swin_cli.data.sources import DataError, FileSamples, Samples
 from swin_cli.data.splits import ImageSplit
 from swin_cli.text import plural
@@ -47,7 +48,7 @@ def warn_skipped(names: list[str], where: str) -> None:
 def decode_split(samples: Samples, transform: Callable, where: str) -> ImageSplit:
     """Every sample through `transform` (to uint8 C x H x W) into one tensor; unreadable ones are
     skipped with a warning naming them, and listed in the split's `skipped`."""
-    log.info(f"decoding {len(samples):,} images of {where} into memory")
+    log.info(f"decoding {plural(len(samples), 'image')} of {where} into memory")
     _init_worker(samples, transform)
     workers = min(8, os.cpu_count() or 1)
     if workers > 1 and len(samples) > 2000:
@@ -84,13 +85,16 @@ class DecodeCache:
             except Exception:
                 log.warning(f"ignoring unreadable cache {path}; decoding again")
         split = decode_split(samples, transform, where)
-        self._store(path, split)
+        if self._store(path, split):
+            note_written(path, where, samples.paths)  # for mode=cache's listing and the panel
         return split
 
-    def _store(self, path: Path, split: ImageSplit) -> None:
+    def _store(self, path: Path, split: ImageSplit) -> bool:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_file(path) as f:
                 torch.save({"images": split.images, "labels": split.labels, "skipped": split.skipped}, f)
         except OSError as exc:  # a read-only or full cache dir costs speed, not correctness
             log.warning(f"could not write the image cache {path} ({exc.strerror}); continuing without it")
+            return False
+        return True

@@ -27,9 +27,11 @@ from typing import Any, Optional
 import numpy as np
 
 from swin_cli.atomic_io import atomic_file
+from swin_cli.data.cache_notes import note_written
 from swin_cli.data.decode import GREY_MODES, open_image, to_mode
 from swin_cli.data.sources import FileSamples, Samples
 from swin_cli.data.transforms import _draft, resized_shape
+from swin_cli.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ def prepare(samples: Samples, side: int, cache_dir: Path, where: str) -> Samples
     missing = [s for s in shards if not (folder / f"shard-{s:05d}.json").is_file()]
     if missing:
         _build(samples, side, folder, missing, where)
+        note_written(folder, where, samples.paths)  # for mode=cache's listing and the panel
     shard_of, offset, length = [], [], []
     for s in shards:
         index = json.loads((folder / f"shard-{s:05d}.json").read_text())
@@ -119,7 +122,7 @@ def prepare(samples: Samples, side: int, cache_dir: Path, where: str) -> Samples
 
 def _build(samples: FileSamples, side: int, folder: Path, missing: list[int], where: str) -> None:
     todo = sum(min(IMAGES_PER_SHARD, len(samples) - s * IMAGES_PER_SHARD) for s in missing)
-    log.info(f"preparing a copy of {where} with the shorter side at most {side} px: {todo:,} images "
+    log.info(f"preparing a copy of {where} with the shorter side at most {side} px: {plural(todo, 'image')} "
              f"into {folder} (once; an interrupted build resumes)")
     workers = min(8, os.cpu_count() or 1)
     started, done, last_report = time.perf_counter(), 0, time.perf_counter()

@@ -42,6 +42,9 @@ class Source:
     # (a few test images through an eval view, where from), decoded directly: the export check
     # needs no pass over the data. None: the first images of load_data's test split.
     first_images: Optional[Callable[[Any, Callable, int], tuple[Any, str]]] = None
+    # (side, why) a source held by its reader trains at with data.image_size=null; None: the
+    # side is read from the files (swin_cli/data/auto.py).
+    default_size: Optional[tuple[int, str]] = None
 
     @property
     def held_by_reader(self) -> bool:
@@ -67,9 +70,11 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "digits": Source(digits.load, TENSORS, channels=1, classes=10),
-    "cifar10": Source(cifar.load_cifar10, TENSORS, channels=3, classes=10),
-    "cifar100": Source(cifar.load_cifar100, TENSORS, channels=3, classes=100),
+    "digits": Source(digits.load, TENSORS, channels=1, classes=10,
+                     default_size=(32, "the 8x8 digits upscaled, as data=digits has always trained")),
+    "cifar10": Source(cifar.load_cifar10, TENSORS, channels=3, classes=10, default_size=(32, "CIFAR's own 32x32")),
+    "cifar100": Source(cifar.load_cifar100, TENSORS, channels=3, classes=100,
+                       default_size=(32, "CIFAR's own 32x32")),
     "imagefolder": Source(imagefolder.load, FILES, imagefolder.problem, classes_of=imagefolder.class_count,
                           first_images=imagefolder.first_images),
     "webdataset": Source(webdataset.load, SHARDS, webdataset.problem),

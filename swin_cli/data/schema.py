@@ -17,13 +17,17 @@ from omegaconf import MISSING
 # plain is imported from here by the rest of the data package.
 from swin_cli.choices import choices, plain
 
-__all__ = ["DataConfig", "Interpolation", "Storage", "TrainCrop", "first_problem", "plain", "shared_problem"]
+__all__ = ["DataConfig", "Interpolation", "Layout", "Storage", "TrainCrop", "first_problem", "plain",
+           "shared_problem"]
 
 # memory: decode once into a uint8 tensor (fastest for sets that fit); stream: decode while
 # training in worker processes; auto: see swin_cli/data/storage.py choose_storage.
 Storage = choices("Storage", "auto", "memory", "stream")
 TrainCrop = choices("TrainCrop", "auto", "resize", "random_resized")
 Interpolation = choices("Interpolation", "bilinear", "bicubic")
+# An image folder's layout: splits (root/train/<class>/, root/test/<class>/, optional val/) or
+# classes (root/<class>/, torchvision's ImageFolder: val and test held out by fractions).
+Layout = choices("Layout", "splits", "classes")
 
 
 @dataclass
@@ -34,12 +38,22 @@ class DataConfig:
     # cifar: where torchvision keeps or downloads it; csv: what relative image paths are
     # relative to). None means the source's default.
     root: Optional[str] = None
-    image_size: int = 32
+    # The side images are trained at. null: the source decides once it is open (swin_cli/data/
+    # auto.py): an image set its files' own size (all alike) or their median shorter side, within
+    # the model's range; digits and CIFAR 32, as they always trained.
+    image_size: Optional[int] = None
+    # data=imagefolder: splits (train/ and test/ folders) or classes (root/<class>/ only).
+    layout: Layout = Layout.splits
     # Channels fed to the model; None keeps the source's own (1 for digits, 3 for RGB).
     channels: Optional[int] = None
     # Held-out part of train used for validation when the source has no val split.
     val_fraction: float = 0.1
+    # data.layout=classes: the part of each class held out as the test split.
+    test_fraction: float = 0.1
     split_seed: int = 0
+    # data.layout=classes: a split.json a run wrote (<run dir>/split.json), to train on the same
+    # split again; null: draw it from split_seed and the fractions.
+    split_file: Optional[str] = None
     batch_size: int = 64
     # null: 512 images up to 64 px, fewer for larger ones (the same pixels per batch), never
     # fewer than batch_size.
@@ -122,7 +136,9 @@ def shared_problem(d: DataConfig) -> Optional[str]:
     """What is wrong with the keys every source reads, in one line naming the key, or None."""
     return first_problem(
         (d.channels is None or d.channels in (1, 3), f"data.channels must be 1, 3 or null (got {d.channels})"),
+        (d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1 or null (got {d.image_size})"),
         (0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1) (got {d.val_fraction})"),
+        (0.0 <= d.test_fraction < 1.0, f"data.test_fraction must be in [0, 1) (got {d.test_fraction})"),
         (d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})"),
         (d.eval_batch_size is None or d.eval_batch_size >= 1,
          f"data.eval_batch_size must be >= 1 or null (got {d.eval_batch_size})"),
@@ -137,7 +153,7 @@ def shared_problem(d: DataConfig) -> Optional[str]:
         (d.prefetch >= 1, f"data.prefetch must be >= 1 (got {d.prefetch})"),
         (d.stats_images >= 1, f"data.stats_images must be >= 1 (got {d.stats_images})"),
         (d.repeats >= 1, f"data.repeats must be >= 1 (got {d.repeats})"),
-        (d.prepare_side is None or d.prepare_side >= d.image_size,
+        (d.prepare_side is None or d.image_size is None or d.prepare_side >= d.image_size,
          f"data.prepare_side must be >= data.image_size={d.image_size} or null (got {d.prepare_side})"),
         (not (d.storage == "memory" and d.train_crop == "random_resized"),
          "data.train_crop=random_resized needs each image at its own resolution: use data.storage=stream (or auto)"),

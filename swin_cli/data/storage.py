@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +24,8 @@ from swin_cli.data.splits import ImageSplit, Split
 from swin_cli.data.stats import channel_stats_of
 from swin_cli.data.stream import StreamSplit
 from swin_cli.data.views import image_views, train_crop
+from swin_cli.distributed import computed_once
+from swin_cli.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class DataBundle:
     storage: str = "memory"
     storage_reason: str = ""
     where: str = ""  # the data set, for the panel, results.json and eval.json
+    # What data.image_size=null and aug=auto became and why (swin_cli/data/auto.py), for the panel.
+    settled: dict[str, str] = field(default_factory=dict)
 
     @property
     def in_chans(self) -> int:
@@ -88,7 +92,7 @@ def choose_storage(cfg: Any, entry: Source, source: SourceData, channels: int) -
         return "stream", f"data={name} is read as it streams"
     n = len(source.train) + len(source.test) + (len(source.val) if source.val is not None else 0)
     decoded = n * channels * cfg.image_size ** 2
-    size = f"{n:,} images, {decoded / 2**30:.2f} GiB decoded at {cfg.image_size} px"
+    size = f"{plural(n, 'image')}, {decoded / 2**30:.2f} GiB decoded at {cfg.image_size} px"
     if requested != "auto":
         return requested, f"data.storage={requested} ({size})"
     if train_crop(cfg) == "random_resized":
@@ -99,11 +103,19 @@ def choose_storage(cfg: Any, entry: Source, source: SourceData, channels: int) -
     return "memory", f"{size}, within data.memory_budget_gb={budget / 2**30:.1f}"
 
 
-def load_data(cfg: Any, device: Optional[torch.device] = None, statistics: bool = True) -> DataBundle:
+def load_data(cfg: Any, device: Optional[torch.device] = None, statistics: bool = True,
+              settled: Optional[Any] = None) -> DataBundle:
     """The train/val/test splits described by the `data` config group. statistics=False skips
-    the mean/std pass of a streamed split (mode=summary needs only sizes), reporting 0.5/0.25."""
+    the mean/std pass of a streamed split (mode=summary needs only sizes), reporting 0.5/0.25.
+    `settled`: settle_auto's (the source it opened, its notes); without it a null
+    data.image_size is settled here, in `cfg`, from the source just opened."""
+    from swin_cli.data.auto import settle_image_size
+
     entry = data_source(plain(cfg.name))
-    source = entry.load(cfg)
+    source = settled.source if settled is not None and settled.source is not None else entry.load(cfg)
+    notes = dict(settled.notes) if settled is not None else {}
+    if cfg.image_size is None:
+        notes["size"] = settle_image_size(cfg, entry, source)
     channels = cfg.channels or source.channels
     storage, reason = choose_storage(cfg, entry, source, channels)
     if storage == "memory" and not entry.held_by_reader and train_crop(cfg) == "random_resized":
@@ -121,14 +133,19 @@ def load_data(cfg: Any, device: Optional[torch.device] = None, statistics: bool 
     if cfg.mean and cfg.std:
         mean, std = list(cfg.mean), list(cfg.std)
     elif statistics or storage == "memory":  # in memory the statistics are exact and cheap
-        sample = train.stats_sample(min(cfg.stats_images, len(train)), cfg.split_seed)
-        mean, std = channel_stats_of((images for images, _ in sample), channels)
+        # Under torchrun rank 0 reads the sample and the others receive its answer (the same).
+        mean, std = computed_once(lambda: _channel_stats(cfg, train, channels))
     else:
         mean, std = [0.5] * channels, [0.25] * channels
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/data.std have {len(mean)}/{len(std)} values for {channels}-channel images")
     return DataBundle(train, val, test, source.classes, mean, std, channels, source.test_source, storage, reason,
-                      source.where)
+                      source.where, notes)
+
+
+def _channel_stats(cfg: Any, train: Any, channels: int) -> tuple[list[float], list[float]]:
+    sample = train.stats_sample(min(cfg.stats_images, len(train)), cfg.split_seed)
+    return channel_stats_of((images for images, _ in sample), channels)
 
 
 def _memory_splits(cfg: Any, source: SourceData, channels: int) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
@@ -142,10 +159,10 @@ def _memory_splits(cfg: Any, source: SourceData, channels: int) -> tuple[ImageSp
     training, evaluation = image_views(cfg, channels)
     cache = DecodeCache(Path(os.path.expanduser(cfg.cache_dir)))
     train_samples, val_samples = _hold_out_samples(cfg, source)
-    where = source.where
-    train = cache.load(train_samples, training, f"{where} train")
-    val = cache.load(val_samples, evaluation, f"{where} val") if len(val_samples) else _empty(channels, size)
-    test = cache.load(source.test, evaluation, f"{where} {source.test_source}")
+    named = split_names(source)
+    train = cache.load(train_samples, training, named["train"])
+    val = cache.load(val_samples, evaluation, named["val"]) if len(val_samples) else _empty(channels, size)
+    test = cache.load(source.test, evaluation, named["test"])
     return train, val, test
 
 
@@ -155,11 +172,11 @@ def _stream_splits(cfg: Any, source: SourceData, channels: int, device: torch.de
     if cfg.prepare:
         source = _prepared(cfg, source)
     train_samples, val_samples = _hold_out_samples(cfg, source)
-    where = source.where
-    train = StreamSplit(train_samples, training, channels, seed=cfg.split_seed, where=f"{where} train",
+    named = split_names(source)
+    train = StreamSplit(train_samples, training, channels, seed=cfg.split_seed, where=named["train"],
                         eval_transform=evaluation, **settings)
-    val = StreamSplit(val_samples, evaluation, channels, where=f"{where} val", **settings)
-    test = StreamSplit(source.test, evaluation, channels, where=f"{where} {source.test_source}", **settings)
+    val = StreamSplit(val_samples, evaluation, channels, where=named["val"], **settings)
+    test = StreamSplit(source.test, evaluation, channels, where=named["test"], **settings)
     return train, val, test
 
 
@@ -172,6 +189,15 @@ def _prepared(cfg: Any, source: SourceData) -> SourceData:
 
     return dataclasses.replace(source, train=prepared(source.train, "train"), val=prepared(source.val, "val"),
                                test=prepared(source.test, "test"))
+
+
+def split_names(source: SourceData) -> dict[str, str]:
+    """How the log names each split of `source`: distinct even when the val split is held out of
+    the training files and the val/ folder is the test split (two "val"s otherwise)."""
+    val = f"{source.where} val" if source.val is not None else f"{source.where} val (held out of train)"
+    test = (f"{source.where} test" if source.test_source == "test"
+            else f"{source.where} test (the {source.test_source}/ folder)")
+    return {"train": f"{source.where} train", "val": val, "test": test}
 
 
 def _hold_out_samples(cfg: Any, source: SourceData) -> tuple[Any, Any]:
@@ -216,6 +242,5 @@ def place_data(data: DataBundle, device: torch.device, on_device: bool) -> DataB
         log.info(f"data: {nbytes / 2**30:.1f} GiB stays in host memory "
                  f"(over half of the GPU's {free / 2**30:.1f} GiB free)")
         return data
-    moved = [s.to(device) for s in (data.train, data.val, data.test)]
-    return DataBundle(*moved, data.classes, data.mean, data.std, data.channels, data.test_source, data.storage,
-                      data.storage_reason, data.where)
+    train, val, test = (s.to(device) for s in (data.train, data.val, data.test))
+    return dataclasses.replace(data, train=train, val=val, test=test)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from swin_cli.data.loader import read_loader, worker_loader
+from swin_cli.data.loader import read_loader, stacked, worker_loader
 from swin_cli.data.sources import DataError, Samples
 from swin_cli.data.splits import Batch, EpochPlan, step_seed
 
@@ -53,7 +53,7 @@ class _Decoded(Dataset):
 
 
 def _collate(items: list[tuple[np.ndarray, int, list[str]]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    images = torch.from_numpy(np.stack([pixels for pixels, _, _ in items]))
+    images = stacked([pixels for pixels, _, _ in items])
     labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
     return images, labels, [name for _, _, failed in items for name in failed]
 

@@ -38,12 +38,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from swin_cli.data.cache_notes import note_written
 from swin_cli.data.decode import guess_channels
 from swin_cli.data.loader import default_workers, read_loader, worker_loader
 from swin_cli.data.schema import first_problem
 from swin_cli.data.sources import DataError, SourceData
 from swin_cli.data.splits import Batch, EpochPlan, step_seed
 from swin_cli.data.views import image_views
+from swin_cli.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ def expand_shards(pattern: str, key: str) -> list[str]:
     if not found:
         raise DataError(f"data.{key}={pattern} matches no files")
     if absent:  # a brace range a little too wide, or shards still being copied: say so, go on
-        log.warning(f"data.{key}: {len(absent)} of {len(found) + len(absent)} shards do not exist "
+        log.warning(f"data.{key}: {len(absent)} of {plural(len(found) + len(absent), 'shard')} do not exist "
                     f"(e.g. {absent[0]}); reading the others")
     return sorted(dict.fromkeys(found))
 
@@ -127,7 +129,7 @@ def count_shard(path: str, image_exts: list[str], label_ext: str) -> tuple[int, 
                     except (ValueError, UnicodeDecodeError):
                         pass  # the reader skips this sample and names it
     except (tarfile.TarError, OSError, EOFError) as exc:
-        log.warning(f"shard {path} is unreadable after {len(has_image)} images ({exc}); counting those")
+        log.warning(f"shard {path} is unreadable after {plural(len(has_image), 'image')} ({exc}); counting those")
     valid = [labels[k] for k in has_image if k in labels]
     return len(valid), max(valid, default=-1), min(valid, default=0)
 
@@ -163,6 +165,7 @@ def _store_counts(cache: Path, known: dict[str, Any]) -> None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache) as f:  # ranks racing each write a whole file; the last one wins
             f.write(json.dumps(known).encode())
+        note_written(cache)  # the panel shows the cache's size
     except OSError as exc:  # a read-only cache dir costs a recount next time, nothing else
         log.warning(f"could not write the shard counts {cache} ({exc.strerror}); continuing without")
 
@@ -393,7 +396,7 @@ def load(cfg: Any) -> SourceData:
     if cfg.classes:
         classes = [str(c) for c in cfg.classes]
         if largest >= len(classes):
-            raise DataError(f"data.classes names {len(classes)} classes but the shards have label {largest}")
+            raise DataError(f"data.classes names {plural(len(classes), 'class')} but the shards have label {largest}")
     else:
         classes = [str(i) for i in range(largest + 1)]
     first = _first_image(found["train"][0][0], image_exts)
