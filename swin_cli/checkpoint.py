@@ -39,7 +39,8 @@ SIGNATURE_DEFAULTS = {"model.version": 1, "model.stem": "patch", "model.stem_con
 # scheduler and scaler state and the loop's position are for resuming, which reads last.pt;
 # with AdamW they are twice the size of the weights (best.pt: a third of last.pt without EMA).
 BEST_KEYS = ("format", "format_version", "version", "config", "signature", "classes", "mean", "std",
-             "model", "ema", "best_source", "best_val_acc", "best_epoch", "epoch", "wall_time_s")
+             "model", "ema", "best_source", "best_val_acc", "best_epoch", "epoch", "wall_time_s",
+             "class_counts", "calibration", "best_val_score")
 
 
 class CheckpointError(SwinCliError):
@@ -47,11 +48,13 @@ class CheckpointError(SwinCliError):
 
 
 def header(config: dict[str, Any], signature: dict[str, Any], classes: list[str], mean: list[float],
-           std: list[float]) -> dict[str, Any]:
+           std: list[float], class_counts: Optional[list[int]] = None) -> dict[str, Any]:
     """What marks a checkpoint as ours and rebuilds and feeds its model: the format and versions,
-    the run's resolved config, its shape signature, the class names and the normalisation."""
+    the run's resolved config, its shape signature, the class names and the normalisation; and
+    the training split's images per class (the prior of post-hoc logit adjustment; None when
+    unknown, and absent from checkpoints older than it: read it with .get)."""
     return {"format": "swin-cli", "format_version": FORMAT_VERSION, "version": __version__, "config": config,
-            "signature": signature, "classes": classes, "mean": mean, "std": std}
+            "signature": signature, "classes": classes, "mean": mean, "std": std, "class_counts": class_counts}
 
 
 def write(state: dict[str, Any], path: Path) -> None:
@@ -109,16 +112,23 @@ class BackgroundWriter:
                 self.pool.shutdown()
                 self.pool = None
 
-    def save_epoch_end(self, state: dict[str, Any], run_dir: Path, best: bool) -> None:
+    def save_epoch_end(self, state: dict[str, Any], run_dir: Path, best: bool,
+                       first: Sequence[tuple[Path, dict[str, Any]]] = (),
+                       then: Optional[Callable[[], None]] = None) -> None:
         """Write an epoch's checkpoint to last.pt and, when it scored `best`, its weights alone
         to best.pt (resuming reads last.pt). `state` must not change while the write runs:
-        a cpu_copy."""
-        def write_both() -> None:
+        a cpu_copy. `first`: (path, checkpoint) pairs written before last.pt, which may name
+        them (a top-k file); `then`: run once every file is on disk (removing superseded ones)."""
+        def write_all() -> None:
+            for path, extra in first:
+                write(extra, path)
             write(state, run_dir / "last.pt")
             if best:
                 write(best_state(state), run_dir / "best.pt")
+            if then is not None:
+                then()
 
-        self.submit(write_both)
+        self.submit(write_all)
 
 
 def resolve(path_or_dir: str | Path) -> Path:
@@ -228,7 +238,7 @@ def restore_rng(saved: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------ where to resume from
 
 # Keys that do not change what a run computes, so resume=auto may differ in them.
-_NOT_COMPARED = ("resume", "epochs", "threads", "device", "log", "logger")
+_NOT_COMPARED = ("resume", "epochs", "threads", "device", "log", "logger", "checkpoint")
 
 
 def resume_source(resume: Optional[str], config: dict[str, Any], run_dir: Path,

@@ -1,7 +1,8 @@
-"""Evaluation: loss and accuracy of a model on a split (used by training as well), of a saved
-checkpoint (mode=eval), and labels for a folder of new images (mode=predict). A checkpoint's
-model is rebuilt from the config saved inside it, so only the checkpoint and the data are
-needed, not the command line that trained it. eval.json and predictions.csv go to the run dir
+"""Evaluation: the scores of a model on a split (loss, accuracy, balanced accuracy, macro-F1,
+top-5, calibration, per class: metrics.py; used by training as well), of a saved checkpoint
+(mode=eval), and labels for a folder of new images (mode=predict). A checkpoint's model is
+rebuilt from the config saved inside it, so only the checkpoint and the data are needed, not the
+command line that trained it. eval.json, per_class.csv and predictions.csv go to the run dir
 Hydra made: for a checkpoint in a run dir, `<that run dir>/eval/<date>_<time>` (run_dirs.py)."""
 
 from __future__ import annotations
@@ -11,57 +12,70 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from swin_cli import checkpoint, distributed
+from swin_cli import checkpoint, class_report, distributed
 from swin_cli.atomic_io import write_text_atomic
 from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
 from swin_cli.config import plain
 from swin_cli.data import IMAGE_EXTENSIONS, Split, eval_batch_size, eval_transform, load_data
 from swin_cli.errors import SwinCliError
+from swin_cli.metrics import ClassificationMeter, Scores
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
+# The scores eval.json (and, for the test split, results.json as test_<name>) gains beside acc and loss.
+NEW_SCORES = ("balanced_acc", "macro_f1", "top5_acc", "ece", "nll")
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, split: Split, normalize: Normalize, device: torch.device,
-                   batch_size: int, num_classes: Optional[int] = None, tta: str = "none",
-                   precision: str = "fp32") -> tuple[float, float, Optional[torch.Tensor]]:
-    """Mean loss, accuracy (%) and, given num_classes, the confusion matrix (rows: true class).
-    tta="flip" averages the logits of each image and its mirror image; precision is the autocast
-    dtype of the forward passes, as in training."""
+def eval_logits(model: nn.Module, split: Split, normalize: Normalize, device: torch.device, batch_size: int,
+                tta: str = "none", precision: str = "fp32") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float32 logits, labels) on `device`, batch by batch, of this rank's share of `split`
+    (under torchrun each rank takes every world-th image). tta="flip" averages the logits of
+    each image and its mirror image; precision is the autocast dtype of the forward passes, as
+    in training. The model is in eval mode meanwhile, and back in its own mode after."""
     was_training = model.training
     model.eval()
-    # Under torchrun each rank takes every world-th image; the sums are added over ranks.
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, images
-    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.int64) if num_classes else None
-    for images, labels in split.eval_batches(batch_size, distributed.rank(), distributed.world_size()):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        x = normalize(images)
-        with autocast(device, precision):
-            logits = model(x).float()
-            if tta == "flip":
-                logits = (logits + model(x.flip(-1)).float()) / 2
-        predicted = logits.argmax(1)
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-        sums[1] += (predicted == labels).sum()
-        sums[2] += len(labels)
-        if confusion is not None:
-            confusion += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
-    model.train(was_training)
-    loss_sum, correct, n = distributed.sum_(sums).tolist()
-    matrix = distributed.sum_(confusion).view(num_classes, num_classes).cpu() if confusion is not None else None
-    return loss_sum / max(1, n), 100.0 * correct / max(1, n), matrix
+    try:
+        for images, labels in split.eval_batches(batch_size, distributed.rank(), distributed.world_size()):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            x = normalize(images)
+            with autocast(device, precision):
+                logits = model(x).float()
+                if tta == "flip":
+                    logits = (logits + model(x.flip(-1)).float()) / 2
+            yield logits, labels
+    finally:
+        model.train(was_training)
 
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, split: Split, normalize: Normalize, device: torch.device, batch_size: int,
+                   num_classes: Optional[int] = None, tta: str = "none", precision: str = "fp32",
+                   logit_offset: Optional[Any] = None, temperature: float = 1.0) -> Scores:
+    """The scores (metrics.py) of `model` on `split`, summed over ranks. What is scored is
+    `(logits - logit_offset) / temperature`: a post-hoc logit adjustment (a per-class offset,
+    such as the log class prior) and a calibration temperature; by default the logits as they
+    are. num_classes: the width of the logits (None: read from the first batch)."""
+    offset = None if logit_offset is None else torch.as_tensor(logit_offset, dtype=torch.float32, device=device)
+    meter = ClassificationMeter(num_classes, device) if num_classes is not None else None
+    for logits, labels in eval_logits(model, split, normalize, device, batch_size, tta, precision):
+        if offset is not None:
+            logits = logits - offset
+        if temperature != 1.0:
+            logits = logits / temperature
+        if meter is None:
+            meter = ClassificationMeter(logits.shape[1], device)
+        meter.update(logits, labels)
+    return (meter if meter is not None else ClassificationMeter(0, device)).scores()
 
 
 def _load_model(cfg: Any) -> tuple[nn.Module, dict[str, Any], torch.device]:
@@ -94,8 +108,8 @@ def checkpoint_data_config(cfg: Any, state: dict[str, Any], overrides: Sequence[
 
 
 def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """mode=eval: loss and accuracy of a checkpoint on one split of the data it was trained on
-    (or of the data the command line names)."""
+    """mode=eval: the scores of a checkpoint on one split of the data it was trained on (or of
+    the data the command line names): eval.json, and its per-class table as per_class.csv."""
     model, state, device = _load_model(cfg)
     data_cfg = checkpoint_data_config(cfg, state, overrides)
     data = load_data(data_cfg, device)
@@ -104,19 +118,27 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) 
         raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
                            f"but data={name} has {data.classes[:5]}...")
     split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
-    loss, acc, _ = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
-                                  eval_batch_size(data_cfg), tta=plain(cfg.eval.tta))
+    scores = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
+                            eval_batch_size(data_cfg), len(data.classes), tta=plain(cfg.eval.tta))
     shown = cfg.eval_split
     if shown == "test" and data.test_source != "test":
         shown = f"test (the {data.test_source}/ folder)"
+    per_class = class_report.named(scores.per_class, data.classes)
     result = {"checkpoint": state["path"], "data": name, "data_root": data.where, "split": cfg.eval_split,
-              "test_split": data.test_source, "images": len(split), "loss": loss, "acc": acc,
-              "tta": plain(cfg.eval.tta), "skipped_images": split.skipped}
+              "test_split": data.test_source, "images": len(split), "loss": scores.loss, "acc": scores.acc,
+              **{key: getattr(scores, key) for key in NEW_SCORES},
+              "tta": plain(cfg.eval.tta), "skipped_images": split.skipped, "per_class": per_class}
+    if cfg.eval_split == "test":  # the names results.json gives them too
+        result.update({f"test_{key}": getattr(scores, key) for key in NEW_SCORES})
     out = Path(run_dir) / "eval.json"
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    log.info(f"{state['path']}: {shown} acc {acc:.2f}% loss {loss:.4f} on {plural(len(split), 'image')} "
+    table = class_report.write_csv(per_class, Path(run_dir))
+    top5 = f" top5 {scores.top5_acc:.2f}%" if scores.top5_acc is not None else ""
+    log.info(f"{state['path']}: {shown} acc {scores.acc:.2f}% bal {scores.balanced_acc:.2f}%{top5} "
+             f"(loss {scores.loss:.4f}, ECE {scores.ece:.2f}%) on {plural(len(split), 'image')} "
              f"of data={name} ({data.where})")
-    log.info(f"wrote {out}")
+    log.info(class_report.summary_line(per_class, state.get("class_counts"), data.classes))
+    log.info(f"wrote {out} and {table.name}")
     return result
 
 

@@ -256,6 +256,9 @@ def sidecar_meta(state: dict[str, Any], ckpt_path: Path, out: Path, args: dict[s
         "weights": state.get("best_source") or "model",
         "epoch": state.get("epoch"),
         "best_val_acc": state.get("best_val_acc"),
+        # (logits - offset) / temperature before the softmax, as the run's final test scored
+        # (calibration.py); predict applies it with either backend. Absent: raw logits.
+        "calibration": state.get("calibration"),
         "swin_cli_version": __version__,
         "torch_version": torch.__version__,
         "exporter": args["exporter"] if fmt == "onnx" else "torch.jit.trace",

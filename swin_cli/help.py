@@ -29,7 +29,7 @@ TOP_LEVEL_KEYS = {
     "predict_backend": "mode=predict: torch | onnx (the checkpoint's swin-export under ONNX Runtime)",
 }
 GROUP_KEYS = ("model", "data", "aug", "optimizer", "scheduler", "train", "eval", "log", "logger", "benchmark",
-              "cache")
+              "cache", "checkpoint")
 EXAMPLES = """\
   swin-train data=digits model=nano epochs=2                # offline, a minute on a laptop
   swin-train model=tiny model.patch_size=2 model.window_size=4 data=cifar10 epochs=10

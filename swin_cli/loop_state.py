@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -25,6 +25,28 @@ from swin_cli.text import plural
 # its best weights and records the stop in results.json; the others end with an error exit
 # (signal: 128 + its number, with a resumable checkpoint) and write no results.
 STOP_REASONS = ("finished", "plateau", "time_limit", "signal", "nan_loss", "loader_died")
+
+# What train.select_metric may choose best.pt (and early stopping) by, and which way is better.
+HIGHER_IS_BETTER = {"acc": True, "balanced_acc": True, "macro_f1": True, "loss": False}
+METRIC_NAMES = {"acc": "accuracy", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1", "loss": "loss"}
+# train.select_metric=auto takes balanced accuracy when the largest training class has this many
+# times the images of the smallest: there plain accuracy rewards ignoring the rare classes.
+IMBALANCED_RATIO = 3.0
+
+
+def choose_select_metric(setting: str, class_counts: Optional[Sequence[int]]) -> tuple[str, str]:
+    """The metric that picks best.pt (train.select_metric, `auto` resolved from the training
+    split's class counts), and why, in words for the start panel."""
+    if setting != "auto":
+        return setting, f"train.select_metric={setting}"
+    present = [count for count in class_counts or () if count > 0]
+    if not present:
+        return "acc", "auto: the class counts are unknown before reading the data"
+    ratio = max(present) / min(present)
+    if ratio >= IMBALANCED_RATIO:
+        return "balanced_acc", (f"auto: the training classes are imbalanced ({ratio:.0f}x from the largest to the "
+                                f"smallest), where plain accuracy rewards ignoring the rare ones")
+    return "acc", f"auto: the training classes are balanced (at most {ratio:.1f}x apart)"
 
 
 @dataclass(frozen=True)
@@ -54,11 +76,15 @@ class LoopState:
     global_step: int = 0
     running: dict[str, float] = field(default_factory=fresh_running)
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per epoch
-    best_val_acc: float = -1.0
+    best_val_acc: float = -1.0  # validation accuracy of the best epoch (chosen by the selected metric)
+    best_val_score: Optional[float] = None  # the selected metric's value there (train.select_metric)
     best_epoch: int = 0
     best_source: str = "model"  # which weights scored best: "model" or "ema"
-    # Early stopping: the best score that counted as progress, and the epochs since.
-    plateau: dict[str, float] = field(default_factory=lambda: {"best": -1.0, "epochs": 0})
+    # Early stopping: the best score that counted as progress (signed: higher is better), and
+    # the epochs since.
+    plateau: dict[str, float] = field(default_factory=lambda: {"best": float("-inf"), "epochs": 0})
+    # checkpoint.keep_top: the kept epochs, best first (top_checkpoints.py); empty when off.
+    top: list[dict[str, Any]] = field(default_factory=list)
     # Only a plateau is kept in checkpoints (as "stopped_early", its detail): a run resumed
     # after a time limit, a signal or a dead loader trains on.
     stop: Optional[Stop] = None
@@ -76,6 +102,8 @@ class LoopState:
         """The loop as a checkpoint left it; keys a checkpoint predates keep their defaults."""
         kept = {f.name: copy.copy(state[f.name]) for f in dataclasses.fields(cls) if f.name in state}
         loop = cls(**kept)
+        if "best_val_score" not in state and loop.best_val_acc >= 0:  # chosen by accuracy before select_metric
+            loop.best_val_score = loop.best_val_acc
         if state.get("stopped_early"):
             loop.stop = Stop("plateau", loop.epoch, state["stopped_early"])
         return loop
@@ -83,7 +111,8 @@ class LoopState:
     def results(self) -> dict[str, Any]:
         """The loop's part of results.json."""
         rates = [row["train_img_per_s"] for row in self.history]
-        return {"best_val_acc": self.best_val_acc if self.best_val_acc >= 0 else None, "best_epoch": self.best_epoch,
+        return {"best_val_acc": self.best_val_acc if self.best_val_acc >= 0 else None,
+                "best_val_score": self.best_val_score, "best_epoch": self.best_epoch,
                 "best_weights": self.best_source, "epochs": self.epoch, "steps": self.global_step,
                 "train_img_per_s": sum(rates) / len(rates) if rates else None,
                 "stop": self.stop.to_dict() if self.stop else None}
@@ -102,34 +131,41 @@ class LoopState:
         self.step_in_epoch = 0
         self.running = fresh_running()
 
-    def score_epoch(self, val_acc: Optional[float], ema_acc: Optional[float], patience: Optional[int],
-                    min_delta: float) -> bool:
-        """Note the completed epoch's validation accuracy (None without a validation split) and
-        its EMA's, and count the plateau; True when the epoch is the best so far. The better of
-        the raw and EMA weights counts; without validation, the latest epoch is the best."""
-        source, score = ("ema", ema_acc) if ema_acc is not None and ema_acc > val_acc else ("model", val_acc)
+    def score_epoch(self, row: dict[str, Any], metric: str, patience: Optional[int], min_delta: float) -> bool:
+        """Note the completed epoch's metrics row (its `val_<metric>`, None without a validation
+        split, and its EMA's `ema_val_<metric>`), and count the plateau; True when the epoch is
+        the best so far by `metric`. The better of the raw and EMA weights counts; without
+        validation, the latest epoch is the best."""
+        sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+        raw, ema = row.get(f"val_{metric}"), row.get(f"ema_val_{metric}")
+        better_ema = ema is not None and raw is not None and sign * ema > sign * raw
+        source, score = ("ema", ema) if better_ema else ("model", raw)
         if score is None:
             self.best_epoch, self.best_source = self.epoch, source
             return True
-        improved = score > self.best_val_acc
+        improved = self.best_val_score is None or sign * score > sign * self.best_val_score
         if improved:
-            self.best_epoch, self.best_source, self.best_val_acc = self.epoch, source, score
-        self._watch_plateau(score, patience, min_delta)
+            self.best_epoch, self.best_source, self.best_val_score = self.epoch, source, score
+            self.best_val_acc = row["ema_val_acc"] if better_ema else row["val_acc"]
+        self._watch_plateau(sign * score, metric, patience, min_delta)
         return improved
 
-    def _watch_plateau(self, score: float, patience: Optional[int], min_delta: float) -> None:
-        """Early stopping: count the epochs since the score last rose by more than min_delta;
-        stop after `patience` of them."""
+    def _watch_plateau(self, signed_score: float, metric: str, patience: Optional[int], min_delta: float) -> None:
+        """Early stopping: count the epochs since the score last improved by more than
+        min_delta; stop after `patience` of them."""
         if patience is None:
             return
-        if score > self.plateau["best"] + min_delta:
-            self.plateau = {"best": score, "epochs": 0}
+        if signed_score > self.plateau["best"] + min_delta:
+            self.plateau = {"best": signed_score, "epochs": 0}
             return
         self.plateau["epochs"] += 1
         if self.plateau["epochs"] >= patience:
+            percent = metric != "loss"
+            moved = f"risen by more than {min_delta:g} points" if percent else f"fallen by more than {min_delta:g}"
+            best = f"{self.best_val_score:.2f}%" if percent else f"{self.best_val_score:.4f}"
             self.stop = Stop("plateau", self.epoch, (
-                f"validation accuracy has not risen by more than {min_delta:g} points for "
-                f"{plural(patience, 'epoch')} (best {self.best_val_acc:.2f}% at epoch {self.best_epoch})"))
+                f"validation {METRIC_NAMES[metric]} has not {moved} for {plural(patience, 'epoch')} "
+                f"(best {best} at epoch {self.best_epoch})"))
 
 
 class TimeLimit:

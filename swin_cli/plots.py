@@ -1,4 +1,5 @@
-"""PNG plots of a run (curves, lr schedule, confusion matrix) and of several runs side by side.
+"""PNG plots of a run (curves, lr schedule, confusion matrix, reliability diagram) and of several
+runs side by side.
 
 matplotlib is an optional extra (`pip install -e ".[plots]"`); without it every function here
 is a no-op that says once how to get the plots, and training is unaffected.
@@ -101,6 +102,35 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"test confusion matrix ({counts.trace() / max(counts.sum(), 1):.1%} correct)")
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(bins: Sequence[dict[str, Any]], ece: float, path: Path) -> Optional[Path]:
+    """The reliability diagram of the test: per equal-width confidence bin (metrics.py's), the
+    accuracy of its images against their mean confidence; a calibrated model's bars meet the
+    diagonal. The bars' shading is the share of images in the bin."""
+    plt = _pyplot()
+    if plt is None or not bins:
+        return None
+    width = 1.0 / len(bins)
+    total = max(1, sum(b["count"] for b in bins))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="calibrated")
+    for i, b in enumerate(bins):
+        if not b["count"]:
+            continue
+        ax.bar(i * width, b["accuracy"], width=width, align="edge", edgecolor="black", linewidth=0.5,
+               color="tab:blue", alpha=0.25 + 0.75 * b["count"] / total)
+        ax.plot(i * width + width / 2, b["confidence"], marker="_", color="tab:red", markersize=10)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"test reliability (ECE {ece:.2f}%; red: mean confidence)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
     _save(fig, path)
     plt.close(fig)
     return path

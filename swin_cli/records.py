@@ -14,16 +14,20 @@ from typing import Any, Optional
 
 import torch
 
-from swin_cli import atomic_io, plots, summary
+from swin_cli import atomic_io, class_report, plots, summary
 from swin_cli.build import lr_factor
 from swin_cli.errors import SwinCliError
 from swin_cli.loggers import open_trackers
+from swin_cli.metrics import Scores
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc", "lr",
-                 "epoch_time_s", "data_time_s", "train_img_per_s", "skipped_images"]
+                 "epoch_time_s", "data_time_s", "train_img_per_s", "skipped_images",
+                 # Added with issue 27, after the older columns so that those keep their places.
+                 "val_balanced_acc", "val_macro_f1", "val_top5_acc",
+                 "ema_val_balanced_acc", "ema_val_macro_f1", "ema_val_top5_acc"]
 # Fields that depend on wall-clock time; everything else is reproducible bit for bit on CPU.
 TIMING_FIELDS = ("epoch_time_s", "data_time_s", "train_img_per_s")
 # curves.png is redrawn after an epoch at most this often, and always at the end: drawing it
@@ -75,9 +79,9 @@ class RunRecords:
         plots.plot_curves(history, self.run_dir / "curves.png")
         self.curves_drawn = (len(history), time.monotonic())
 
-    def finish(self, results: dict[str, Any], history: list[dict[str, Any]], confusion: torch.Tensor,
+    def finish(self, results: dict[str, Any], history: list[dict[str, Any]], test: Scores,
                total_steps: int, steps_per_epoch: int) -> None:
-        """At the end: the plots, results.json, the trackers' final values."""
+        """At the end: the plots, per_class.csv, results.json, the trackers' final values."""
         if not self.active:
             return
         if self.curves_drawn is None or self.curves_drawn[0] != len(history):
@@ -85,7 +89,9 @@ class RunRecords:
         lrs = [self.cfg.optimizer.lr * lr_factor(s, self.cfg.scheduler, total_steps, steps_per_epoch)
                for s in range(total_steps)]
         plots.plot_lr(lrs, steps_per_epoch, self.run_dir / "lr.png")
-        plots.plot_confusion(confusion.tolist(), results["classes"], self.run_dir / "confusion.png")
+        plots.plot_confusion(test.confusion.tolist(), results["classes"], self.run_dir / "confusion.png")
+        plots.plot_reliability(test.bins, test.ece, self.run_dir / "reliability.png")
+        class_report.write_csv(results["test_per_class"], self.run_dir)
         atomic_io.write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         for tracker in self.trackers:
             tracker.finish(results, self.run_dir)
@@ -93,8 +99,12 @@ class RunRecords:
     def final_line(self, results: dict[str, Any]) -> None:
         best = results["best_val_acc"]
         best_text = f"{best:.2f}% (epoch {results['best_epoch']})" if best is not None else "n/a"
-        log.info(f"best val acc {best_text} | test acc {results['test_acc']:.2f}% (loss {results['test_loss']:.4f}) "
-                 f"| {results['wall_time_s']:.1f}s | {self.run_dir}")
+        ece = f", ECE {results['test_ece']:.2f}%" if results.get("test_ece") is not None else ""
+        log.info(f"best val acc {best_text} | test acc {results['test_acc']:.2f}%{closing_scores(results)} "
+                 f"(loss {results['test_loss']:.4f}{ece}) | {results['wall_time_s']:.1f}s | {self.run_dir}")
+        if results.get("test_per_class") is not None:
+            log.info(class_report.summary_line(results["test_per_class"], results.get("train_class_counts"),
+                                               results["classes"]))
         if self.active:
             log.info(summary.end_panel(self.run_dir))
 
@@ -103,11 +113,26 @@ class RunRecords:
             tracker.abort()
 
 
+def closing_scores(results: dict[str, Any]) -> str:
+    """The closing line's scores beside test accuracy: balanced accuracy, top-5 when there is one."""
+    text = ""
+    if results.get("test_balanced_acc") is not None:
+        text += f" bal {results['test_balanced_acc']:.2f}%"
+    if results.get("test_top5_acc") is not None:
+        text += f" top5 {results['test_top5_acc']:.2f}%"
+    return text
+
+
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     width = len(str(epochs))
     data_share = row["data_time_s"] / max(row["epoch_time_s"], 1e-9)
     val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%" if row["val_acc"] is not None
            else "val n/a")
+    # Rows from before issue 27 (a resumed run's) have no balanced or top-5 accuracy.
+    if row.get("val_balanced_acc") is not None:
+        val += f" bal {row['val_balanced_acc']:6.2f}%"
+    if row.get("val_top5_acc") is not None:
+        val += f" top5 {row['val_top5_acc']:6.2f}%"
     if row["ema_val_acc"] is not None:
         val += f" (ema {row['ema_val_acc']:6.2f}%)"
     return (f"epoch {row['epoch']:>{width}}/{epochs} | "

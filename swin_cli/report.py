@@ -23,7 +23,14 @@ from swin_cli.atomic_io import write_text_atomic
 from swin_cli.text import plural
 
 ERROR_FILE = "error.txt"
-COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "epochs", "wall_time_s", "params", "error"]
+COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "test_balanced_acc", "test_macro_f1",
+           "test_top5_acc", "epochs", "wall_time_s", "params", "error"]
+# What a row takes from results.json.
+RESULT_KEYS = ["best_val_acc", "test_acc", "test_balanced_acc", "test_macro_f1", "test_top5_acc", "epochs",
+               "wall_time_s", "params", "select_metric", "best_val_score"]
+# The metric that chose each run's best checkpoint (train.select_metric) and its best value:
+# shown when any run recorded one.
+SELECTED = ["select_metric", "best_val_score"]
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -48,7 +55,7 @@ def run_rows(jobs: list[Path]) -> list[dict[str, Any]]:
         results, error = job / "results.json", job / ERROR_FILE
         if results.is_file():
             data = json.loads(results.read_text())
-            row.update(status="ok", **{k: data.get(k) for k in COLUMNS[3:8]})
+            row.update(status="ok", **{k: data.get(k) for k in RESULT_KEYS})
         elif error.is_file():
             row.update(status="failed", error=error.read_text().strip())
         else:
@@ -62,6 +69,14 @@ def _overrides(run_dir: Path) -> list[str]:
     return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
 
 
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's columns: COLUMNS, and the selected metric's after the status when a run has one."""
+    if not any(row.get("select_metric") is not None for row in rows):
+        return COLUMNS
+    at = COLUMNS.index("status") + 1
+    return COLUMNS[:at] + SELECTED + COLUMNS[at:]
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -72,16 +87,17 @@ def _cell(value: Any) -> str:
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns(rows), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    shown = columns(rows)
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in shown) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,11 +106,13 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for column in COLUMNS:
-        table.add_column(column, justify="right" if column not in ("overrides", "status", "error") else "left")
+    shown = columns(rows)
+    for column in shown:
+        left = column in ("overrides", "status", "error", "select_metric")
+        table.add_column(column, justify="left" if left else "right")
     for row in rows:
         style = None if row["status"] == "ok" else "red"
-        table.add_row(*(_cell(row.get(c)) for c in COLUMNS), style=style)
+        table.add_row(*(_cell(row.get(c)) for c in shown), style=style)
     # Off a terminal rich assumes 80 columns; a log file is better served by whole rows.
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 

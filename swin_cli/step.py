@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ from swin_cli.build import autocast, build_model, build_optimizer, build_schedul
 from swin_cli.config import plain
 from swin_cli.errors import NonFiniteLoss
 from swin_cli.host_memory import keep_freed_memory
+from swin_cli.imbalance import build_imbalanced_loss
 from swin_cli.records import PrepTimer
 from swin_cli.update import EMA, ParameterUpdate, match_loaded_optimizer
 
@@ -34,10 +35,14 @@ log = logging.getLogger("swin_cli")
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_loss(train_cfg: Any, mixing_active: bool) -> Loss:
+def build_loss(train_cfg: Any, mixing_active: bool, class_counts: Optional[Sequence[int]] = None) -> nn.Module:
     """The training loss. With mixup/cutmix the targets arrive as class probabilities with the
-    label smoothing already folded in, so the loss must not smooth them again."""
-    return nn.CrossEntropyLoss(label_smoothing=0.0 if mixing_active else train_cfg.label_smoothing)
+    label smoothing already folded in, so the loss must not smooth them again. With an imbalance
+    option on (train.class_weights, train.logit_adjust_tau), the cross-entropy of
+    swin_cli/imbalance.py, from the training split's `class_counts`."""
+    label_smoothing = 0.0 if mixing_active else train_cfg.label_smoothing
+    imbalanced = build_imbalanced_loss(train_cfg, label_smoothing, class_counts) if class_counts is not None else None
+    return imbalanced if imbalanced is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
 class TrainStep:
@@ -126,9 +131,12 @@ class TrainStep:
 
 def build_train_step(cfg: Any, device: torch.device, in_chans: int, num_classes: int, mean: list[float],
                      std: list[float], micro_batch: int, steps_per_epoch: int, total_steps: int,
-                     processes: int = 1, pretrained: bool = True) -> TrainStep:
+                     processes: int = 1, pretrained: bool = True,
+                     class_counts: Optional[Sequence[int]] = None) -> TrainStep:
     """The step `cfg` describes, its model on `device` (pretrained: with model.pretrained's
-    weights loaded). The model is built first: with the same seed it gets the same weights."""
+    weights loaded). The model is built first: with the same seed it gets the same weights.
+    `class_counts`: the training split's images per class, for the imbalance options (None:
+    taken as equal, e.g. for mode=benchmark's random data)."""
     t = cfg.train
     keep_freed_memory()  # a step's large host tensors reuse the last step's pages (host_memory.py)
     compile_mode = plain(t.compile_mode)
@@ -144,5 +152,7 @@ def build_train_step(cfg: Any, device: torch.device, in_chans: int, num_classes:
     # Compiled, the batch preparation is a few fused kernels instead of a few hundred small
     # launches (on an H100 the eager pipeline took 13% of a cifar10_swin step).
     prepare_batch = torch.compile(prepare, mode=compile_mode) if t.compile else prepare
-    return TrainStep(model, forward_model, update, prepare, prepare_batch, build_loss(t, prepare.mix.active), device,
+    counts = class_counts if class_counts is not None else [1] * num_classes
+    criterion = build_loss(t, prepare.mix.active, counts).to(device)
+    return TrainStep(model, forward_model, update, prepare, prepare_batch, criterion, device,
                      precision, t.channels_last, uses_cuda_graphs(t), micro_batch, processes, t.detect_anomaly)

@@ -123,6 +123,7 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
     ]
     # Why the size and the augmentation are what they are, when the data chose (swin_cli/data/auto.py).
     lines[3:3] = [(key, settled[key]) for key in ("size", "split") if key in settled]
+    lines[3:3] = class_lines(cfg, data)
     cache = written_cache_line()  # only when loading the data wrote into data.cache_dir
     if cache:
         lines.append(("cache", cache))
@@ -132,6 +133,23 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
         text.append(value + "\n")
     return render(Panel(Group(text, stage_table(model, per_stage), Text(), config_tree(cfg)),
                         title="swin-train", expand=False))
+
+
+def class_lines(cfg: Any, data: Any) -> list[tuple[str, str]]:
+    """The training split's images per class and its imbalance ratio, on imbalanced data the keys
+    to try (none when the counts are unknown without reading the data), and the metric that picks
+    best.pt, with why."""
+    from swin_cli.data.class_counts import class_counts
+    from swin_cli.imbalance import counts_text, suggestion
+    from swin_cli.loop_state import METRIC_NAMES, choose_select_metric
+
+    counts = class_counts(data.train, data.num_classes)
+    metric, why = choose_select_metric(plain(cfg.train.select_metric), counts)
+    selection = [("best.pt", f"by validation {METRIC_NAMES[metric]}; {why}")]
+    if not counts:
+        return selection
+    advice = suggestion(cfg, counts)
+    return [("classes", counts_text(counts))] + ([("imbalance", advice)] if advice else []) + selection
 
 
 def storage_text(data_cfg: Any, data: Any) -> str:
@@ -189,9 +207,13 @@ RUN_FILES = [
     ("metrics.jsonl", "the same rows as JSON lines"),
     ("best.pt", "the best val accuracy's weights (eval, export, fine-tuning)"),
     ("last.pt", "checkpoint after the last epoch (resume=)"),
+    ("top.json", "the kept best epochs, best first: top-e<epoch>.pt (checkpoint.keep_top)"),
+    ("average.pt", "the kept best epochs' weights averaged (checkpoint.average)"),
     ("curves.png", "loss and accuracy curves"),
     ("lr.png", "learning-rate schedule"),
     ("confusion.png", "test confusion matrix"),
+    ("per_class.csv", "the test's precision, recall, F1 and support per class"),
+    ("reliability.png", "test confidence against accuracy (ECE)"),
     ("swin-train.log", "everything printed"),
     (".hydra/config.yaml", "the resolved config"),
     ("tb", "TensorBoard scalars (logger=tensorboard)"),

@@ -23,9 +23,11 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from swin_cli import atomic_io, checkpoint, distributed
+from swin_cli import atomic_io, checkpoint, class_report, distributed, imbalance, top_checkpoints
 from swin_cli.build import batch_plan, check_pretrained, configure_device, select_device
+from swin_cli.calibration import fit_temperature, from_prior
 from swin_cli.config import plain
+from swin_cli.config.checkpoint import kept_files
 from swin_cli.data import (
     DataBundle,
     EpochPlan,
@@ -39,18 +41,21 @@ from swin_cli.data import (
     settle_auto,
     step_seed,
 )
+from swin_cli.data.class_counts import class_counts, split_labels
 from swin_cli.errors import NonFiniteLoss
-from swin_cli.evaluate import evaluate_split
+from swin_cli.evaluate import NEW_SCORES, eval_logits, evaluate_split
 from swin_cli.interrupt import StopRequest, TrainingInterrupted
-from swin_cli.loop_state import LoopState, Stop, TimeLimit
+from swin_cli.loop_state import HIGHER_IS_BETTER, LoopState, Stop, TimeLimit, choose_select_metric
+from swin_cli.metrics import Scores, score_columns
 from swin_cli.model import count_parameters
 from swin_cli.records import EpochProgress, RunRecords, clean_up_after_a_kill, prepare_run_dir
 from swin_cli.step import build_train_step
+from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
-# evaluator(model, split, confusion) -> (loss, accuracy %, confusion matrix or None)
-Evaluator = Callable[[nn.Module, Split, bool], tuple[float, float, Optional[torch.Tensor]]]
+# evaluator(model, split, full) -> Scores (metrics.py); full: the final test (its per-class table is reported)
+Evaluator = Callable[[nn.Module, Split, bool], Scores]
 # The errors that end a run on purpose, and the stop reason each records in the loop state.
 STOPPING_ERRORS = ((TrainingInterrupted, "signal"), (NonFiniteLoss, "nan_loss"), (LoaderDied, "loader_died"))
 
@@ -85,8 +90,19 @@ class Trainer:
                                                         self.world), self.device, cfg.data.on_device)
         self.batch_size, self.steps_per_epoch = batch_plan(cfg, len(self.data.train), self.world)
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        # The training split's images per class (None: unknown without reading it, e.g. shards):
+        # the imbalance options' prior, kept in checkpoints for post-hoc adjustment at evaluation.
+        self.class_counts = class_counts(self.data.train, self.data.num_classes)
+        imbalance.require_counts(cfg, self.class_counts)
+        self.select_metric, _ = choose_select_metric(plain(cfg.train.select_metric), self.class_counts)
+        self.sample_weights = (imbalance.sample_weights(split_labels(self.data.train), self.class_counts)
+                               if plain(cfg.data.sampler) == "class_balanced" else None)
+        # What evaluation scores: eval.logit_adjust_tau's post-hoc offset, and after training
+        # eval.calibrate's temperature (calibration.py); kept in checkpoints for swin-eval/predict.
+        self.calibration = from_prior(self.class_counts, cfg.eval.logit_adjust_tau)
         self.step = build_train_step(cfg, self.device, self.data.in_chans, self.data.num_classes, self.data.mean,
-                                     self.data.std, self.batch_size, self.steps_per_epoch, self.total_steps, self.world)
+                                     self.data.std, self.batch_size, self.steps_per_epoch, self.total_steps, self.world,
+                                     class_counts=self.class_counts)
         self.model = self.step.model
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
         self.evaluator: Evaluator = evaluator or self._evaluate
@@ -95,6 +111,7 @@ class Trainer:
         self.first_step_s: Optional[float] = None  # from start-up to the end of the first step
         self.time_limit = TimeLimit(cfg.train.time_limit_min, self.start_time)
         self.earlier_wall_time = 0.0  # of the runs this one resumed, carried in checkpoints
+        self.top = top_checkpoints.TopCheckpoints(kept_files(cfg), self.run_dir)  # checkpoint.keep_top
         config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         source = checkpoint.resume_source(cfg.resume, config, self.run_dir)
         if source is not None:
@@ -110,17 +127,22 @@ class Trainer:
     global_step = property(lambda self: self.loop.global_step)
     history = property(lambda self: self.loop.history)
 
-    def _evaluate(self, model: nn.Module, split: Split, confusion: bool) -> tuple[float, float, Optional[torch.Tensor]]:
-        classes = self.data.num_classes if confusion else None
+    def _evaluate(self, model: nn.Module, split: Split, full: bool) -> Scores:
+        # Every evaluation counts the same things (a confusion matrix is a few kernels a batch);
+        # `full` only says the caller will report the per-class table.
         return evaluate_split(model, split, self.step.prepare.normalize, self.device, eval_batch_size(self.cfg.data),
-                              classes, plain(self.cfg.eval.tta), self.step.precision)
+                              self.data.num_classes, plain(self.cfg.eval.tta), self.step.precision,
+                              logit_offset=self.calibration.offset_tensor(self.device),
+                              temperature=self.calibration.temperature)
 
     # ----------------------------------------------------------------------- checkpoints
 
     def state(self) -> dict[str, Any]:
         config = OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)
-        return {**checkpoint.header(config, self.signature, self.data.classes, self.data.mean, self.data.std),
-                **self.step.state_dict(), **self.loop.to_dict(), "wall_time_s": self.wall_time(),
+        return {**checkpoint.header(config, self.signature, self.data.classes, self.data.mean, self.data.std,
+                                    self.class_counts),
+                **self.step.state_dict(), **self.loop.to_dict(), "calibration": self.calibration.to_dict(),
+                "wall_time_s": self.wall_time(),
                 "rng": checkpoint.rng_state()}
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -131,6 +153,8 @@ class Trainer:
             clean_up_after_a_kill(source_dir)
         self.step.load_state_dict(state)
         self.loop = LoopState.from_dict(state)
+        self.loop.top = self.top.resumed(self.loop.top, source_dir,
+                                         copy=self.is_main and source_dir.resolve() != self.run_dir.resolve())
         checkpoint.restore_rng(state["rng"])
         self.earlier_wall_time = state.get("wall_time_s", 0.0)
         # Bring the best weights along so that the final test uses them.
@@ -193,7 +217,8 @@ class Trainer:
         # Overfitting a few batches uses the same batches, in the same order, every epoch.
         plan = EpochPlan(cfg.seed, loop.epoch, self.batch_size * cfg.train.accumulate, self.steps_per_epoch,
                          loop.step_in_epoch, self.rank, self.world, shuffle=not cfg.train.overfit_batches,
-                         repeats=cfg.data.repeats)
+                         repeats=cfg.data.repeats, weights=self.sample_weights)
+        imbalance.start_epoch(self.step.criterion, loop.epoch)  # deferred re-weighting switches by epoch
         # Each rank draws its own augmentation / stochastic-depth randomness (rank 0 = 1 process).
         rank_seed = cfg.seed + 7_919_093 * self.rank
         # Device-side accumulators: no host sync per step. [loss sum, correct, images]
@@ -262,26 +287,39 @@ class Trainer:
         seen, train_time = max(1, running["seen"]), running["time"]
         # None (an empty CSV cell, JSON null) where there is nothing to measure.
         has_val = len(self.data.val) > 0
-        val_loss, val_acc, _ = self.evaluator(self.model, self.data.val, False) if has_val else (None, None, None)
-        ema_loss, ema_acc, _ = (self.evaluator(ema.module, self.data.val, False) if has_val and ema
-                                else (None, None, None))
+        val = self.evaluator(self.model, self.data.val, False) if has_val else None
+        ema_val = self.evaluator(ema.module, self.data.val, False) if has_val and ema else None
         loop.close_epoch({
             "epoch": loop.epoch + 1, "step": loop.global_step, "train_loss": running["loss"] / seen,
-            "train_acc": 100.0 * running["correct"] / seen, "val_loss": val_loss, "val_acc": val_acc,
-            "ema_val_loss": ema_loss, "ema_val_acc": ema_acc, "lr": float(self.step.scheduler.get_last_lr()[0]),
+            "train_acc": 100.0 * running["correct"] / seen, **score_columns("val", val),
+            **score_columns("ema_val", ema_val), "lr": float(self.step.scheduler.get_last_lr()[0]),
             "epoch_time_s": train_time, "data_time_s": running["data_time"],
             "train_img_per_s": running["seen"] / max(train_time, 1e-9), "skipped_images": len(self.data.skipped)})
         rule = self.cfg.train.early_stopping
-        improved = loop.score_epoch(val_acc, ema_acc, rule.patience, rule.min_delta)
+        improved = loop.score_epoch(loop.history[-1], self.select_metric, rule.patience, rule.min_delta)
         if loop.stop is None and loop.epoch < self.cfg.epochs:
             late = self.time_limit.check(time.time(), self.device)
             if late:
                 loop.stop = Stop("time_limit", loop.epoch, late)
+        loop.top, kept = self.top.note(loop.top, loop.epoch, *self._top_score(loop.history[-1]))
         if self.is_main:
             # Written while the next epoch trains: an epoch of cifar10_swin on a GPU takes seconds,
             # and saving its 114 MB state took a third of a second on the CPU (RESULTS 12).
-            self.writer.save_epoch_end(checkpoint.cpu_copy(self.state()), self.run_dir, best=improved)
+            state = checkpoint.cpu_copy(self.state())
+            top_files = self.top.epoch_files(state, loop.top, kept)
+            self.writer.save_epoch_end(state, self.run_dir, best=improved, first=top_files.first, then=top_files.then)
         self.records.epoch(loop.history, improved and has_val)
+
+    def _top_score(self, row: dict[str, Any]) -> tuple[Optional[float], bool, str, str]:
+        """How checkpoint.keep_top ranks a completed epoch (its metrics `row`): (score, higher is
+        better, the weights that scored it: model or ema, the metric's name). The better of the
+        raw and EMA weights counts, as for best.pt."""
+        metric = self.select_metric
+        higher = HIGHER_IS_BETTER[metric]
+        raw, ema = row.get(f"val_{metric}"), row.get(f"ema_val_{metric}")
+        if ema is not None and raw is not None and (ema > raw if higher else ema < raw):
+            return ema, higher, "ema", metric
+        return raw, higher, "model", metric
 
     def _interrupted(self, signum: int) -> None:
         path = self.save("last.pt") if self.is_main else None
@@ -298,17 +336,67 @@ class Trainer:
         best_path, loop = self.run_dir / "best.pt", self.loop
         if best_path.is_file():  # the weights that scored best on validation: raw or EMA
             self.model.load_state_dict(checkpoint.best_weights(checkpoint.load(best_path)))
-        test_loss, test_acc, confusion = self.evaluator(self.model, self.data.test, True)
+        uncalibrated = self._calibrate() if self.cfg.eval.calibrate else {}
+        test = self.evaluator(self.model, self.data.test, True)
         results = {
-            **loop.results(), "test_acc": test_acc, "test_loss": test_loss, "wall_time_s": round(self.wall_time(), 2),
+            **loop.results(), "select_metric": self.select_metric, "test_acc": test.acc, "test_loss": test.loss,
+            **{f"test_{key}": getattr(test, key) for key in NEW_SCORES},
+            "wall_time_s": round(self.wall_time(), 2),
             "wall_time_this_part_s": round(time.time() - self.start_time, 2),
             "first_step_after_s": round(self.first_step_s, 2) if self.first_step_s is not None else None,
             "params": count_parameters(self.model), "device": str(self.device), "processes": self.world,
             "model": self.cfg.model.name, "data": plain(self.cfg.data.name), "data_root": self.data.where,
             "storage": self.data.storage, "test_split": self.data.test_source, "skipped_images": self.data.skipped,
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
-            "tta": plain(self.cfg.eval.tta), "test_confusion": confusion.tolist(),
+            "tta": plain(self.cfg.eval.tta), "test_confusion": test.confusion.tolist(),
+            "test_per_class": class_report.named(test.per_class, self.data.classes),
+            "train_class_counts": self.class_counts,  # None when unknown (streamed shards)
+            "calibration": self.calibration.to_dict(), **uncalibrated,
         }
-        self.records.finish(results, loop.history, confusion, self.total_steps, self.steps_per_epoch)
+        results.update(self._test_average())
+        self.records.finish(results, loop.history, test, self.total_steps, self.steps_per_epoch)
         self.records.final_line(results)
+        return results
+
+    def _calibrate(self) -> dict[str, Any]:
+        """eval.calibrate: fit the temperature on the validation split (the best weights loaded),
+        keep it in best.pt, and return the test's ECE and NLL before it, for the record."""
+        if len(self.data.val) == 0:
+            log.warning("eval.calibrate: no validation split to fit a temperature on; the scores stay uncalibrated")
+            return {}
+        before = self.evaluator(self.model, self.data.test, False)
+        offset = self.calibration.offset_tensor(self.device)
+        batches = list(eval_logits(self.model, self.data.val, self.step.prepare.normalize, self.device,
+                                   eval_batch_size(self.cfg.data), plain(self.cfg.eval.tta), self.step.precision))
+        logits = torch.cat([logits for logits, _ in batches])
+        labels = torch.cat([labels for _, labels in batches])
+        temperature = fit_temperature(logits - offset if offset is not None else logits, labels, self.device)
+        self.calibration = self.calibration.with_temperature(temperature)
+        best_path = self.run_dir / "best.pt"
+        if self.is_main and best_path.is_file():  # swin-eval, predict and export score as the test does
+            best = {key: value for key, value in checkpoint.load(best_path).items() if key != "path"}
+            checkpoint.write({**best, "calibration": self.calibration.to_dict()}, best_path)
+        distributed.barrier()
+        log.info(f"temperature scaling: T = {temperature:.3f}, fitted on "
+                 f"{plural(len(self.data.val), 'validation image')}")
+        return {"test_ece_uncalibrated": before.ece, "test_nll_uncalibrated": before.nll}
+
+    def _test_average(self) -> dict[str, Any]:
+        """checkpoint.average: average the best kept epochs' weights into average.pt and test it,
+        after the best weights' test; its results as test_<metric>_average keys."""
+        count = self.cfg.checkpoint.average
+        if count is None:
+            return {}
+        path = self.run_dir / top_checkpoints.AVERAGE
+        if self.is_main:
+            path.unlink(missing_ok=True)  # one from an earlier part of a resumed run
+            weights = plain(self.cfg.checkpoint.average_weights)
+            top_checkpoints.write_average(self.run_dir, self.loop.top, count, weights)
+        distributed.barrier()  # average.pt is on disk before any rank reads it
+        if not path.is_file():
+            return {}
+        self.model.load_state_dict(checkpoint.best_weights(checkpoint.load(path)))
+        results = top_checkpoints.average_results(self.evaluator(self.model, self.data.test, True))
+        log.info(f"average of the top {min(count, len(self.loop.top))}: test acc {results['test_acc_average']:.2f}% "
+                 f"(loss {results['test_loss_average']:.4f}) | {path}")
         return results

@@ -119,9 +119,10 @@ def test_a_failed_background_write_stops_the_run_with_its_one_line_error(tmp_pat
 
 # What Trainer.state() listed by hand before LoopState: a checkpoint's keys, flat, as they were.
 LOOP_KEYS = {"epoch", "step_in_epoch", "global_step", "running", "history", "best_val_acc", "best_epoch",
-             "best_source", "plateau", "stopped_early"}
+             "best_source", "plateau", "stopped_early", "best_val_score", "top"}
 CHECKPOINT_KEYS = {"format", "format_version", "version", "config", "signature", "classes", "mean", "std", "model",
-                   "optimizer", "scheduler", "scaler", "ema", *LOOP_KEYS, "wall_time_s", "rng"}
+                   "optimizer", "scheduler", "scaler", "ema", *LOOP_KEYS, "wall_time_s", "rng",
+                   "class_counts", "calibration"}
 
 
 def test_a_checkpoint_keeps_the_keys_it_always_had(tmp_path):
@@ -141,7 +142,7 @@ def test_the_loop_state_round_trips_and_reads_checkpoints_from_before_early_stop
     assert snapshot["running"]["loss"] == 1.5 and len(snapshot["history"]) == 3
     # A checkpoint from before early stopping: no plateau, no stop.
     old = LoopState.from_dict({k: v for k, v in snapshot.items() if k not in ("plateau", "stopped_early")})
-    assert old.plateau == {"best": -1.0, "epochs": 0} and old.stop is None and old.global_step == 14
+    assert old.plateau == {"best": float("-inf"), "epochs": 0} and old.stop is None and old.global_step == 14
     # Only a plateau carries over to a resumed run; a time limit belongs to its process.
     loop.stop = Stop("time_limit", 3, "train.time_limit_min=9: ...")
     assert loop.to_dict()["stopped_early"] is None

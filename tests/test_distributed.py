@@ -40,6 +40,10 @@ def test_two_process_ddp_shares_one_run_dir_and_counts_the_whole_split(tmp_path)
     evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert evaluated["images"] == 359 and evaluated["acc"] == pytest.approx(results["test_acc"])
     assert sum(map(sum, results["test_confusion"])) == 359
+    # Per-class counts are summed over the ranks too: the per-class scores agree with one process's.
+    assert evaluated["per_class"] == results["test_per_class"]
+    for key in ("balanced_acc", "macro_f1", "top5_acc", "ece"):
+        assert evaluated[key] == pytest.approx(results[f"test_{key}"]), key
 
 
 def _stream_statistics_on_one_rank(rank: int, root: Path, out: Path) -> None:

@@ -15,10 +15,11 @@ import pytest
 import torch
 from conftest import FAST, make_config
 
-from swin_cli import checkpoint
+from swin_cli import checkpoint, plots
 from swin_cli.build import lr_factor, resolve_attn_impl, select_device
 from swin_cli.errors import NonFiniteLoss, SwinCliError
 from swin_cli.interrupt import TrainingInterrupted
+from swin_cli.metrics import Scores
 from swin_cli.records import TIMING_FIELDS
 from swin_cli.train import Trainer
 
@@ -32,6 +33,12 @@ def config(*overrides: str):
 
 def comparable(history):
     return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in history]
+
+
+def fake_scores(acc: float, loss: float = 1.0, classes: int = 10) -> Scores:
+    """What an evaluator returns, made up: `acc` and little else (an empty confusion matrix)."""
+    return Scores(loss=loss, acc=acc, balanced_acc=acc, macro_f1=acc, top5_acc=None, ece=0.0, nll=loss, images=0,
+                  confusion=torch.zeros(classes, classes, dtype=torch.int64), per_class=[])
 
 
 def stop_at(trainer: Trainer, global_step: int, signum=signal.SIGTERM) -> None:
@@ -314,6 +321,46 @@ def test_run_dir_gets_plots_of_curves_lr_and_confusion(tmp_path):
     assert confusion.trace().item() / 359 * 100 == pytest.approx(results["test_acc"])
 
 
+def test_a_run_and_swin_eval_report_per_class_scores_top5_and_calibration(tmp_path, caplog):
+    """Issue 27 A and D: the epoch rows, results.json, per_class.csv and the closing lines of a
+    run, and swin-eval's eval.json of its best checkpoint, agree."""
+    import csv
+    import logging
+
+    from swin_cli.evaluate import evaluate_checkpoint
+
+    with caplog.at_level(logging.INFO, logger="swin_cli"):
+        results = Trainer(config("epochs=1"), tmp_path / "run").fit()
+    lines = [r.getMessage() for r in caplog.records]
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_balanced_acc", "val_macro_f1", "val_top5_acc"} <= {k for k, v in row.items() if v is not None}
+    assert any(line.startswith("epoch 1/1 |") and " bal " in line and " top5 " in line for line in lines)
+    assert any(line.startswith("per class recall: worst ") and line.endswith("table in per_class.csv")
+               for line in lines)
+    confusion = torch.tensor(results["test_confusion"], dtype=torch.float64)
+    recalls = confusion.diagonal() / confusion.sum(1)
+    assert results["test_balanced_acc"] == pytest.approx(100 * recalls[~recalls.isnan()].mean().item())
+    assert results["test_nll"] == results["test_loss"] and 0 <= results["test_ece"] <= 100
+    assert 0 <= results["test_macro_f1"] <= 100 and results["test_acc"] <= results["test_top5_acc"] <= 100
+    with open(tmp_path / "run" / "per_class.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["class"] for r in table] == [r["class"] for r in results["test_per_class"]]
+    assert sum(int(r["support"]) for r in table) == 359 and set(table[0]) == {"class", "precision", "recall", "f1",
+                                                                             "support"}
+    if plots._pyplot() is not None:
+        assert (tmp_path / "run" / "reliability.png").is_file()
+
+    (tmp_path / "eval").mkdir()  # the run dir Hydra makes for swin-eval
+    evaluated = evaluate_checkpoint(make_config(*FAST, f"ckpt={tmp_path / 'run'}", "eval_split=test"),
+                                    tmp_path / "eval")
+    written = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert written == json.loads(json.dumps(evaluated))
+    for key in ("balanced_acc", "macro_f1", "top5_acc", "ece", "nll"):
+        assert written[f"test_{key}"] == written[key] == pytest.approx(results[f"test_{key}"]), key
+    assert written["acc"] == pytest.approx(results["test_acc"]) and written["per_class"] == results["test_per_class"]
+    assert (tmp_path / "eval" / "per_class.csv").read_text() == (tmp_path / "run" / "per_class.csv").read_text()
+
+
 def test_requeued_slurm_job_resumes_from_its_own_last_checkpoint(tmp_path, monkeypatch):
     first = Trainer(config("epochs=2"), tmp_path)
     stop_at(first, 3)
@@ -360,8 +407,7 @@ def test_early_stopping_stops_on_a_plateau_says_why_and_resume_keeps_it(tmp_path
     trainer = Trainer(config("epochs=8", "train.early_stopping.patience=2", "train.early_stopping.min_delta=0.5"),
                       tmp_path / "run")
     scores = iter([50.0, 60.0, 60.4, 59.0, 70.0])  # epoch 3 rises by less than min_delta
-    trainer.evaluator = lambda model, split, confusion: (
-        (1.0, next(scores), None) if not confusion else (1.0, 10.0, torch.zeros(10, 10, dtype=torch.int64)))
+    trainer.evaluator = lambda model, split, full: fake_scores(next(scores)) if not full else fake_scores(10.0)
     results = trainer.fit()
     assert results["epochs"] == 4 and results["best_val_acc"] == 60.4
     assert results["stop"] == {
@@ -382,11 +428,11 @@ def test_a_time_limit_stops_before_an_epoch_that_would_overrun_and_tests_the_bes
     clock = [1000.0]
     monkeypatch.setattr(train_module.time, "time", lambda: clock[0])
 
-    def evaluator(model, split, confusion):
-        if confusion:
-            return 1.0, 10.0, torch.zeros(10, 10, dtype=torch.int64)
+    def evaluator(model, split, full):
+        if full:
+            return fake_scores(10.0)
         clock[0] += 100.0
-        return 1.0, 50.0, None
+        return fake_scores(50.0)
 
     trainer = Trainer(config("epochs=5", "train.time_limit_min=4.5"), tmp_path / "run", evaluator=evaluator)
     results = trainer.fit()
@@ -433,10 +479,10 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     logits = (model(x) + model(x.flip(-1))) / 2
     want_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     want_acc = 100.0 * (logits.argmax(1) == labels).float().mean().item()
-    loss, acc, _ = evaluate_split(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4, tta="flip")
-    assert loss == pytest.approx(want_loss, rel=1e-5) and acc == pytest.approx(want_acc)
-    plain_loss, _, _ = evaluate_split(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4)
-    assert plain_loss != pytest.approx(want_loss)
+    flipped = evaluate_split(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4, tta="flip")
+    assert flipped.loss == pytest.approx(want_loss, rel=1e-5) and flipped.acc == pytest.approx(want_acc)
+    plain = evaluate_split(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 4)
+    assert plain.loss != pytest.approx(want_loss)
 
 
 def test_deterministic_mode_turns_on_deterministic_kernels(tmp_path):

@@ -33,6 +33,7 @@ from swin_cli.config.aug import (
     OpSpaceName,
     check_aug,
 )
+from swin_cli.config.checkpoint import AverageWeights, CheckpointConfig, check_checkpoint
 from swin_cli.config.errors import ConfigError
 from swin_cli.config.model import AttnImpl, ModelConfig, Stem, check_model
 from swin_cli.config.optim import (
@@ -54,6 +55,7 @@ from swin_cli.config.root import (
     PredictBackend,
     check_benchmark,
     check_data,
+    check_eval,
     check_log,
     check_log_moved_keys,
     check_logger,
@@ -73,7 +75,8 @@ from swin_cli.data.schema import DataConfig
 
 __all__ = [
     "RANDAUGMENT_MAX_MAGNITUDE", "TTA", "AttnImpl", "AugConfig", "AutoAugment", "AutoAugmentPolicy",
-    "BenchmarkConfig", "CompileMode", "Config", "ConfigError", "DataConfig", "Device", "EarlyStoppingConfig",
+    "AverageWeights", "BenchmarkConfig", "CheckpointConfig", "CompileMode", "Config", "ConfigError", "DataConfig",
+    "Device", "EarlyStoppingConfig",
     "EmaConfig", "EvalConfig", "LogConfig", "Mode", "ModelConfig", "OpSpaceName", "OptimizerConfig",
     "OptimizerName", "Precision", "PredictBackend", "SchedulerConfig", "SchedulerName", "Stem", "TrainConfig",
     "CHECKS", "choices", "plain", "register_configs", "validate",
@@ -84,6 +87,7 @@ __all__ = [
 CHECKS: tuple[Callable[[Any], None], ...] = (
     check_top_level, check_log_moved_keys, check_logger, check_mode, check_model, check_data, check_aug,
     check_optimizer, check_scheduler, check_train, check_log, check_benchmark, check_stopping_and_compile,
+    check_checkpoint, check_eval,
 )
 
 

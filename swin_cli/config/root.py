@@ -12,6 +12,7 @@ from omegaconf import MISSING
 
 from swin_cli.choices import choices, plain
 from swin_cli.config.aug import AugConfig
+from swin_cli.config.checkpoint import CheckpointConfig
 from swin_cli.config.errors import ConfigError, check, check_problem
 from swin_cli.config.model import ModelConfig
 from swin_cli.config.optim import OptimizerConfig, SchedulerConfig
@@ -33,6 +34,15 @@ class EvalConfig:
     # Test-time augmentation for validation, test and mode=eval: flip averages the logits of
     # each image and its mirror image (for data where a mirror image is the same class).
     tta: TTA = TTA.none
+    # Post-hoc logit adjustment (Menon et al. 2021; swin_cli/imbalance.py): evaluation scores
+    # logits - tau * log(prior), the prior being the training split's class shares (kept in the
+    # checkpoint); 1.0 undoes an imbalanced training set's prior. null: off.
+    logit_adjust_tau: Optional[float] = None
+    # Temperature scaling (Guo et al. 2017; swin_cli/calibration.py): after training, fit one
+    # temperature on the validation split so that confidence matches accuracy; kept in best.pt
+    # and the export sidecar, applied by the final test, swin-eval and predict. Accuracy does not
+    # change. Off by default: it needs a validation split, and a model's raw scores stay raw.
+    calibrate: bool = False
 
 
 @dataclass
@@ -81,6 +91,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    # Top-k checkpoints and their average (swin_cli/config/checkpoint.py).
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mode: Mode = Mode.train
     epochs: int = 10
     seed: int = 0
@@ -150,6 +162,11 @@ def check_data(cfg: Any) -> None:
     from swin_cli.data.registry import data_problem
 
     check_problem(data_problem(cfg.data))
+
+
+def check_eval(cfg: Any) -> None:
+    tau = cfg.eval.logit_adjust_tau
+    check(tau is None or tau > 0, f"eval.logit_adjust_tau must be > 0 or null (got {tau})")
 
 
 def check_log(cfg: Any) -> None:

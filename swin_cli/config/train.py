@@ -12,6 +12,12 @@ from swin_cli.config.errors import check
 Precision = choices("Precision", "fp32", "bf16", "fp16")
 # torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernels.
 CompileMode = choices("CompileMode", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# What chooses best.pt and drives early stopping; auto: balanced accuracy when the training
+# classes are imbalanced (the largest 3x the smallest or more), else accuracy.
+SelectMetric = choices("SelectMetric", "auto", "acc", "balanced_acc", "macro_f1", "loss")
+# Per-class loss weights for imbalanced data (swin_cli/imbalance.py): inverse frequency, or the
+# inverse "effective number" of Cui et al. 2019.
+ClassWeights = choices("ClassWeights", "none", "inverse", "effective")
 
 
 @dataclass
@@ -23,8 +29,9 @@ class EmaConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    # Stop when validation accuracy (the better of the raw and EMA weights) has not risen by
-    # more than min_delta points for `patience` epochs in a row; null: train every epoch.
+    # Stop when the selected validation metric (train.select_metric; the better of the raw and EMA
+    # weights) has not improved by more than min_delta (points, or loss units) for `patience`
+    # epochs in a row; null: train every epoch.
     patience: Optional[int] = None
     min_delta: float = 0.0
 
@@ -55,6 +62,9 @@ class TrainConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
     max_steps_per_epoch: Optional[int] = None
+    # The validation metric that picks best.pt (and the top-k checkpoints) and that early stopping
+    # watches: acc, balanced_acc (mean per-class recall), macro_f1, loss, or auto (see SelectMetric).
+    select_metric: SelectMetric = SelectMetric.auto
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Minutes of training this process may take: after an epoch, when one more epoch would end
     # past the limit, stop there and test the best weights (a run that must fit a time slot still
@@ -70,6 +80,16 @@ class TrainConfig:
     overfit_batches: Optional[int] = None
     limit_eval_batches: Optional[int] = None
     detect_anomaly: bool = False
+    # Imbalanced classes (swin_cli/imbalance.py; the counts are the training split's). class_weights:
+    # weight each class's loss term by 1/n or by (1 - beta) / (1 - beta^n) (beta:
+    # class_weight_beta), normalised to average 1 over the classes. reweight_from_epoch: the
+    # weights apply from this epoch on (0-based; 0: from the start), the loss is plain before it
+    # (deferred re-weighting, Cao et al. 2019). logit_adjust_tau: the loss sees
+    # logits + tau * log(prior) (logit adjustment, Menon et al. 2021; 1.0 is their choice); null: off.
+    class_weights: ClassWeights = ClassWeights.none
+    class_weight_beta: float = 0.999
+    reweight_from_epoch: int = 0
+    logit_adjust_tau: Optional[float] = None
 
 
 def check_train(cfg: Any) -> None:
@@ -84,6 +104,18 @@ def check_train(cfg: Any) -> None:
     for key in ("overfit_batches", "limit_eval_batches"):
         value = getattr(t, key)
         check(value is None or value >= 1, f"train.{key} must be >= 1 or null (got {value})")
+    check_imbalance(t)
+
+
+def check_imbalance(t: Any) -> None:
+    """The imbalance keys: beta in (0, 1), a re-weighting epoch that has weights to defer, tau > 0."""
+    check(0 < t.class_weight_beta < 1, f"train.class_weight_beta must be in (0, 1) (got {t.class_weight_beta})")
+    check(t.reweight_from_epoch >= 0, f"train.reweight_from_epoch must be >= 0 (got {t.reweight_from_epoch})")
+    check(t.reweight_from_epoch == 0 or plain(t.class_weights) != "none",
+          f"train.reweight_from_epoch={t.reweight_from_epoch} defers class weights: set train.class_weights to "
+          "inverse or effective")
+    check(t.logit_adjust_tau is None or t.logit_adjust_tau > 0,
+          f"train.logit_adjust_tau must be > 0 or null (got {t.logit_adjust_tau})")
 
 
 def check_stopping_and_compile(cfg: Any) -> None:

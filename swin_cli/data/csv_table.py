@@ -7,6 +7,12 @@ own folder. data.label_column (default `label`) holds its class: integers 0..K-1
 are then "0".."K-1", K from the largest label of the training table), or names (the classes
 are the training table's sorted names, as an image folder's are its sorted folders).
 
+With data.task=multilabel a label cell holds several labels separated by data.label_separator
+(default a space: "haze primary water", as Planet's Amazon tags; a JSON-lines cell may also be a
+list), the classes are the sorted union over the training table, and an empty cell is an image
+with no labels (allowed, counted and said once per table). Each sample's label is then the
+sorted tuple of its classes' indices, and the splits' labels multi-hot rows (sources.label_tensor).
+
 Without a val table, validation is held out of train (data.val_fraction); without a test table,
 the final test is on the val table. The images are image files like a folder's (`FileSamples`):
 memory or stream storage, an unreadable image skipped and named, and a listed file that does not
@@ -21,13 +27,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 
 from swin_cli.data.decode import guess_channels
-from swin_cli.data.schema import first_problem
+from swin_cli.data.schema import first_problem, plain
 from swin_cli.data.sources import DataError, FileSamples, SourceData, first_of_each_class
 from swin_cli.text import plural
 
@@ -37,6 +43,19 @@ JSON_LINES = (".jsonl", ".ndjson")
 INTEGER = re.compile(r"\s*[+-]?\d+\s*")
 
 Rows = list[tuple[int, dict[str, Any]]]  # (line number, row) pairs
+
+
+class Table(NamedTuple):
+    """A table's image and label columns as written, with the line each row is on."""
+
+    path: Path
+    images: list[str]
+    labels: list[Any]
+    lines: list[int]
+
+
+def multilabel(cfg: Any) -> bool:
+    return plain(cfg.get("task") or "single") == "multilabel"
 
 
 def problem(cfg: Any) -> Optional[str]:
@@ -78,9 +97,9 @@ def _json_rows(path: Path) -> tuple[list[str], Rows]:
     return (list(rows[0][1]) if rows else []), rows
 
 
-def read_table(cfg: Any, key: str) -> tuple[Path, list[str], list[Any]]:
-    """(the table, its image column as written, its label column as written) of data.<key>; one
-    line naming the key when the table is missing, empty, or lacks a column."""
+def read_table(cfg: Any, key: str) -> Table:
+    """The table of data.<key>; one line naming the key when the table is missing, empty, or
+    lacks a column, or a row has no image (or no label, unless data.task=multilabel)."""
     given = cfg.get(key)
     path = Path(os.path.abspath(os.path.expanduser(str(given))))
     if not path.is_file():
@@ -97,13 +116,15 @@ def read_table(cfg: Any, key: str) -> tuple[Path, list[str], list[Any]]:
         if column not in columns:
             raise DataError(f"data.{column_key}={column} is not a column of {path} "
                             f"(its columns: {', '.join(map(str, columns)) or 'none'})")
-        values[column] = []
+        values[column_key] = []
+        may_be_empty = column_key == "label_column" and multilabel(cfg)  # an image with no labels
         for number, row in rows:
             value = row.get(column)
-            if value is None or (isinstance(value, str) and not value.strip()):
+            if not may_be_empty and (value is None or (isinstance(value, str) and not value.strip())):
                 raise DataError(f"{path} line {number} has no {column} (data.{column_key})")
-            values[column].append(value)
-    return path, [str(v) for v in values[cfg.get("image_column")]], values[cfg.get("label_column")]
+            values[column_key].append(value)
+    return Table(path, [str(v) for v in values["image_column"]], values["label_column"],
+                 [number for number, _ in rows])
 
 
 # ------------------------------------------------------------------------------- labels
@@ -140,6 +161,18 @@ def class_names(train_labels: list[Any], key: str = "train_table") -> tuple[list
     return names, lambda value: index.get(_name(value))
 
 
+def label_set(cell: Any, separator: str) -> list[Any]:
+    """The labels of one multi-label cell, as written: split at `separator`, blanks dropped; a
+    JSON-lines list as it is; an empty cell (or JSON null) none."""
+    if cell is None:
+        return []
+    if isinstance(cell, list):
+        return [v for v in cell if v is not None and _name(v)]
+    if isinstance(cell, str):
+        return [part.strip() for part in cell.split(separator) if part.strip()]
+    return [cell]
+
+
 # ------------------------------------------------------------------------------- samples
 
 
@@ -160,39 +193,57 @@ def _existing(cfg: Any, key: str, path: Path, images: list[str]) -> list[Optiona
     return [f if f not in gone else None for f in files]
 
 
-def _samples(cfg: Any, key: str, table: tuple[Path, list[str], list[Any]],
-             index_of: Callable[[Any], Optional[int]], classes: list[str]) -> FileSamples:
-    path, images, labels = table
-    paths, indices = [], []
-    for file, label in zip(_existing(cfg, key, path, images), labels):
-        index = index_of(label)
-        if index is None:
-            raise DataError(f"data.{key}={cfg.get(key)} has label {_name(label)!r}, which data.train_table has not "
-                            f"(its classes: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''})")
+def _samples(cfg: Any, key: str, table: Table, index_of: Callable[[Any], Optional[int]],
+             classes: list[str]) -> FileSamples:
+    several = multilabel(cfg)
+    paths, indices, unlabelled = [], [], 0
+    for file, cell, line in zip(_existing(cfg, key, table.path, table.images), table.labels, table.lines):
+        written = label_set(cell, cfg.label_separator) if several else [cell]
+        found = [index_of(label) for label in written]
+        for label, index in zip(written, found):
+            if index is None:
+                raise DataError(f"data.{key}={cfg.get(key)} has label {_name(label)!r}, which data.train_table has "
+                                f"not (its classes: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}), "
+                                f"on line {line}")
         if file is not None:
             paths.append(file)
-            indices.append(index)
-    return FileSamples(paths, indices, str(path))
+            indices.append(tuple(sorted(set(found))) if several else found[0])
+            unlabelled += not found
+    if unlabelled:
+        log.info(f"data.{key}: {plural(unlabelled, 'row')} of {len(paths):,} {'has' if unlabelled == 1 else 'have'} "
+                 f"no labels (images with none of the classes, as data.task=multilabel allows)")
+    return FileSamples(paths, indices, str(table.path), len(classes) if several else 0)
+
+
+def _classes(cfg: Any, train: Table) -> tuple[list[str], Callable[[Any], Optional[int]]]:
+    """class_names of the training table: of its cells, or of every label in them (multilabel)."""
+    if not multilabel(cfg):
+        return class_names(train.labels)
+    labels = [label for cell in train.labels for label in label_set(cell, cfg.label_separator)]
+    if not labels:
+        raise DataError(f"data.train_table={cfg.get('train_table')} has no labels in any row "
+                        f"(data.task=multilabel, data.label_separator={cfg.label_separator!r})")
+    return class_names(labels)
 
 
 def load(cfg: Any) -> SourceData:
     tables = {key: read_table(cfg, key) for key in ("train_table", "val_table", "test_table") if cfg.get(key)}
-    classes, index_of = class_names(tables["train_table"][2])
+    classes, index_of = _classes(cfg, tables["train_table"])
     found = {key: _samples(cfg, key, table, index_of, classes) for key, table in tables.items()}
     train, val, test = found["train_table"], found.get("val_table"), found.get("test_table")
     channels = guess_channels(train.read(0))
-    where = train.where
+    where, task = train.where, "multilabel" if multilabel(cfg) else "single"
     if test is None:  # train and val tables only: the val table becomes the test split
         log.info(f"data: no data.test_table, so the final test is on data.val_table={cfg.get('val_table')} "
                  f"(validation holds out data.val_fraction of train instead)")
-        return SourceData(train, None, val, classes, channels, "val", where=where)
-    return SourceData(train, val, test, classes, channels, where=where)
+        return SourceData(train, None, val, classes, channels, "val", where=where, task=task)
+    return SourceData(train, val, test, classes, channels, where=where, task=task)
 
 
 def class_count(cfg: Any) -> tuple[Optional[int], str]:
     """The training table's classes, without reading an image (benchmark's shapes)."""
     try:
-        return len(class_names(read_table(cfg, "train_table")[2])[0]), ""
+        return len(_classes(cfg, read_table(cfg, "train_table"))[0]), ""
     except DataError as exc:
         return None, str(exc)
 

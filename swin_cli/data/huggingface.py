@@ -5,6 +5,10 @@ Each split becomes `HFSamples`, random access over the memory-mapped Arrow table
 column cast to Image(decode=False): reading a row gives the encoded bytes (or a file path), and
 decoding happens in our transform, in the stream loader's worker processes, like any other
 image file. The Arrow table is memory-mapped, so forked workers share it instead of copying it.
+
+With data.task=multilabel the label column holds a list per row: a Sequence (List) of ClassLabel,
+whose names are the classes, or of plain values (ints or strings), whose sorted union is. An
+empty list is an image with no labels (allowed, counted and said once per split).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from swin_cli.data.decode import ImageInput, guess_channels
-from swin_cli.data.sources import DataError, SourceData
+from swin_cli.data.schema import plain
+from swin_cli.data.sources import DataError, Label, SourceData
+from swin_cli.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +50,10 @@ class HFSamples:
 
     table: Any  # datasets.Dataset holding only the image column, decode=False
     column: str
-    labels: list[int]
+    labels: list[Label]
     rows: list[int]  # row of the table behind each sample (subsets keep the original rows)
     where: str  # "path[split]", for names in warnings
+    multilabel_classes: int = 0  # see sources.Samples
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -68,7 +75,7 @@ class HFSamples:
 
     def subset(self, index: list[int]) -> "HFSamples":
         return HFSamples(self.table, self.column, [self.labels[i] for i in index], [self.rows[i] for i in index],
-                         self.where)
+                         self.where, self.multilabel_classes)
 
 
 def _is_local(path: str) -> bool:
@@ -95,13 +102,31 @@ def _load(datasets: Any, path: str) -> Any:
                         f"datasets' save_to_disk on a machine with network and pass data.path=/that/folder") from None
 
 
-def _class_names(splits: dict[str, Any], column: str) -> tuple[list[str], Optional[dict[Any, int]]]:
-    """(class names, value -> label map, or None when the column is a ClassLabel already)."""
+def _holds_lists(feature: Any) -> bool:
+    """Whether a column's feature is a list per row (Sequence / List of anything)."""
+    return hasattr(feature, "feature") or isinstance(feature, list)
+
+
+def _row_labels(value: Any) -> list[Any]:
+    """A multi-label cell's values: a list as it is, a single value as one, None as none."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _class_names(splits: dict[str, Any], column: str,
+                 several: bool) -> tuple[list[str], Optional[dict[Any, int]]]:
+    """(class names, value -> label map, or None when the column is a ClassLabel already, or with
+    `several` (data.task=multilabel) a list of ClassLabel)."""
     feature = splits["train"].features[column]
+    if several and _holds_lists(feature):
+        feature = feature.feature if hasattr(feature, "feature") else feature[0]
     names = getattr(feature, "names", None)
     if names:
         return list(names), None
-    values = sorted({v for ds in splits.values() for v in _column(ds, column)}, key=lambda v: (str(type(v)), v))
+    rows = (row for ds in splits.values() for row in _column(ds, column))
+    found = {v for row in rows for v in (_row_labels(row) if several else [row])}
+    values = sorted(found, key=lambda v: (str(type(v)), v))
     return [str(v) for v in values], {v: i for i, v in enumerate(values)}
 
 
@@ -110,17 +135,30 @@ def _column(ds: Any, column: str) -> list[Any]:
     return ds.with_format("arrow")[column].to_pylist()
 
 
-def _samples(ds: Any, datasets: Any, split: str, cfg: Any, mapping: Optional[dict[Any, int]]) -> HFSamples:
+def _samples(ds: Any, datasets: Any, split: str, cfg: Any, mapping: Optional[dict[Any, int]],
+             classes: int) -> HFSamples:
     image, label = cfg.image_column, cfg.label_column
     values = _column(ds, label)
-    labels = [int(v) for v in values] if mapping is None else [mapping[v] for v in values]
-    if labels and min(labels) < 0:  # hub test splits are often unlabelled (-1)
+    index = (lambda v: int(v)) if mapping is None else mapping.__getitem__
+    several = plain(cfg.get("task") or "single") == "multilabel"
+    if several:
+        labels: list[Label] = [tuple(sorted({index(v) for v in _row_labels(row)})) for row in values]
+        lowest = min((min(s) for s in labels if s), default=0)
+    else:
+        labels = [index(v) for v in values]
+        lowest = min(labels, default=0)
+    if lowest < 0:  # hub test splits are often unlabelled (-1)
         raise DataError(f"data.label_column={label}: the {split} split of {cfg.path} has unlabelled rows "
-                        f"(label {min(labels)}); save a labelled split and pass that folder")
+                        f"(label {lowest}); save a labelled split and pass that folder")
+    unlabelled = sum(not s for s in labels) if several else 0
+    if unlabelled:
+        log.info(f"data: {plural(unlabelled, 'row')} of {len(labels):,} in the {split} split of {cfg.path} "
+                 f"{'has' if unlabelled == 1 else 'have'} no labels (images with none of the classes, as "
+                 f"data.task=multilabel allows)")
     table = ds.select_columns([image])
     if isinstance(table.features[image], datasets.Image):
         table = table.cast_column(image, datasets.Image(decode=False))
-    return HFSamples(table, image, labels, list(range(len(ds))), f"{cfg.path}[{split}]")
+    return HFSamples(table, image, labels, list(range(len(ds))), f"{cfg.path}[{split}]", classes if several else 0)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -168,13 +206,18 @@ def load(cfg: Any) -> SourceData:
             if column not in ds.column_names:
                 raise DataError(f"data.{key}={column} is not a column of {cfg.path} {split} "
                                 f"(its columns: {', '.join(ds.column_names)})")
-    classes, mapping = _class_names(used, cfg.label_column)
+    task = plain(cfg.get("task") or "single")
+    if task == "single" and _holds_lists(used["train"].features[cfg.label_column]):
+        raise DataError(f"data.label_column={cfg.label_column} of {cfg.path} holds a list of labels per row: "
+                        f"set data.task=multilabel")
+    classes, mapping = _class_names(used, cfg.label_column, task == "multilabel")
     names = {"train": "train", "val": val_name, "test": "test"}
-    samples = {s: _samples(ds, datasets, names[s], cfg, mapping) for s, ds in used.items()}
+    samples = {s: _samples(ds, datasets, names[s], cfg, mapping, len(classes)) for s, ds in used.items()}
     channels = guess_channels(samples["train"].read(0))
     where = f"Hugging Face dataset {cfg.path}"
     if "test" not in samples:  # train and validation only: validation becomes the test split
         log.info(f"data: {cfg.path} has no test split, so the final test is on {val_name} "
                  f"(validation holds out data.val_fraction of train instead)")
-        return SourceData(samples["train"], None, samples["val"], classes, channels, "val", where=where)
-    return SourceData(samples["train"], samples.get("val"), samples["test"], classes, channels, where=where)
+        return SourceData(samples["train"], None, samples["val"], classes, channels, "val", where=where, task=task)
+    return SourceData(samples["train"], samples.get("val"), samples["test"], classes, channels, where=where,
+                      task=task)

@@ -15,7 +15,7 @@ import torch
 
 from swin_cli.atomic_io import atomic_file
 from swin_cli.data.cache_notes import note_written
-from swin_cli.data.sources import DataError, FileSamples, Samples
+from swin_cli.data.sources import DataError, FileSamples, Samples, label_tensor
 from swin_cli.data.splits import ImageSplit
 from swin_cli.text import plural
 
@@ -62,7 +62,8 @@ def decode_split(samples: Samples, transform: Callable, where: str) -> ImageSpli
     if not good:
         raise DataError(f"no readable images in {where}")
     images = torch.from_numpy(np.stack([decoded[i] for i in good]))
-    labels = torch.tensor([samples.labels[i] for i in good], dtype=torch.int64)
+    # int64 (N,), or with data.task=multilabel multi-hot uint8 (N, classes).
+    labels = label_tensor([samples.labels[i] for i in good], getattr(samples, "multilabel_classes", 0))
     return ImageSplit(images, labels, skipped=bad)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from swin_cli.atomic_io import atomic_file
 from swin_cli.data.cache_notes import note_written
 from swin_cli.data.decode import GREY_MODES, open_image, to_mode
-from swin_cli.data.sources import FileSamples, Samples
+from swin_cli.data.sources import FileSamples, Label, Samples
 from swin_cli.data.transforms import _draft, resized_shape
 from swin_cli.text import plural
 
@@ -71,8 +71,9 @@ class PreparedSamples:
     shard_of: np.ndarray  # per sample: shard number, byte offset, byte length
     offset: np.ndarray
     length: np.ndarray
-    labels: list[int]
+    labels: list[Label]
     names: list[str]
+    multilabel_classes: int = 0  # see sources.Samples
     _files: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -92,7 +93,8 @@ class PreparedSamples:
 
     def subset(self, index: list[int]) -> "PreparedSamples":
         return PreparedSamples(self.folder, self.shard_of[index], self.offset[index], self.length[index],
-                               [self.labels[i] for i in index], [self.names[i] for i in index])
+                               [self.labels[i] for i in index], [self.names[i] for i in index],
+                               self.multilabel_classes)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_files": {}}
@@ -117,7 +119,8 @@ def prepare(samples: Samples, side: int, cache_dir: Path, where: str) -> Samples
         offset += index["offset"]
         length += index["length"]
     return PreparedSamples(str(folder), np.array(shard_of), np.array(offset, dtype=np.int64),
-                           np.array(length, dtype=np.int64), list(samples.labels), list(samples.paths))
+                           np.array(length, dtype=np.int64), list(samples.labels), list(samples.paths),
+                           samples.multilabel_classes)
 
 
 def _build(samples: FileSamples, side: int, folder: Path, missing: list[int], where: str) -> None:

@@ -17,8 +17,8 @@ from omegaconf import MISSING
 # plain is imported from here by the rest of the data package.
 from swin_cli.choices import choices, plain
 
-__all__ = ["DataConfig", "Interpolation", "Layout", "Storage", "TrainCrop", "first_problem", "plain",
-           "shared_problem"]
+__all__ = ["MULTILABEL_SOURCES", "DataConfig", "Interpolation", "Layout", "Sampler", "Storage", "Task", "TrainCrop",
+           "first_problem", "plain", "shared_problem"]
 
 # memory: decode once into a uint8 tensor (fastest for sets that fit); stream: decode while
 # training in worker processes; auto: see swin_cli/data/storage.py choose_storage.
@@ -28,6 +28,13 @@ Interpolation = choices("Interpolation", "bilinear", "bicubic")
 # An image folder's layout: splits (root/train/<class>/, root/test/<class>/, optional val/) or
 # classes (root/<class>/, torchvision's ImageFolder: val and test held out by fractions).
 Layout = choices("Layout", "splits", "classes")
+# Each epoch's training order: uniform (a permutation of the split) or class_balanced (draws with
+# replacement, each image with probability proportional to 1 / its class's count).
+Sampler = choices("Sampler", "uniform", "class_balanced")
+# single: one class per image (int64 labels). multilabel: a set of classes per image (multi-hot
+# uint8 labels, (N, classes)), from the sources whose rows can hold several labels.
+Task = choices("Task", "single", "multilabel")
+MULTILABEL_SOURCES = ("csv", "huggingface")
 
 
 @dataclass
@@ -88,6 +95,10 @@ class DataConfig:
     # Repeated augmentation (Hoffer et al. 2020; DeiT, Lee et al.'s small-data ViTs): each epoch
     # takes len(train) / repeats images, each `repeats` times in a row, differently augmented.
     repeats: int = 1
+    # uniform: every image once per epoch, in a fresh order. class_balanced: the epoch's len(train)
+    # images are drawn with replacement so that every class is equally likely (imbalanced data;
+    # swin_cli/imbalance.py), the same order on every rank, in both storages.
+    sampler: Sampler = Sampler.uniform
     # Decoded images are cached here as uint8 tensors so later runs skip JPEG decoding.
     cache_dir: str = "~/.cache/swin-cli"
     # On a GPU, hold the decoded uint8 images in GPU memory when they take at most half of the
@@ -103,6 +114,11 @@ class DataConfig:
     # yaml sets its own default image column: huggingface `image`, csv `path`).
     image_column: str = "image"
     label_column: str = "label"
+    # single or multilabel (data=csv or data=huggingface): see Task above.
+    task: Task = Task.single
+    # data=csv with data.task=multilabel: what separates the labels of one cell ("cat dog", as in
+    # Planet's Amazon tags); an empty cell is an image with no labels.
+    label_separator: str = " "
     # data=csv: tables of path,label rows (a CSV file with a header, or .jsonl objects). Image
     # paths are absolute, or relative to data.root when set, else to the table's folder.
     # test_table may be left out when val_table is given (the final test is then on it, and
@@ -153,6 +169,12 @@ def shared_problem(d: DataConfig) -> Optional[str]:
         (d.prefetch >= 1, f"data.prefetch must be >= 1 (got {d.prefetch})"),
         (d.stats_images >= 1, f"data.stats_images must be >= 1 (got {d.stats_images})"),
         (d.repeats >= 1, f"data.repeats must be >= 1 (got {d.repeats})"),
+        (d.task == "single" or d.name in MULTILABEL_SOURCES,
+         f"data.task=multilabel needs a source whose rows hold several labels: "
+         f"data={' or data='.join(MULTILABEL_SOURCES)} (got data={d.name})"),
+        (bool(d.label_separator), "data.label_separator must not be empty (the default is a space)"),
+        (not (d.sampler == "class_balanced" and d.name == "webdataset"),
+         "data.sampler=class_balanced needs random access to the images: use uniform with data=webdataset"),
         (d.prepare_side is None or d.image_size is None or d.prepare_side >= d.image_size,
          f"data.prepare_side must be >= data.image_size={d.image_size} or null (got {d.prepare_side})"),
         (not (d.storage == "memory" and d.train_crop == "random_resized"),

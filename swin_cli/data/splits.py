@@ -1,9 +1,11 @@
 """The one way batches reach the trainer: a split hands out uint8 batches (N, C, H, W) with int64
-labels, for a training epoch (from any step, for one rank of many) or for evaluation. Whether
-they come from a tensor in memory (`ImageSplit`) or are decoded while training
-(`swin_cli.data.stream.StreamSplit`) is the split's business alone.
+labels (N,) (with data.task=multilabel: uint8 multi-hot labels (N, classes)), for a training
+epoch (from any step, for one rank of many) or for evaluation. Whether they come from a tensor
+in memory (`ImageSplit`) or are decoded while training (`swin_cli.data.stream.StreamSplit`) is
+the split's business alone.
 
-Training order is by construction: epoch e's order is a permutation seeded by (seed, e), step s
+Training order is by construction: epoch e's order is a permutation seeded by (seed, e) (with
+data.sampler=class_balanced, weighted draws with replacement seeded the same way), step s
 of it takes the images at [s * step_images, (s + 1) * step_images), and rank r of w takes its
 own slice of those. Resuming at any step therefore replays exactly the batches the uninterrupted
 run would have seen, and the ranks' parts of an epoch are disjoint and cover it.
@@ -12,12 +14,12 @@ run would have seen, and the ranks' parts of an epoch are disjoint and cover it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterator, Optional, Protocol
 
 import torch
 from torch import Tensor
 
-Batch = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)
+Batch = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W), int64 labels (N,) or uint8 multi-hot (N, classes)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -27,6 +29,13 @@ def step_seed(seed: int, step: int) -> int:
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed + 7919, epoch)))
+
+
+def weighted_epoch_order(weights: Tensor, seed: int, epoch: int) -> Tensor:
+    """len(weights) draws with replacement, image i with probability weights[i] / sum(weights),
+    from a generator seeded by (seed, epoch) alone: every rank draws the same order."""
+    generator = torch.Generator().manual_seed(step_seed(seed + 104_723, epoch))
+    return torch.multinomial(weights.double().cpu(), len(weights), replacement=True, generator=generator)
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,19 @@ class EpochPlan:
     # Repeated augmentation (data.repeats): the epoch keeps its length but takes n / repeats
     # images, each `repeats` times in a row, so one batch holds differently augmented copies.
     repeats: int = 1
+    # Per-image sampling weights (data.sampler=class_balanced; swin_cli/imbalance.py): the epoch's
+    # order is then n weighted draws with replacement instead of a permutation. None: uniform.
+    weights: Optional[Tensor] = field(default=None, compare=False)
 
     def order(self, n: int) -> Tensor:
-        order = epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
+        if not self.shuffle:
+            order = torch.arange(n)
+        elif self.weights is not None:
+            if len(self.weights) != n:
+                raise ValueError(f"{len(self.weights)} sampling weights for a split of {n} images")
+            order = weighted_epoch_order(self.weights, self.seed, self.epoch)
+        else:
+            order = epoch_order(n, self.seed, self.epoch)
         if self.repeats > 1:
             order = order[:-(-n // self.repeats)].repeat_interleave(self.repeats)[:n]
         return order
@@ -95,7 +114,7 @@ class ImageSplit:
     tensor lives there."""
 
     images: Tensor  # uint8 (N, C, H, W)
-    labels: Tensor  # int64 (N,)
+    labels: Tensor  # int64 (N,), or with data.task=multilabel uint8 multi-hot (N, classes)
     skipped: list[str] = field(default_factory=list)
     storage: str = "memory"
     random_access = True
@@ -107,6 +126,11 @@ class ImageSplit:
     @property
     def channels(self) -> int:
         return self.images.shape[1]
+
+    @property
+    def multilabel_classes(self) -> int:
+        """The width of multi-hot labels (data.task=multilabel), 0 for class indices."""
+        return self.labels.shape[1] if self.labels.dim() == 2 else 0
 
     def subset(self, index: Tensor) -> "ImageSplit":
         return ImageSplit(self.images[index], self.labels[index], list(self.skipped))

@@ -19,7 +19,7 @@ from swin_cli.data.memory import DecodeCache
 from swin_cli.data.prepared import prepare
 from swin_cli.data.registry import Source, data_source
 from swin_cli.data.schema import plain
-from swin_cli.data.sources import DataError, SourceData, hold_out_order
+from swin_cli.data.sources import DataError, SourceData, hold_out_order, label_tensor
 from swin_cli.data.splits import ImageSplit, Split
 from swin_cli.data.stats import channel_stats_of
 from swin_cli.data.stream import StreamSplit
@@ -47,6 +47,9 @@ class DataBundle:
     where: str = ""  # the data set, for the panel, results.json and eval.json
     # What data.image_size=null and aug=auto became and why (swin_cli/data/auto.py), for the panel.
     settled: dict[str, str] = field(default_factory=dict)
+    # "single": labels are int64 class indices (N,); "multilabel" (data.task): every split's
+    # labels, in memory and in batches, are uint8 multi-hot rows (N, num_classes).
+    task: str = "single"
 
     @property
     def in_chans(self) -> int:
@@ -140,7 +143,7 @@ def load_data(cfg: Any, device: Optional[torch.device] = None, statistics: bool 
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/data.std have {len(mean)}/{len(std)} values for {channels}-channel images")
     return DataBundle(train, val, test, source.classes, mean, std, channels, source.test_source, storage, reason,
-                      source.where, notes)
+                      source.where, notes, source.task)
 
 
 def _channel_stats(cfg: Any, train: Any, channels: int) -> tuple[list[float], list[float]]:
@@ -161,7 +164,8 @@ def _memory_splits(cfg: Any, source: SourceData, channels: int) -> tuple[ImageSp
     train_samples, val_samples = _hold_out_samples(cfg, source)
     named = split_names(source)
     train = cache.load(train_samples, training, named["train"])
-    val = cache.load(val_samples, evaluation, named["val"]) if len(val_samples) else _empty(channels, size)
+    val = (cache.load(val_samples, evaluation, named["val"]) if len(val_samples)
+           else _empty(channels, size, getattr(val_samples, "multilabel_classes", 0)))
     test = cache.load(source.test, evaluation, named["test"])
     return train, val, test
 
@@ -207,8 +211,9 @@ def _hold_out_samples(cfg: Any, source: SourceData) -> tuple[Any, Any]:
     return source.train.subset(kept.tolist()), source.train.subset(held.tolist())
 
 
-def _empty(channels: int, size: int) -> ImageSplit:
-    return ImageSplit(torch.zeros(0, channels, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+def _empty(channels: int, size: int, multilabel_classes: int = 0) -> ImageSplit:
+    labels = label_tensor([], multilabel_classes)  # (0,) int64, or (0, classes) uint8 multi-hot
+    return ImageSplit(torch.zeros(0, channels, size, size, dtype=torch.uint8), labels)
 
 
 def _fit(split: ImageSplit, size: int, channels: int) -> ImageSplit:

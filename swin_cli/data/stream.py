@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from contextlib import closing
+from functools import partial
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from swin_cli.data.loader import read_loader, stacked, worker_loader
-from swin_cli.data.sources import DataError, Samples
+from swin_cli.data.sources import DataError, Label, Samples, label_tensor
 from swin_cli.data.splits import Batch, EpochPlan, step_seed
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, int, list[str]]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, Label, list[str]]:
         index, epoch = key
         failed: list[str] = []
         for attempt in range(MAX_REPLACEMENTS):
@@ -52,9 +53,11 @@ class _Decoded(Dataset):
         raise DataError(f"{MAX_REPLACEMENTS} samples in a row could not be read, from {failed[0]} on")
 
 
-def _collate(items: list[tuple[np.ndarray, int, list[str]]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _collate(items: list[tuple[np.ndarray, Label, list[str]]],
+             multilabel_classes: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A batch: uint8 images, int64 labels (N,) or with data.task=multilabel uint8 multi-hot (N, classes)."""
     images = stacked([pixels for pixels, _, _ in items])
-    labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
+    labels = label_tensor([label for _, label, _ in items], multilabel_classes)
     return images, labels, [name for _, _, failed in items for name in failed]
 
 
@@ -81,8 +84,12 @@ class StreamSplit:
         return len(self.samples)
 
     @property
+    def multilabel_classes(self) -> int:
+        return getattr(self.samples, "multilabel_classes", 0)
+
+    @property
     def labels(self) -> torch.Tensor:
-        return torch.as_tensor(self.samples.labels, dtype=torch.int64)
+        return label_tensor(self.samples.labels, self.multilabel_classes)
 
     def _with(self, samples: Samples, transform: Callable) -> "StreamSplit":
         return StreamSplit(samples, transform, self.channels, self.workers, self.prefetch, self.pin_memory,
@@ -94,7 +101,8 @@ class StreamSplit:
     def _batches(self, keys: list[list[tuple[int, int]]]) -> Iterator[Batch]:
         if not keys:
             return
-        loader = worker_loader(self._dataset, self.workers, self.prefetch, batch_sampler=keys, collate_fn=_collate,
+        collate = partial(_collate, multilabel_classes=self.multilabel_classes)  # picklable, for the workers
+        loader = worker_loader(self._dataset, self.workers, self.prefetch, batch_sampler=keys, collate_fn=collate,
                                pin_memory=self.pin_memory)
         with closing(read_loader(loader)) as batches:
             for images, labels, failed in batches:

@@ -18,7 +18,11 @@ from omegaconf import OmegaConf
 from swin_cli.errors import SwinCliError
 
 # What a run leaves behind that a tracker should keep, besides the checkpoints.
-ARTIFACTS = ("results.json", "metrics.csv", "curves.png", "lr.png", "confusion.png")
+ARTIFACTS = ("results.json", "metrics.csv", "per_class.csv", "curves.png", "lr.png", "confusion.png",
+             "reliability.png")
+# results.json's scalar scores a tracker logs at the end (the epoch rows' val_* come with each epoch).
+FINAL_SCORES = ("test_acc", "test_loss", "test_balanced_acc", "test_macro_f1", "test_top5_acc", "test_ece",
+                "test_nll", "best_val_acc", "best_val_score")
 
 
 class MissingExtra(SwinCliError):
@@ -80,6 +84,12 @@ def run_name(run_dir: Path, sweep_dir: Optional[Path]) -> str:
 def plain_config(cfg: Any) -> dict[str, Any]:
     """The resolved config as plain dicts, lists and strings (enums by their value)."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def final_scores(results: dict[str, Any]) -> dict[str, float]:
+    """The FINAL_SCORES a run has (top-5 is None with 5 classes or fewer, for instance)."""
+    return {k: float(results[k]) for k in FINAL_SCORES
+            if isinstance(results.get(k), (int, float)) and not isinstance(results.get(k), bool)}
 
 
 def numbers(row: dict[str, Any]) -> dict[str, float]:

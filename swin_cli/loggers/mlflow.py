@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from swin_cli.loggers.base import ARTIFACTS, Tracker, TrackerSettings, import_library, numbers, plain_config, run_name
+from swin_cli.loggers.base import (
+    ARTIFACTS,
+    Tracker,
+    TrackerSettings,
+    final_scores,
+    import_library,
+    numbers,
+    plain_config,
+    run_name,
+)
 
 
 @dataclass
@@ -50,8 +59,7 @@ class MlflowTracker(Tracker):
         self.mlflow.log_metrics(numbers(row), step=epoch)
 
     def finish(self, results: dict[str, Any], run_dir: Path) -> None:
-        self.mlflow.log_metrics({k: float(results[k]) for k in ("test_acc", "test_loss", "best_val_acc")
-                                 if isinstance(results.get(k), (int, float))})
+        self.mlflow.log_metrics(final_scores(results))
         for name in ARTIFACTS:
             if (run_dir / name).is_file():
                 self.mlflow.log_artifact(str(run_dir / name))

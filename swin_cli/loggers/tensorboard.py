@@ -1,4 +1,5 @@
-"""logger=tensorboard: every epoch's metrics as scalars in <run dir>/tb (`tensorboard --logdir outputs`)."""
+"""logger=tensorboard: every epoch's metrics, and the test's scores at the end, as scalars in <run dir>/tb
+(`tensorboard --logdir outputs`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from swin_cli.loggers.base import Tracker, TrackerSettings, import_library, numbers
+from swin_cli.loggers.base import Tracker, TrackerSettings, final_scores, import_library, numbers
 
 
 @dataclass
@@ -33,6 +34,9 @@ class TensorBoardTracker(Tracker):
         self.writer.flush()
 
     def finish(self, results: dict[str, Any], run_dir: Path) -> None:
+        # The test's scores, at the last epoch's step, beside the curves they end.
+        for key, value in final_scores(results).items():
+            self.writer.add_scalar(key, value, results.get("epochs") or 0)
         self.writer.close()
 
     def abort(self) -> None:
