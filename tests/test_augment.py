@@ -563,3 +563,12 @@ def test_normalize_matches_reference():
     mean, std = [0.1, 0.2, 0.3], [0.5, 0.25, 0.2]
     expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     assert torch.allclose(Normalize(mean, std, torch.device("cpu"))(images), expected, atol=1e-6)
+
+
+def test_the_flip_mirrors_the_drawn_images_and_leaves_the_others():
+    images = torch.randint(0, 256, (16, 3, 8, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    aug = BatchAugment(aug_cfg(hflip=True))
+    out = aug(images, torch.Generator().manual_seed(3))
+    flip = torch.rand(16, generator=torch.Generator().manual_seed(3)) < 0.5  # the draw the flip makes
+    assert 0 < int(flip.sum()) < 16
+    assert torch.equal(out[flip], images[flip].flip(-1)) and torch.equal(out[~flip], images[~flip])

@@ -77,10 +77,20 @@ class BatchAugment:
             images = self._random_crop(images, generator)
         if self.hflip:
             flip = torch.rand(len(images), generator=generator, device=images.device) < 0.5
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            images = self._flip_columns(images, flip)
         if self.auto is not None:
             images = self.auto(images, generator)
         return images
+
+    @staticmethod
+    def _flip_columns(images: Tensor, flip: Tensor) -> Tensor:
+        """Mirror the images where `flip` is set, as one gather of columns: on a CPU this is
+        half the time of selecting between a flipped copy of the whole batch and the batch, and
+        it keeps static shapes for torch.compile (no boolean indexing)."""
+        b, c, h, w = images.shape
+        forward = torch.arange(w, device=images.device)
+        cols = torch.where(flip.view(b, 1), forward.flip(0), forward)
+        return images.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
     def _random_crop(self, images: Tensor, generator: Optional[torch.Generator]) -> Tensor:
         b, _, h, w = images.shape
