@@ -111,6 +111,8 @@ class BenchmarkRun:
         n = POOL_BATCHES * self.batch
         self.images = torch.randint(0, 256, (n, self.in_chans, size, size), dtype=torch.uint8, device=where)
         self.labels = torch.randint(0, self.num_classes, (n,), device=where)
+        if plain(self.cfg.data.task) == "multilabel":  # the multi-hot rows such a run trains on
+            self.labels = (torch.rand((n, self.num_classes), device=where) < 0.5).to(torch.uint8)
         if self.device.type == "cuda" and where.type == "cpu":
             self.images, self.labels = self.images.pin_memory(), self.labels.pin_memory()
         self.order = torch.randperm(n, device=where)

@@ -45,6 +45,12 @@ class LogitCalibration:
     def with_temperature(self, temperature: float) -> "LogitCalibration":
         return LogitCalibration(temperature, self.offset, self.logit_adjust_tau)
 
+    def describe(self) -> str:
+        parts = [f"logits minus {self.logit_adjust_tau:g} x log prior"] if self.offset is not None else []
+        if self.temperature != 1.0:
+            parts.append(f"temperature {self.temperature:.3f}")
+        return ", ".join(parts) or "none"
+
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "offset": list(self.offset) if self.offset is not None else None,
                 "logit_adjust_tau": self.logit_adjust_tau}

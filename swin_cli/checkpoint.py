@@ -40,7 +40,7 @@ SIGNATURE_DEFAULTS = {"model.version": 1, "model.stem": "patch", "model.stem_con
 # with AdamW they are twice the size of the weights (best.pt: a third of last.pt without EMA).
 BEST_KEYS = ("format", "format_version", "version", "config", "signature", "classes", "mean", "std",
              "model", "ema", "best_source", "best_val_acc", "best_epoch", "epoch", "wall_time_s",
-             "class_counts", "calibration", "best_val_score")
+             "class_counts", "calibration", "best_val_score", "thresholds", "label_counts")
 
 
 class CheckpointError(SwinCliError):
@@ -280,8 +280,10 @@ def check_not_finished(state: dict[str, Any], epochs: int) -> None:
         results = json.loads(results_path.read_text())
     except (OSError, ValueError):
         return  # unreadable results: resume as before, which tests again and rewrites them
-    test = results.get("test_acc")
-    shown = f"test acc {test:.2f}%" if isinstance(test, (int, float)) else "no test accuracy recorded"
+    # A single-label run's test accuracy, else a multi-label run's test mAP.
+    scored = [(name, results.get(f"test_{key}")) for key, name in (("acc", "acc"), ("map", "mAP"))]
+    name, test = next(((name, value) for name, value in scored if isinstance(value, (int, float))), (None, None))
+    shown = f"test {name} {test:.2f}%" if name else "no test accuracy recorded"
     raise NothingLeftToTrain(f"nothing left to train: {run_dir} finished all {plural(epochs, 'epoch')}; {shown} "
                              f"(from {results_path}); to train it further, resume it with epochs greater "
                              f"than {state['epoch']}", results)

@@ -13,6 +13,8 @@ from swin_cli.atomic_io import write_text_atomic
 
 CSV_NAME = "per_class.csv"
 CSV_FIELDS = ("class", "precision", "recall", "f1", "support")
+# A multi-label table (multilabel_metrics.py) adds each class's average precision and threshold.
+MULTILABEL_FIELDS = (*CSV_FIELDS, "ap", "threshold")
 # The data counts as imbalanced when its commonest class has this many times the images of its
 # rarest, or when a class's recall is under this share of the mean recall.
 IMBALANCE_RATIO = 3.0
@@ -28,10 +30,14 @@ def named(per_class: Sequence[dict[str, Any]], classes: Sequence[str]) -> list[d
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
+    multilabel = bool(rows) and "ap" in rows[0]
+    fields = MULTILABEL_FIELDS if multilabel else CSV_FIELDS
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, **{k: f"{row[k]:.4f}" for k in ("precision", "recall", "f1")}})
+        # An empty cell for a class without positives, which has no AP.
+        writer.writerow({**row, **{k: f"{row[k]:.4f}" for k in ("precision", "recall", "f1", "ap", "threshold")
+                                   if row.get(k) is not None}})
     return buffer.getvalue()
 
 
@@ -43,14 +49,17 @@ def write_csv(rows: Sequence[dict[str, Any]], run_dir: Path) -> Path:
 
 def summary_line(rows: Sequence[dict[str, Any]], train_counts: Optional[Sequence[int]] = None,
                  classes: Sequence[str] = ()) -> str:
-    """One line: the worst classes by recall and the best one; when the data is imbalanced, its
-    ratio and rarest class (by the training counts when known, else the test support)."""
-    scored = sorted((r for r in rows if r["support"] > 0), key=lambda r: (r["recall"], str(r["class"])))
+    """One line: the worst classes by recall (multi-label: by average precision) and the best
+    one; when the data is imbalanced, its ratio and rarest class (by the training counts when
+    known, else the test support)."""
+    score = "ap" if rows and "ap" in rows[0] else "recall"
+    scored = sorted((r for r in rows if r["support"] > 0), key=lambda r: (r[score], str(r["class"])))
     if not scored:
         return f"per class: no labelled images; table in {CSV_NAME}"
-    worst = ", ".join(f"{r['class']} ({100 * r['recall']:.1f}%)" for r in scored[:WORST_SHOWN])
+    worst = ", ".join(f"{r['class']} ({100 * r[score]:.1f}%)" for r in scored[:WORST_SHOWN])
     best = scored[-1]
-    line = f"per class recall: worst {worst}; best {best['class']} ({100 * best['recall']:.1f}%)"
+    named_score = "AP" if score == "ap" else score
+    line = f"per class {named_score}: worst {worst}; best {best['class']} ({100 * best[score]:.1f}%)"
     note = imbalance(rows, train_counts, classes)
     return line + (f" | {note}" if note else "") + f" | table in {CSV_NAME}"
 

@@ -88,6 +88,23 @@ def sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, rank 0's first, as one tensor on every rank (the tensor itself in a
+    single process). Ranks may hold different numbers of rows (each evaluates every world-th
+    image): all_gather needs equal shapes, so each pads to the longest and the padding is cut."""
+    if not initialised():
+        return tensor
+    count = torch.tensor([len(tensor)], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    lengths = [int(c) for c in counts]
+    padded = torch.zeros((max(lengths), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[:len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in lengths]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, lengths)])
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True if `flag` is true on any rank, so all ranks take the same branch."""
     if not initialised():

@@ -1,6 +1,7 @@
 """Evaluation: the scores of a model on a split (loss, accuracy, balanced accuracy, macro-F1,
-top-5, calibration, per class: metrics.py; used by training as well), of a saved checkpoint
-(mode=eval), and labels for a folder of new images (mode=predict). A checkpoint's model is
+top-5, calibration, per class: metrics.py; for data.task=multilabel mAP and F1 at the per-class
+thresholds: multilabel_metrics.py; used by training as well), of a saved checkpoint (mode=eval),
+and labels for a folder of new images (mode=predict). A checkpoint's model is
 rebuilt from the config saved inside it, so only the checkpoint and the data are needed, not the
 command line that trained it. eval.json, per_class.csv and predictions.csv go to the run dir
 Hydra made: for a checkpoint in a run dir, `<that run dir>/eval/<date>_<time>` (run_dirs.py)."""
@@ -19,19 +20,25 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from swin_cli import checkpoint, class_report, distributed
+from swin_cli import checkpoint, class_report, distributed, thresholds
 from swin_cli.atomic_io import write_text_atomic
 from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
+from swin_cli.calibration import LogitCalibration, from_prior
 from swin_cli.config import plain
 from swin_cli.data import IMAGE_EXTENSIONS, Split, eval_batch_size, eval_transform, load_data
+from swin_cli.data.class_counts import class_counts
 from swin_cli.errors import SwinCliError
 from swin_cli.metrics import ClassificationMeter, Scores
+from swin_cli.multilabel_metrics import RESULT_SCORES as MULTILABEL_SCORES
+from swin_cli.multilabel_metrics import MultiLabelMeter, MultiLabelScores
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 # The scores eval.json (and, for the test split, results.json as test_<name>) gains beside acc and loss.
 NEW_SCORES = ("balanced_acc", "macro_f1", "top5_acc", "ece", "nll")
+# predictions.csv names this many of each image's top classes.
+TOP = 5
 
 
 @torch.no_grad()
@@ -60,22 +67,44 @@ def eval_logits(model: nn.Module, split: Split, normalize: Normalize, device: to
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: Split, normalize: Normalize, device: torch.device, batch_size: int,
                    num_classes: Optional[int] = None, tta: str = "none", precision: str = "fp32",
-                   logit_offset: Optional[Any] = None, temperature: float = 1.0) -> Scores:
+                   logit_offset: Optional[Any] = None, temperature: float = 1.0,
+                   thresholds: Optional[Sequence[float]] = None) -> Scores | MultiLabelScores:
     """The scores (metrics.py) of `model` on `split`, summed over ranks. What is scored is
     `(logits - logit_offset) / temperature`: a post-hoc logit adjustment (a per-class offset,
     such as the log class prior) and a calibration temperature; by default the logits as they
-    are. num_classes: the width of the logits (None: read from the first batch)."""
+    are. num_classes: the width of the logits (None: read from the first batch). thresholds: a
+    multi-label model's per-class thresholds (its labels multi-hot): the scores are then
+    multilabel_metrics.py's, the F1 at these thresholds."""
     offset = None if logit_offset is None else torch.as_tensor(logit_offset, dtype=torch.float32, device=device)
-    meter = ClassificationMeter(num_classes, device) if num_classes is not None else None
+
+    def meter_for(classes: int) -> Any:
+        if thresholds is not None:
+            return MultiLabelMeter(classes, device, thresholds)
+        return ClassificationMeter(classes, device)
+
+    meter = meter_for(num_classes) if num_classes is not None else None
     for logits, labels in eval_logits(model, split, normalize, device, batch_size, tta, precision):
         if offset is not None:
             logits = logits - offset
         if temperature != 1.0:
             logits = logits / temperature
         if meter is None:
-            meter = ClassificationMeter(logits.shape[1], device)
+            meter = meter_for(logits.shape[1])
         meter.update(logits, labels)
-    return (meter if meter is not None else ClassificationMeter(0, device)).scores()
+    return (meter if meter is not None else meter_for(0)).scores()
+
+
+@torch.no_grad()
+def split_probabilities(model: nn.Module, split: Split, normalize: Normalize, device: torch.device,
+                        batch_size: int, num_classes: int, tta: str = "none",
+                        precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """A multi-label model's sigmoid probabilities (N, C) float64 and the bool labels (N, C)
+    of every image of `split`, all ranks' together, on the CPU (to choose thresholds on)."""
+    meter = MultiLabelMeter(num_classes, device)
+    for logits, labels in eval_logits(model, split, normalize, device, batch_size, tta, precision):
+        meter.update(logits, labels)
+    probs, truth, _ = meter.gathered()
+    return probs, truth
 
 
 def _load_model(cfg: Any) -> tuple[nn.Module, dict[str, Any], torch.device]:
@@ -117,34 +146,82 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) 
     if data.classes != state["classes"]:
         raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
                            f"but data={name} has {data.classes[:5]}...")
+    task = checkpoint_task(state)
+    if data.task != task:
+        raise SwinCliError(f"the checkpoint was trained with data.task={task} but data={name} is read with "
+                           f"data.task={data.task}: add data.task={task}")
+    multilabel = task == "multilabel"
+    chosen = thresholds.checked(state.get("thresholds"), len(data.classes), state["path"]) if multilabel else None
     split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
+    calibration = scoring_calibration(cfg, state, data)
     scores = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
-                            eval_batch_size(data_cfg), len(data.classes), tta=plain(cfg.eval.tta))
+                            eval_batch_size(data_cfg), len(data.classes), tta=plain(cfg.eval.tta),
+                            logit_offset=calibration.offset_tensor(device), temperature=calibration.temperature,
+                            thresholds=chosen)
     shown = cfg.eval_split
     if shown == "test" and data.test_source != "test":
         shown = f"test (the {data.test_source}/ folder)"
     per_class = class_report.named(scores.per_class, data.classes)
+    names = MULTILABEL_SCORES if multilabel else ("acc", *NEW_SCORES)
     result = {"checkpoint": state["path"], "data": name, "data_root": data.where, "split": cfg.eval_split,
-              "test_split": data.test_source, "images": len(split), "loss": scores.loss, "acc": scores.acc,
-              **{key: getattr(scores, key) for key in NEW_SCORES},
-              "tta": plain(cfg.eval.tta), "skipped_images": split.skipped, "per_class": per_class}
+              "test_split": data.test_source, "images": len(split), "loss": scores.loss,
+              **{key: getattr(scores, key) for key in names},
+              **({"thresholds": chosen} if multilabel else {}),
+              "tta": plain(cfg.eval.tta), "calibration": calibration.to_dict(), "skipped_images": split.skipped,
+              "per_class": per_class}
     if cfg.eval_split == "test":  # the names results.json gives them too
-        result.update({f"test_{key}": getattr(scores, key) for key in NEW_SCORES})
+        result.update({f"test_{key}": getattr(scores, key) for key in names if key != "acc"})
     out = Path(run_dir) / "eval.json"
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     table = class_report.write_csv(per_class, Path(run_dir))
-    top5 = f" top5 {scores.top5_acc:.2f}%" if scores.top5_acc is not None else ""
-    log.info(f"{state['path']}: {shown} acc {scores.acc:.2f}% bal {scores.balanced_acc:.2f}%{top5} "
-             f"(loss {scores.loss:.4f}, ECE {scores.ece:.2f}%) on {plural(len(split), 'image')} "
+    if not calibration.identity:
+        log.info(f"scored as calibrated: {calibration.describe()}")
+    log.info(f"{state['path']}: {shown} {scores_text(scores)} on {plural(len(split), 'image')} "
              f"of data={name} ({data.where})")
-    log.info(class_report.summary_line(per_class, state.get("class_counts"), data.classes))
+    counts = state.get("label_counts" if multilabel else "class_counts")
+    log.info(class_report.summary_line(per_class, counts, data.classes))
     log.info(f"wrote {out} and {table.name}")
     return result
 
 
+def checkpoint_task(state: dict[str, Any]) -> str:
+    """The data.task a checkpoint was trained for (single in checkpoints older than the key)."""
+    return plain(state["config"].get("data", {}).get("task") or "single")
+
+
+def scores_text(scores: Any) -> str:
+    """A split's scores as swin-eval's line shows them."""
+    if isinstance(scores, MultiLabelScores):
+        return (f"mAP {scores.map:.2f}% (micro {scores.map_micro:.2f}%) F1 {scores.f1:.2f}% "
+                f"(loss {scores.loss:.4f})")
+    top5 = f" top5 {scores.top5_acc:.2f}%" if scores.top5_acc is not None else ""
+    return (f"acc {scores.acc:.2f}% bal {scores.balanced_acc:.2f}%{top5} "
+            f"(loss {scores.loss:.4f}, ECE {scores.ece:.2f}%)")
+
+
+def scoring_calibration(cfg: Any, state: dict[str, Any], data: Any = None) -> LogitCalibration:
+    """What the checkpoint's logits pass through before scoring: the calibration its run saved
+    (calibration.py), with eval.logit_adjust_tau from the command line replacing the saved offset
+    (the training prior: the checkpoint's class counts, else the training split's)."""
+    saved = LogitCalibration.from_dict(state.get("calibration"))
+    tau = cfg.eval.logit_adjust_tau
+    if tau is None:
+        return saved
+    counts = state.get("class_counts")
+    if counts is None and data is not None:
+        counts = class_counts(data.train, len(data.classes))
+    if counts is None:
+        raise SwinCliError("eval.logit_adjust_tau needs the training class counts: the checkpoint does not "
+                           "hold them and the training split cannot say (webdataset shards)")
+    return from_prior(counts, tau).with_temperature(saved.temperature)
+
+
 @torch.no_grad()
 def predict_folder(cfg: Any, run_dir: Path) -> Path:
-    """mode=predict: classify every image under predict_dir; write predictions.csv."""
+    """mode=predict: classify every image under predict_dir; write predictions.csv: per image
+    its class, confidence and top 5; of a multi-label model its label set (the classes at or
+    over their thresholds, joined by data.label_separator, as a data=csv table holds them) and
+    every class's probability."""
     folder = Path(cfg.predict_dir).expanduser()
     if not folder.is_dir():
         raise SwinCliError(f"predict_dir={cfg.predict_dir} does not exist or is not a folder")
@@ -152,12 +229,18 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     if not files:
         raise SwinCliError(f"predict_dir={cfg.predict_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     model, info, device = _predictor(cfg)
+    calibration = info["calibration"]
+    if not calibration.identity:
+        log.info(f"confidences calibrated: {calibration.describe()}")
     size, channels, classes = info["image_size"], info["channels"], info["classes"]
     normalize = Normalize(info["mean"], info["std"], device)
-    top = min(5, len(classes))
+    multilabel = info["task"] == "multilabel"
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "prediction", "confidence"] + [f"top{k + 1}" for k in range(top)])
+    if multilabel:
+        writer.writerow(["path", "labels"] + [f"p_{name}" for name in classes])
+    else:
+        writer.writerow(["path", "prediction", "confidence"] + [f"top{k + 1}" for k in range(min(TOP, len(classes)))])
     unreadable: list[str] = []
     view = eval_transform(info["data"], size, channels)
     # Sized for the command line's data.image_size as always; left unset (auto), the model's size.
@@ -171,10 +254,10 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
         if not good:
             continue
         images = torch.from_numpy(np.stack([d for _, d in good]))
-        probs = model(normalize(images.to(device))).float().softmax(1)
-        conf, idx = probs.topk(top, dim=1)
-        for (f, _), c, i in zip(good, conf.tolist(), idx.tolist()):
-            writer.writerow([str(f), classes[i[0]], f"{c[0]:.4f}"] + [classes[k] for k in i])
+        logits = calibration.apply(model(normalize(images.to(device))).float())
+        paths = [str(f) for f, _ in good]
+        writer.writerows(label_set_rows(paths, logits, classes, info["thresholds"], info["label_separator"])
+                         if multilabel else top_class_rows(paths, logits, classes))
     out = Path(run_dir) / "predictions.csv"
     write_text_atomic(out, buffer.getvalue())
     if unreadable:
@@ -183,6 +266,22 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     skipped = f" ({len(unreadable)} unreadable skipped)" if unreadable else ""
     log.info(f"wrote {plural(len(files) - len(unreadable), 'prediction')} ({info['backend']}) to {out}{skipped}")
     return out
+
+
+def top_class_rows(paths: Sequence[str], logits: torch.Tensor, classes: Sequence[str]) -> list[list[str]]:
+    """predictions.csv rows of one class per image: path, class, confidence, the top 5."""
+    conf, idx = logits.softmax(1).topk(min(TOP, len(classes)), dim=1)
+    return [[path, classes[i[0]], f"{c[0]:.4f}"] + [classes[k] for k in i]
+            for path, c, i in zip(paths, conf.tolist(), idx.tolist())]
+
+
+def label_set_rows(paths: Sequence[str], logits: torch.Tensor, classes: Sequence[str], chosen: Sequence[float],
+                   separator: str) -> list[list[str]]:
+    """predictions.csv rows of a multi-label model: path, label set, every class's probability."""
+    probs = logits.float().sigmoid()
+    said = thresholds.predicted(probs, chosen)
+    return [[path, separator.join(name for name, yes in zip(classes, row) if yes)] + [f"{p:.4f}" for p in ps]
+            for path, row, ps in zip(paths, said.tolist(), probs.tolist())]
 
 
 def _decoded(view: Callable, path: Path) -> Optional[np.ndarray]:
@@ -197,17 +296,32 @@ def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[s
     and its classes: the checkpoint's model in torch, or with predict_backend=onnx its export
     (swin-export) under ONNX Runtime, so a user sees the deployed model's answers."""
     if plain(cfg.predict_backend) == "onnx":
-        from swin_cli.onnx_runtime import OnnxClassifier, default_output, resolve_checkpoint
+        from swin_cli.onnx_runtime import OnnxClassifier, default_output, resolve_checkpoint, sidecar_path
 
         path = default_output(resolve_checkpoint(cfg.ckpt), "onnx", None)
         if not path.is_file():
             raise SwinCliError(f"predict_backend=onnx needs {path}; make it with: swin-export ckpt={cfg.ckpt}")
         onnx_model = OnnxClassifier(path)
         info = {k: getattr(onnx_model, k) for k in ("image_size", "channels", "mean", "std", "classes")}
+        info["calibration"] = LogitCalibration.from_dict(onnx_model.meta.get("calibration"))
+        info.update(task_info(onnx_model.meta.get("task") or "single", onnx_model.meta.get("thresholds"),
+                              onnx_model.meta.get("label_separator"), len(onnx_model.classes),
+                              str(sidecar_path(path))))
         view = {"crop_pct": onnx_model.meta.get("crop_pct"), "interpolation": onnx_model.meta.get("interpolation")}
         return onnx_model, {**info, "data": view, "backend": f"ONNX Runtime, {path.name}"}, torch.device("cpu")
     model, state, device = _load_model(cfg)
     info = {"image_size": state["signature"]["data.image_size"], "channels": state["signature"]["in_chans"],
             "mean": state["mean"], "std": state["std"], "classes": state["classes"], "backend": "torch",
-            "data": state["config"].get("data", {})}
+            "data": state["config"].get("data", {}), "calibration": scoring_calibration(cfg, state)}
+    info.update(task_info(checkpoint_task(state), state.get("thresholds"), info["data"].get("label_separator"),
+                          len(state["classes"]), state["path"]))
     return model, info, device
+
+
+def task_info(task: str, saved: Optional[Sequence[float]], separator: Optional[str], num_classes: int,
+              where: str) -> dict[str, Any]:
+    """What predict needs of a model's task: for a multi-label one its checked thresholds and the
+    separator of its label sets (a checkpoint's or a sidecar's, at `where`)."""
+    multilabel = task == "multilabel"
+    return {"task": task, "thresholds": thresholds.checked(saved, num_classes, where) if multilabel else None,
+            "label_separator": separator or " "}

@@ -230,11 +230,13 @@ def sidecar_meta(state: dict[str, Any], ckpt_path: Path, out: Path, args: dict[s
     """What a user of the exported file needs besides the graph, and where it came from."""
     import torch
 
-    from swin_cli import __version__
+    from swin_cli import __version__, thresholds
     from swin_cli.data import crop_pct
 
     fmt = args["format"]
     signature = state["signature"]
+    data_cfg = state["config"].get("data", {})
+    task = data_cfg.get("task") or "single"
     return {
         "format": fmt,
         "file": out.name,
@@ -248,8 +250,8 @@ def sidecar_meta(state: dict[str, Any], ckpt_path: Path, out: Path, args: dict[s
         "image_size": signature["data.image_size"],
         "channels": signature["in_chans"],
         # The eval view predict applies before the model: shorter side to image_size / crop_pct, centre crop.
-        "crop_pct": crop_pct({**state["config"].get("data", {}), "image_size": signature["data.image_size"]}),
-        "interpolation": state["config"].get("data", {}).get("interpolation", "bilinear"),
+        "crop_pct": crop_pct({**data_cfg, "image_size": signature["data.image_size"]}),
+        "interpolation": data_cfg.get("interpolation", "bilinear"),
         "num_classes": signature["num_classes"],
         "model": {k: v for k, v in state["config"]["model"].items() if k != "pretrained"},
         "checkpoint": str(ckpt_path.resolve()),
@@ -259,6 +261,13 @@ def sidecar_meta(state: dict[str, Any], ckpt_path: Path, out: Path, args: dict[s
         # (logits - offset) / temperature before the softmax, as the run's final test scored
         # (calibration.py); predict applies it with either backend. Absent: raw logits.
         "calibration": state.get("calibration"),
+        # data.task=multilabel: a sigmoid per class, and the class is in the image's label set
+        # when its probability is at least its threshold (swin_cli/thresholds.py); predict joins
+        # a set's classes with label_separator. single: a softmax over the classes, no thresholds.
+        "task": task,
+        "thresholds": thresholds.checked(state.get("thresholds"), len(state["classes"]), str(ckpt_path))
+        if task == "multilabel" else None,
+        "label_separator": data_cfg.get("label_separator") if task == "multilabel" else None,
         "swin_cli_version": __version__,
         "torch_version": torch.__version__,
         "exporter": args["exporter"] if fmt == "onnx" else "torch.jit.trace",

@@ -27,18 +27,22 @@ from swin_cli.text import plural
 STOP_REASONS = ("finished", "plateau", "time_limit", "signal", "nan_loss", "loader_died")
 
 # What train.select_metric may choose best.pt (and early stopping) by, and which way is better.
-HIGHER_IS_BETTER = {"acc": True, "balanced_acc": True, "macro_f1": True, "loss": False}
-METRIC_NAMES = {"acc": "accuracy", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1", "loss": "loss"}
+HIGHER_IS_BETTER = {"acc": True, "balanced_acc": True, "macro_f1": True, "map": True, "loss": False}
+METRIC_NAMES = {"acc": "accuracy", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1", "map": "mAP",
+                "loss": "loss"}
 # train.select_metric=auto takes balanced accuracy when the largest training class has this many
 # times the images of the smallest: there plain accuracy rewards ignoring the rare classes.
 IMBALANCED_RATIO = 3.0
 
 
-def choose_select_metric(setting: str, class_counts: Optional[Sequence[int]]) -> tuple[str, str]:
+def choose_select_metric(setting: str, class_counts: Optional[Sequence[int]],
+                         multilabel: bool = False) -> tuple[str, str]:
     """The metric that picks best.pt (train.select_metric, `auto` resolved from the training
-    split's class counts), and why, in words for the start panel."""
+    split's class counts, or for multi-hot labels mAP), and why, in words for the start panel."""
     if setting != "auto":
         return setting, f"train.select_metric={setting}"
+    if multilabel:
+        return "map", "auto: multi-label data, ranked per class (macro mean average precision)"
     present = [count for count in class_counts or () if count > 0]
     if not present:
         return "acc", "auto: the class counts are unknown before reading the data"
@@ -146,7 +150,9 @@ class LoopState:
         improved = self.best_val_score is None or sign * score > sign * self.best_val_score
         if improved:
             self.best_epoch, self.best_source, self.best_val_score = self.epoch, source, score
-            self.best_val_acc = row["ema_val_acc"] if better_ema else row["val_acc"]
+            accuracy = row.get("ema_val_acc") if better_ema else row.get("val_acc")
+            if accuracy is not None:  # multi-label rows have none
+                self.best_val_acc = accuracy
         self._watch_plateau(sign * score, metric, patience, min_delta)
         return improved
 

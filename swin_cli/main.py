@@ -87,14 +87,16 @@ class _Attempt:
 
 
 def run_mode(cfg: DictConfig, run_dir: RunDir, hydra_cfg: Any, attempt: _Attempt) -> Optional[float]:
-    """Do what cfg.mode says; returns the best validation accuracy (eval: the accuracy) for sweepers."""
+    """Do what cfg.mode says; returns the best validation accuracy (eval: the accuracy; for
+    multi-hot labels mAP) for sweepers."""
     # Imported here: the training stack is only needed once a config has been composed.
     from swin_cli.evaluate import evaluate_checkpoint, predict_folder
     from swin_cli.train import Trainer
 
     mode, path = cfg.mode.value, run_dir.path
     if mode == "eval":
-        return evaluate_checkpoint(cfg, path, hydra_cfg.overrides.task)["acc"]
+        result = evaluate_checkpoint(cfg, path, hydra_cfg.overrides.task)
+        return result["map"] if "map" in result else result["acc"]
     if mode == "summary":  # describe the model and data, train nothing, write nothing
         from swin_cli.summary import describe
 
@@ -122,7 +124,9 @@ def run_mode(cfg: DictConfig, run_dir: RunDir, hydra_cfg: Any, attempt: _Attempt
         return None
     sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
     attempt.trainer = Trainer(cfg, path, hydra_cfg.overrides.task, sweep_dir)
-    return attempt.trainer.fit()["best_val_acc"]
+    results = attempt.trainer.fit()
+    # What a sweeper maximises: validation accuracy, or for multi-hot labels validation mAP.
+    return results["best_val_map"] if "best_val_map" in results else results["best_val_acc"]
 
 
 def end_failed_run(exc: SwinCliError, run_dir: RunDir, stepped: bool) -> NoReturn:

@@ -22,7 +22,7 @@ per-class table holds fractions, as `classification_report` does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,9 +65,10 @@ class Scores:
 ROW_SCORES = ("loss", "acc", "balanced_acc", "macro_f1", "top5_acc")
 
 
-def score_columns(prefix: str, scores: Optional[Scores]) -> dict[str, Optional[float]]:
-    """A metrics row's `<prefix>_<name>` cells; None (an empty CSV cell) without scores."""
-    return {f"{prefix}_{name}": getattr(scores, name) if scores is not None else None for name in ROW_SCORES}
+def score_columns(prefix: str, scores: Optional[Any], names: Sequence[str] = ROW_SCORES) -> dict[str, Optional[float]]:
+    """A metrics row's `<prefix>_<name>` cells (`names`: a multi-label run's are
+    multilabel_metrics.ROW_SCORES); None (an empty CSV cell) without scores."""
+    return {f"{prefix}_{name}": getattr(scores, name) if scores is not None else None for name in names}
 
 
 class ClassificationMeter:

@@ -48,8 +48,11 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> Optional[Path]
 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy (%)")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], marker="o", label="train")
+    # A multi-label run's rows score validation by mAP, which training has no counterpart of.
+    score = ("map", "mAP (%)") if "val_map" in history[0] else ("acc", "accuracy (%)")
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, *score)):
+        if f"train_{key}" in history[0]:
+            ax.plot(epochs, [r[f"train_{key}"] for r in history], marker="o", label="train")
         for prefix, name in (("val", "val"), ("ema_val", "val (EMA)")):
             values = [r.get(f"{prefix}_{key}") for r in history]
             if any(v is not None for v in values):

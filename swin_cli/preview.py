@@ -21,9 +21,12 @@ SHOWN_WEIGHT = 0.1
 
 
 def target_text(target: torch.Tensor, classes: list[str]) -> str:
-    """A class index as its name; class probabilities as "cat .62 + dog .38" (largest first)."""
+    """A class index as its name; a multi-hot row as its names ("cat dog"); class probabilities
+    as "cat .62 + dog .38" (largest first)."""
     if target.ndim == 0:
         return classes[int(target)]
+    if not target.is_floating_point():
+        return " ".join(name for name, yes in zip(classes, target.tolist()) if yes) or "(no labels)"
     weights, index = target.sort(descending=True)
     shown = [(classes[int(i)], float(w)) for w, i in zip(weights, index) if w >= SHOWN_WEIGHT]
     if len(shown) == 1:

@@ -16,9 +16,11 @@ import torch
 
 from swin_cli import atomic_io, class_report, plots, summary
 from swin_cli.build import lr_factor
+from swin_cli.choices import plain
 from swin_cli.errors import SwinCliError
 from swin_cli.loggers import open_trackers
 from swin_cli.metrics import Scores
+from swin_cli.multilabel_metrics import MultiLabelScores
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
@@ -28,6 +30,11 @@ METRIC_FIELDS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_ac
                  # Added with issue 27, after the older columns so that those keep their places.
                  "val_balanced_acc", "val_macro_f1", "val_top5_acc",
                  "ema_val_balanced_acc", "ema_val_macro_f1", "ema_val_top5_acc"]
+# A data.task=multilabel run's columns: per-label training accuracy at 0.5, and the validation
+# scores of multilabel_metrics.py (its F1 at 0.5 until the thresholds are chosen after training).
+MULTILABEL_METRIC_FIELDS = ["epoch", "step", "train_loss", "train_label_acc", "val_loss", "val_map", "val_map_micro",
+                            "val_f1", "ema_val_loss", "ema_val_map", "ema_val_map_micro", "ema_val_f1", "lr",
+                            "epoch_time_s", "data_time_s", "train_img_per_s", "skipped_images"]
 # Fields that depend on wall-clock time; everything else is reproducible bit for bit on CPU.
 TIMING_FIELDS = ("epoch_time_s", "data_time_s", "train_img_per_s")
 # curves.png is redrawn after an epoch at most this often, and always at the end: drawing it
@@ -42,6 +49,7 @@ class RunRecords:
     def __init__(self, cfg: Any, run_dir: Path, sweep_dir: Optional[Path] = None, active: bool = True):
         self.cfg, self.run_dir, self.active = cfg, Path(run_dir), active
         self.trackers = open_trackers(cfg, self.run_dir, sweep_dir) if active else []
+        self.fields = MULTILABEL_METRIC_FIELDS if plain(cfg.data.task) == "multilabel" else METRIC_FIELDS
         self.curves_drawn: Optional[tuple[int, float]] = None  # (rows, monotonic time) of the last drawing
 
     def start(self, model: Any, data: Any, device: torch.device, steps_per_epoch: int, batch_size: int,
@@ -56,7 +64,7 @@ class RunRecords:
         if not self.active:
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=self.fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(history)
         atomic_io.write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
@@ -79,7 +87,7 @@ class RunRecords:
         plots.plot_curves(history, self.run_dir / "curves.png")
         self.curves_drawn = (len(history), time.monotonic())
 
-    def finish(self, results: dict[str, Any], history: list[dict[str, Any]], test: Scores,
+    def finish(self, results: dict[str, Any], history: list[dict[str, Any]], test: Scores | MultiLabelScores,
                total_steps: int, steps_per_epoch: int) -> None:
         """At the end: the plots, per_class.csv, results.json, the trackers' final values."""
         if not self.active:
@@ -89,28 +97,47 @@ class RunRecords:
         lrs = [self.cfg.optimizer.lr * lr_factor(s, self.cfg.scheduler, total_steps, steps_per_epoch)
                for s in range(total_steps)]
         plots.plot_lr(lrs, steps_per_epoch, self.run_dir / "lr.png")
-        plots.plot_confusion(test.confusion.tolist(), results["classes"], self.run_dir / "confusion.png")
-        plots.plot_reliability(test.bins, test.ece, self.run_dir / "reliability.png")
+        if not isinstance(test, MultiLabelScores):  # a confusion matrix and confidence bins need one class per image
+            plots.plot_confusion(test.confusion.tolist(), results["classes"], self.run_dir / "confusion.png")
+            plots.plot_reliability(test.bins, test.ece, self.run_dir / "reliability.png")
         class_report.write_csv(results["test_per_class"], self.run_dir)
         atomic_io.write_text_atomic(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         for tracker in self.trackers:
             tracker.finish(results, self.run_dir)
 
     def final_line(self, results: dict[str, Any]) -> None:
-        best = results["best_val_acc"]
-        best_text = f"{best:.2f}% (epoch {results['best_epoch']})" if best is not None else "n/a"
-        ece = f", ECE {results['test_ece']:.2f}%" if results.get("test_ece") is not None else ""
-        log.info(f"best val acc {best_text} | test acc {results['test_acc']:.2f}%{closing_scores(results)} "
-                 f"(loss {results['test_loss']:.4f}{ece}) | {results['wall_time_s']:.1f}s | {self.run_dir}")
+        multilabel = "test_map" in results
+        if multilabel:
+            test = (f"test mAP {results['test_map']:.2f}% (micro {results['test_map_micro']:.2f}%) "
+                    f"F1 {results['test_f1']:.2f}% (loss {results['test_loss']:.4f})")
+        else:
+            ece = f", ECE {results['test_ece']:.2f}%" if results.get("test_ece") is not None else ""
+            test = (f"test acc {results['test_acc']:.2f}%{closing_scores(results)} "
+                    f"(loss {results['test_loss']:.4f}{ece})")
+        log.info(f"{best_val_text(results)} | {test} | {results['wall_time_s']:.1f}s | {self.run_dir}")
         if results.get("test_per_class") is not None:
-            log.info(class_report.summary_line(results["test_per_class"], results.get("train_class_counts"),
-                                               results["classes"]))
+            counts = results.get("train_label_counts" if multilabel else "train_class_counts")
+            log.info(class_report.summary_line(results["test_per_class"], counts, results["classes"]))
         if self.active:
             log.info(summary.end_panel(self.run_dir))
 
     def abort(self) -> None:
         for tracker in self.trackers:
             tracker.abort()
+
+
+# How the closing line names the metric that chose best.pt (train.select_metric).
+SHORT_METRIC_NAMES = {"acc": "acc", "balanced_acc": "bal", "macro_f1": "macro-F1", "map": "mAP", "loss": "loss"}
+
+
+def best_val_text(results: dict[str, Any]) -> str:
+    """'best val acc 83.33% (epoch 8)', naming the metric that chose best.pt."""
+    metric = results.get("select_metric") or "acc"
+    score = results["best_val_acc"] if metric == "acc" else results.get("best_val_score")
+    if score is None:
+        return f"best val {SHORT_METRIC_NAMES.get(metric, metric)} n/a"
+    value = f"{score:.4f}" if metric == "loss" else f"{score:.2f}%"
+    return f"best val {SHORT_METRIC_NAMES.get(metric, metric)} {value} (epoch {results['best_epoch']})"
 
 
 def closing_scores(results: dict[str, Any]) -> str:
@@ -126,6 +153,25 @@ def closing_scores(results: dict[str, Any]) -> str:
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     width = len(str(epochs))
     data_share = row["data_time_s"] / max(row["epoch_time_s"], 1e-9)
+    train, val = multilabel_scores_text(row) if "val_map" in row else single_label_scores_text(row)
+    return (f"epoch {row['epoch']:>{width}}/{epochs} | {train} | {val} | lr {row['lr']:.2e} | "
+            f"{row['epoch_time_s']:.1f}s (data {data_share:.0%}) {row['train_img_per_s']:.0f} img/s"
+            + (f" | {row['skipped_images']} unreadable skipped" if row.get("skipped_images") else ""))
+
+
+def multilabel_scores_text(row: dict[str, Any]) -> tuple[str, str]:
+    """The epoch line's train and val parts of a multi-label run's row."""
+    train = f"train loss {row['train_loss']:.4f} label acc {row['train_label_acc']:6.2f}%"
+    if row["val_map"] is None:
+        return train, "val n/a"
+    val = f"val loss {row['val_loss']:.4f} map {row['val_map']:5.2f}% f1 {row['val_f1']:5.2f}%"
+    if row.get("ema_val_map") is not None:
+        val += f" (ema map {row['ema_val_map']:5.2f}%)"
+    return train, val
+
+
+def single_label_scores_text(row: dict[str, Any]) -> tuple[str, str]:
+    """The epoch line's train and val parts of a row with one class per image."""
     val = (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:6.2f}%" if row["val_acc"] is not None
            else "val n/a")
     # Rows from before issue 27 (a resumed run's) have no balanced or top-5 accuracy.
@@ -135,11 +181,7 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
         val += f" top5 {row['val_top5_acc']:6.2f}%"
     if row["ema_val_acc"] is not None:
         val += f" (ema {row['ema_val_acc']:6.2f}%)"
-    return (f"epoch {row['epoch']:>{width}}/{epochs} | "
-            f"train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}% | "
-            f"{val} | lr {row['lr']:.2e} | {row['epoch_time_s']:.1f}s (data {data_share:.0%}) "
-            f"{row['train_img_per_s']:.0f} img/s"
-            + (f" | {row['skipped_images']} unreadable skipped" if row.get("skipped_images") else ""))
+    return f"train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2f}%", val
 
 
 def mean(values: list[float]) -> Optional[float]:
@@ -174,8 +216,10 @@ def clean_up_after_a_kill(run_dir: Path) -> None:
 class EpochProgress:
     """A live rich bar on a terminal; nothing on a pipe (the epoch line says it all there)."""
 
-    def __init__(self, enabled: bool, epoch: int, epochs: int, total_steps: int, done_steps: int):
+    def __init__(self, enabled: bool, epoch: int, epochs: int, total_steps: int, done_steps: int,
+                 decisions_per_image: int = 1):
         self.bar = None
+        self.decisions_per_image = decisions_per_image  # multi-hot labels: one per class
         if not enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -192,7 +236,7 @@ class EpochProgress:
             return
         loss_sum, correct, images = sums.tolist()
         seen = max(1, running["seen"] + images)
-        accuracy = 100 * (running["correct"] + correct) / seen
+        accuracy = 100 * (running["correct"] + correct) / (seen * self.decisions_per_image)
         stats = (f"loss {(running['loss'] + loss_sum) / seen:.4f} acc {accuracy:5.2f}% "
                  f"{images / max(seconds, 1e-9):.0f} img/s")
         self.bar.update(self.task, completed=done_steps, stats=stats)

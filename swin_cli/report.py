@@ -27,10 +27,12 @@ COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "test_balan
            "test_top5_acc", "epochs", "wall_time_s", "params", "error"]
 # What a row takes from results.json.
 RESULT_KEYS = ["best_val_acc", "test_acc", "test_balanced_acc", "test_macro_f1", "test_top5_acc", "epochs",
-               "wall_time_s", "params", "select_metric", "best_val_score"]
+               "wall_time_s", "params", "select_metric", "best_val_score", "test_map", "test_f1"]
 # The metric that chose each run's best checkpoint (train.select_metric) and its best value:
 # shown when any run recorded one.
 SELECTED = ["select_metric", "best_val_score"]
+# A multi-label run's test scores (it has no accuracy): shown when any run has them.
+MULTILABEL = ["test_map", "test_f1"]
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -61,7 +63,18 @@ def run_rows(jobs: list[Path]) -> list[dict[str, Any]]:
         else:
             row.update(status="unfinished")
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["status"] != "ok", -(r.get("best_val_acc") or -1.0)))
+    return sorted(rows, key=lambda r: (r["status"] != "ok", _rank(r)))
+
+
+def _rank(row: dict[str, Any]) -> float:
+    """Best first: by the score that chose the run's best.pt (lower first for loss), else by
+    validation accuracy (results from before train.select_metric)."""
+    score = row.get("best_val_score")
+    if score is None:
+        score = row.get("best_val_acc")
+    if score is None:
+        return float("inf")
+    return score if row.get("select_metric") == "loss" else -score
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -71,10 +84,14 @@ def _overrides(run_dir: Path) -> list[str]:
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
     """The table's columns: COLUMNS, and the selected metric's after the status when a run has one."""
-    if not any(row.get("select_metric") is not None for row in rows):
-        return COLUMNS
-    at = COLUMNS.index("status") + 1
-    return COLUMNS[:at] + SELECTED + COLUMNS[at:]
+    shown = list(COLUMNS)
+    if any(row.get("test_map") is not None for row in rows):
+        at = shown.index("test_top5_acc") + 1
+        shown = shown[:at] + MULTILABEL + shown[at:]
+    if any(row.get("select_metric") is not None for row in rows):
+        at = shown.index("status") + 1
+        shown = shown[:at] + SELECTED + shown[at:]
+    return shown
 
 
 def _cell(value: Any) -> str:
@@ -101,6 +118,13 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The printed table's headers, short so that a sweep's row fits a line (the CSV and Markdown
+# files keep the full names).
+SHORT_HEADERS = {"select_metric": "selected by", "best_val_score": "best val", "best_val_acc": "val acc",
+                 "test_acc": "test acc", "test_balanced_acc": "test bal", "test_macro_f1": "test F1",
+                 "test_top5_acc": "test top5", "test_map": "test mAP", "wall_time_s": "time s"}
+
+
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -109,7 +133,8 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     shown = columns(rows)
     for column in shown:
         left = column in ("overrides", "status", "error", "select_metric")
-        table.add_column(column, justify="left" if left else "right")
+        table.add_column(SHORT_HEADERS.get(column, column), justify="left" if left else "right",
+                         no_wrap=column == "overrides")
     for row in rows:
         style = None if row["status"] == "ok" else "red"
         table.add_row(*(_cell(row.get(c)) for c in shown), style=style)

@@ -25,24 +25,38 @@ from swin_cli.config import plain
 from swin_cli.errors import NonFiniteLoss
 from swin_cli.host_memory import keep_freed_memory
 from swin_cli.imbalance import build_imbalanced_loss
+from swin_cli.multilabel_loss import MultiLabelLoss
 from swin_cli.records import PrepTimer
 from swin_cli.update import EMA, ParameterUpdate, match_loaded_optimizer
 
 log = logging.getLogger("swin_cli")
 
 # loss(logits as float32, targets) -> scalar; targets are class indices, or class probabilities
-# when mixing is on.
+# when mixing is on (data.task=multilabel: multi-hot rows, mixed and smoothed when mixing is on).
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_loss(train_cfg: Any, mixing_active: bool, class_counts: Optional[Sequence[int]] = None) -> nn.Module:
+def build_loss(train_cfg: Any, mixing_active: bool, class_counts: Optional[Sequence[int]] = None,
+               multilabel: bool = False, pos_weight: Optional[torch.Tensor] = None) -> nn.Module:
     """The training loss. With mixup/cutmix the targets arrive as class probabilities with the
     label smoothing already folded in, so the loss must not smooth them again. With an imbalance
     option on (train.class_weights, train.logit_adjust_tau), the cross-entropy of
-    swin_cli/imbalance.py, from the training split's `class_counts`."""
+    swin_cli/imbalance.py, from the training split's `class_counts`. multilabel: the BCE of
+    swin_cli/multilabel_loss.py, its positives weighted by `pos_weight` (None: 1)."""
     label_smoothing = 0.0 if mixing_active else train_cfg.label_smoothing
+    if multilabel:
+        return MultiLabelLoss(pos_weight, label_smoothing)
     imbalanced = build_imbalanced_loss(train_cfg, label_smoothing, class_counts) if class_counts is not None else None
     return imbalanced if imbalanced is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """What the training accuracy counts, on the device: images whose top class is the label;
+    for multi-hot labels (B, C), the label decisions right at probability 0.5 (logit 0), a
+    count the Trainer divides by images x classes (per-label accuracy)."""
+    if labels.dim() == 2:
+        return ((logits > 0) == labels.bool()).sum()
+    return (logits.argmax(1) == labels).sum()
 
 
 class TrainStep:
@@ -81,7 +95,7 @@ class TrainStep:
             with sync:
                 loss, logits, y = self._forward_backward(micro_images, micro_labels, weight, position)
             total_loss += loss.detach() * weight
-            correct += (logits.argmax(1) == y).sum()
+            correct += hits(logits, y)
         self.update()
         return total_loss, correct
 
@@ -132,11 +146,13 @@ class TrainStep:
 def build_train_step(cfg: Any, device: torch.device, in_chans: int, num_classes: int, mean: list[float],
                      std: list[float], micro_batch: int, steps_per_epoch: int, total_steps: int,
                      processes: int = 1, pretrained: bool = True,
-                     class_counts: Optional[Sequence[int]] = None) -> TrainStep:
+                     class_counts: Optional[Sequence[int]] = None,
+                     pos_weight: Optional[torch.Tensor] = None) -> TrainStep:
     """The step `cfg` describes, its model on `device` (pretrained: with model.pretrained's
     weights loaded). The model is built first: with the same seed it gets the same weights.
     `class_counts`: the training split's images per class, for the imbalance options (None:
-    taken as equal, e.g. for mode=benchmark's random data)."""
+    taken as equal, e.g. for mode=benchmark's random data). `pos_weight`: data.task=multilabel's
+    per-class positive weights (train.pos_weight; None: 1)."""
     t = cfg.train
     keep_freed_memory()  # a step's large host tensors reuse the last step's pages (host_memory.py)
     compile_mode = plain(t.compile_mode)
@@ -153,6 +169,7 @@ def build_train_step(cfg: Any, device: torch.device, in_chans: int, num_classes:
     # launches (on an H100 the eager pipeline took 13% of a cifar10_swin step).
     prepare_batch = torch.compile(prepare, mode=compile_mode) if t.compile else prepare
     counts = class_counts if class_counts is not None else [1] * num_classes
-    criterion = build_loss(t, prepare.mix.active, counts).to(device)
+    multilabel = plain(cfg.data.task) == "multilabel"
+    criterion = build_loss(t, prepare.mix.active, counts, multilabel, pos_weight).to(device)
     return TrainStep(model, forward_model, update, prepare, prepare_batch, criterion, device,
                      precision, t.channels_last, uses_cuda_graphs(t), micro_batch, processes, t.detect_anomaly)

@@ -139,13 +139,17 @@ def class_lines(cfg: Any, data: Any) -> list[tuple[str, str]]:
     """The training split's images per class and its imbalance ratio, on imbalanced data the keys
     to try (none when the counts are unknown without reading the data), and the metric that picks
     best.pt, with why."""
-    from swin_cli.data.class_counts import class_counts
+    from swin_cli.data.class_counts import class_counts, label_counts
     from swin_cli.imbalance import counts_text, suggestion
     from swin_cli.loop_state import METRIC_NAMES, choose_select_metric
 
     counts = class_counts(data.train, data.num_classes)
-    metric, why = choose_select_metric(plain(cfg.train.select_metric), counts)
+    multilabel = getattr(data, "task", "single") == "multilabel"
+    metric, why = choose_select_metric(plain(cfg.train.select_metric), counts, multilabel)
     selection = [("best.pt", f"by validation {METRIC_NAMES[metric]}; {why}")]
+    if multilabel:  # images per label; the imbalance keys of one class per image do not apply
+        positives = label_counts(data.train)
+        return ([("labels", f"images per class: {counts_text(positives)}")] if positives else []) + selection
     if not counts:
         return selection
     advice = suggestion(cfg, counts)

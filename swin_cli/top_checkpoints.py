@@ -25,6 +25,8 @@ import torch
 
 from swin_cli import atomic_io, checkpoint
 from swin_cli.evaluate import NEW_SCORES
+from swin_cli.multilabel_metrics import RESULT_SCORES as MULTILABEL_SCORES
+from swin_cli.multilabel_metrics import MultiLabelScores
 
 log = logging.getLogger("swin_cli")
 
@@ -186,9 +188,11 @@ def write_average(run_dir: Path, top: Sequence[dict[str, Any]], count: int, weig
 
 
 def average_results(scores: Any) -> dict[str, Any]:
-    """The test scores of average.pt (a metrics.Scores, as the Trainer's evaluator returns it) as
-    results.json keys: test_<metric>_average beside the best weights' test_<metric>."""
-    names = ("acc", "loss", *NEW_SCORES)
+    """The test scores of average.pt (a metrics.Scores, or a MultiLabelScores, as the Trainer's
+    evaluator returns it) as results.json keys: test_<metric>_average beside the best weights'
+    test_<metric>."""
+    multilabel = isinstance(scores, MultiLabelScores)
+    names = ("loss", *MULTILABEL_SCORES) if multilabel else ("acc", "loss", *NEW_SCORES)
     return {f"test_{name}_average": getattr(scores, name) for name in names}
 
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from swin_cli import atomic_io, checkpoint, class_report, distributed, imbalance, top_checkpoints
+from swin_cli import atomic_io, checkpoint, class_report, distributed, imbalance, thresholds, top_checkpoints
 from swin_cli.build import batch_plan, check_pretrained, configure_device, select_device
 from swin_cli.calibration import fit_temperature, from_prior
-from swin_cli.config import plain
+from swin_cli.config import ConfigError, plain
 from swin_cli.config.checkpoint import kept_files
 from swin_cli.data import (
     DataBundle,
@@ -41,21 +41,26 @@ from swin_cli.data import (
     settle_auto,
     step_seed,
 )
-from swin_cli.data.class_counts import class_counts, split_labels
+from swin_cli.data.class_counts import class_counts, label_counts, split_labels
 from swin_cli.errors import NonFiniteLoss
-from swin_cli.evaluate import NEW_SCORES, eval_logits, evaluate_split
+from swin_cli.evaluate import NEW_SCORES, eval_logits, evaluate_split, split_probabilities
 from swin_cli.interrupt import StopRequest, TrainingInterrupted
 from swin_cli.loop_state import HIGHER_IS_BETTER, LoopState, Stop, TimeLimit, choose_select_metric
-from swin_cli.metrics import Scores, score_columns
+from swin_cli.metrics import ROW_SCORES, Scores, score_columns
 from swin_cli.model import count_parameters
+from swin_cli.multilabel_loss import balanced_pos_weight
+from swin_cli.multilabel_metrics import RESULT_SCORES as MULTILABEL_SCORES
+from swin_cli.multilabel_metrics import ROW_SCORES as MULTILABEL_ROW_SCORES
+from swin_cli.multilabel_metrics import MultiLabelScores, scores_from_probabilities
 from swin_cli.records import EpochProgress, RunRecords, clean_up_after_a_kill, prepare_run_dir
 from swin_cli.step import build_train_step
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
-# evaluator(model, split, full) -> Scores (metrics.py); full: the final test (its per-class table is reported)
-Evaluator = Callable[[nn.Module, Split, bool], Scores]
+# evaluator(model, split, full) -> Scores (metrics.py), or with data.task=multilabel MultiLabelScores
+# (multilabel_metrics.py); full: the final test (its per-class table is reported)
+Evaluator = Callable[[nn.Module, Split, bool], Scores | MultiLabelScores]
 # The errors that end a run on purpose, and the stop reason each records in the loop state.
 STOPPING_ERRORS = ((TrainingInterrupted, "signal"), (NonFiniteLoss, "nan_loss"), (LoaderDied, "loader_died"))
 
@@ -94,7 +99,14 @@ class Trainer:
         # the imbalance options' prior, kept in checkpoints for post-hoc adjustment at evaluation.
         self.class_counts = class_counts(self.data.train, self.data.num_classes)
         imbalance.require_counts(cfg, self.class_counts)
-        self.select_metric, _ = choose_select_metric(plain(cfg.train.select_metric), self.class_counts)
+        # data.task=multilabel: labels are multi-hot rows; the class counts above are None and
+        # label_counts (images per class) stand in for them. Each class's decision threshold is
+        # 0.5 until validation chooses it after training (thresholds.py).
+        self.multilabel = self.data.task == "multilabel"
+        self.label_counts = label_counts(self.data.train) if self.multilabel else None
+        self.thresholds = thresholds.defaults(self.data.num_classes) if self.multilabel else None
+        self.select_metric, _ = choose_select_metric(plain(cfg.train.select_metric), self.class_counts,
+                                                     self.multilabel)
         self.sample_weights = (imbalance.sample_weights(split_labels(self.data.train), self.class_counts)
                                if plain(cfg.data.sampler) == "class_balanced" else None)
         # What evaluation scores: eval.logit_adjust_tau's post-hoc offset, and after training
@@ -102,7 +114,7 @@ class Trainer:
         self.calibration = from_prior(self.class_counts, cfg.eval.logit_adjust_tau)
         self.step = build_train_step(cfg, self.device, self.data.in_chans, self.data.num_classes, self.data.mean,
                                      self.data.std, self.batch_size, self.steps_per_epoch, self.total_steps, self.world,
-                                     class_counts=self.class_counts)
+                                     class_counts=self.class_counts, pos_weight=self._pos_weight())
         self.model = self.step.model
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
         self.evaluator: Evaluator = evaluator or self._evaluate
@@ -127,13 +139,22 @@ class Trainer:
     global_step = property(lambda self: self.loop.global_step)
     history = property(lambda self: self.loop.history)
 
-    def _evaluate(self, model: nn.Module, split: Split, full: bool) -> Scores:
+    def _pos_weight(self) -> Optional[torch.Tensor]:
+        """train.pos_weight=balanced: each class's negatives / positives in the training labels."""
+        if plain(self.cfg.train.pos_weight) == "none":
+            return None
+        if self.label_counts is None:
+            raise ConfigError(f"train.pos_weight=balanced needs the training labels, which "
+                              f"data={plain(self.cfg.data.name)} does not hold before reading its images")
+        return balanced_pos_weight(self.label_counts, len(self.data.train))
+
+    def _evaluate(self, model: nn.Module, split: Split, full: bool) -> Scores | MultiLabelScores:
         # Every evaluation counts the same things (a confusion matrix is a few kernels a batch);
         # `full` only says the caller will report the per-class table.
         return evaluate_split(model, split, self.step.prepare.normalize, self.device, eval_batch_size(self.cfg.data),
                               self.data.num_classes, plain(self.cfg.eval.tta), self.step.precision,
                               logit_offset=self.calibration.offset_tensor(self.device),
-                              temperature=self.calibration.temperature)
+                              temperature=self.calibration.temperature, thresholds=self.thresholds)
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -142,6 +163,9 @@ class Trainer:
         return {**checkpoint.header(config, self.signature, self.data.classes, self.data.mean, self.data.std,
                                     self.class_counts),
                 **self.step.state_dict(), **self.loop.to_dict(), "calibration": self.calibration.to_dict(),
+                # Multi-label: the thresholds (0.5 until chosen after training) and the training
+                # images per class (the per-class table's imbalance note in swin-eval).
+                **({"thresholds": list(self.thresholds), "label_counts": self.label_counts} if self.multilabel else {}),
                 "wall_time_s": self.wall_time(),
                 "rng": checkpoint.rng_state()}
 
@@ -225,7 +249,7 @@ class Trainer:
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)
         recent: list[torch.Tensor] = []
         progress = EpochProgress(self.is_main and cfg.log.progress and sys.stdout.isatty(), loop.epoch + 1,
-                                 cfg.epochs, self.steps_per_epoch, loop.step_in_epoch)
+                                 cfg.epochs, self.steps_per_epoch, loop.step_in_epoch, self._decisions_per_image())
         started = time.perf_counter()
         batches = self.data.train.train_batches(plan)
         try:
@@ -266,6 +290,11 @@ class Trainer:
             loss_total, correct_total, seen_total = distributed.sum_(sums).tolist()
             loop.add_to_running(loss_total, int(correct_total), int(seen_total), time.perf_counter() - started)
 
+    def _decisions_per_image(self) -> int:
+        """What a training image adds to the accuracy count (step.hits): 1, or with multi-hot
+        labels one per class (per-label accuracy)."""
+        return self.data.num_classes if self.multilabel else 1
+
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step (TrainStep); returns (mean loss, #correct) as device tensors."""
         return self.step(images, labels, f"step {self.global_step + 1} (epoch {self.epoch + 1})")
@@ -289,10 +318,12 @@ class Trainer:
         has_val = len(self.data.val) > 0
         val = self.evaluator(self.model, self.data.val, False) if has_val else None
         ema_val = self.evaluator(ema.module, self.data.val, False) if has_val and ema else None
+        accuracy = 100.0 * running["correct"] / (seen * self._decisions_per_image())
+        names = MULTILABEL_ROW_SCORES if self.multilabel else ROW_SCORES
         loop.close_epoch({
             "epoch": loop.epoch + 1, "step": loop.global_step, "train_loss": running["loss"] / seen,
-            "train_acc": 100.0 * running["correct"] / seen, **score_columns("val", val),
-            **score_columns("ema_val", ema_val), "lr": float(self.step.scheduler.get_last_lr()[0]),
+            "train_label_acc" if self.multilabel else "train_acc": accuracy, **score_columns("val", val, names),
+            **score_columns("ema_val", ema_val, names), "lr": float(self.step.scheduler.get_last_lr()[0]),
             "epoch_time_s": train_time, "data_time_s": running["data_time"],
             "train_img_per_s": running["seen"] / max(train_time, 1e-9), "skipped_images": len(self.data.skipped)})
         rule = self.cfg.train.early_stopping
@@ -336,11 +367,12 @@ class Trainer:
         best_path, loop = self.run_dir / "best.pt", self.loop
         if best_path.is_file():  # the weights that scored best on validation: raw or EMA
             self.model.load_state_dict(checkpoint.best_weights(checkpoint.load(best_path)))
+        if self.multilabel:
+            self._choose_thresholds()
         uncalibrated = self._calibrate() if self.cfg.eval.calibrate else {}
         test = self.evaluator(self.model, self.data.test, True)
         results = {
-            **loop.results(), "select_metric": self.select_metric, "test_acc": test.acc, "test_loss": test.loss,
-            **{f"test_{key}": getattr(test, key) for key in NEW_SCORES},
+            **loop.results(), "select_metric": self.select_metric, **self._test_scores(test),
             "wall_time_s": round(self.wall_time(), 2),
             "wall_time_this_part_s": round(time.time() - self.start_time, 2),
             "first_step_after_s": round(self.first_step_s, 2) if self.first_step_s is not None else None,
@@ -348,15 +380,58 @@ class Trainer:
             "model": self.cfg.model.name, "data": plain(self.cfg.data.name), "data_root": self.data.where,
             "storage": self.data.storage, "test_split": self.data.test_source, "skipped_images": self.data.skipped,
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
-            "tta": plain(self.cfg.eval.tta), "test_confusion": test.confusion.tolist(),
+            "tta": plain(self.cfg.eval.tta), **self._test_table(test),
             "test_per_class": class_report.named(test.per_class, self.data.classes),
-            "train_class_counts": self.class_counts,  # None when unknown (streamed shards)
+            "train_class_counts": self.class_counts,  # None when unknown (streamed shards), or multi-label
             "calibration": self.calibration.to_dict(), **uncalibrated,
         }
         results.update(self._test_average())
         self.records.finish(results, loop.history, test, self.total_steps, self.steps_per_epoch)
         self.records.final_line(results)
         return results
+
+    def _test_scores(self, test: Any) -> dict[str, Any]:
+        """results.json's test_<metric> keys of the task."""
+        if isinstance(test, MultiLabelScores):
+            return {**{f"test_{key}": getattr(test, key) for key in MULTILABEL_SCORES}, "test_loss": test.loss}
+        return {"test_acc": test.acc, "test_loss": test.loss,
+                **{f"test_{key}": getattr(test, key) for key in NEW_SCORES}}
+
+    def _test_table(self, test: Any) -> dict[str, Any]:
+        """The confusion matrix of one class per image; for multi-hot labels, which have none,
+        the thresholds the test applied, the best epoch's validation mAP and the label counts."""
+        if not isinstance(test, MultiLabelScores):
+            return {"test_confusion": test.confusion.tolist()}
+        best = self.loop.history[self.loop.best_epoch - 1] if self.loop.best_epoch else {}
+        prefix = "ema_val" if self.loop.best_source == "ema" else "val"
+        return {"thresholds": test.thresholds, "best_val_map": best.get(f"{prefix}_map"),
+                "train_label_counts": self.label_counts}
+
+    def _choose_thresholds(self) -> None:
+        """Multi-label: each class's threshold chosen to maximise its F1 on the validation split
+        (the best weights loaded; thresholds.py), kept in best.pt and last.pt for swin-eval,
+        predict and swin-export."""
+        if len(self.data.val) == 0:
+            log.warning("no validation split to choose the per-class thresholds on: every class keeps 0.5")
+            return
+        probs, truth = split_probabilities(self.model, self.data.val, self.step.prepare.normalize, self.device,
+                                           eval_batch_size(self.cfg.data), self.data.num_classes,
+                                           plain(self.cfg.eval.tta), self.step.precision)
+        before = scores_from_probabilities(probs, truth, self.thresholds, 0.0).f1
+        self.thresholds = thresholds.choose(probs, truth)
+        after = scores_from_probabilities(probs, truth, self.thresholds, 0.0).f1
+        self._keep_thresholds("best.pt", "last.pt")
+        log.info(f"per-class thresholds chosen for the best F1 on {plural(len(probs), 'validation image')}: "
+                 f"{thresholds.describe(self.thresholds)}; validation F1 {before:.2f}% at 0.5, {after:.2f}% at them")
+
+    def _keep_thresholds(self, *names: str) -> None:
+        """Write the chosen thresholds into the run dir's checkpoints `names` (those that exist)."""
+        if self.is_main:
+            for path in (self.run_dir / name for name in names):
+                if path.is_file():
+                    state = {key: value for key, value in checkpoint.load(path).items() if key != "path"}
+                    checkpoint.write({**state, "thresholds": list(self.thresholds)}, path)
+        distributed.barrier()
 
     def _calibrate(self) -> dict[str, Any]:
         """eval.calibrate: fit the temperature on the validation split (the best weights loaded),
@@ -395,8 +470,11 @@ class Trainer:
         distributed.barrier()  # average.pt is on disk before any rank reads it
         if not path.is_file():
             return {}
+        if self.multilabel:  # tested at the thresholds chosen for the best weights, and kept with it
+            self._keep_thresholds(top_checkpoints.AVERAGE)
         self.model.load_state_dict(checkpoint.best_weights(checkpoint.load(path)))
         results = top_checkpoints.average_results(self.evaluator(self.model, self.data.test, True))
-        log.info(f"average of the top {min(count, len(self.loop.top))}: test acc {results['test_acc_average']:.2f}% "
-                 f"(loss {results['test_loss_average']:.4f}) | {path}")
+        key, name = ("map", "mAP") if self.multilabel else ("acc", "acc")
+        log.info(f"average of the top {min(count, len(self.loop.top))}: test {name} "
+                 f"{results[f'test_{key}_average']:.2f}% (loss {results['test_loss_average']:.4f}) | {path}")
         return results

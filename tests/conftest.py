@@ -70,3 +70,22 @@ def torchvision_reference(name: str, size: int, randomise=None):
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         return tv.state_dict(), x, tv(x)
+
+
+class IndexedImages:
+    """A stream source of n grey images whose label is their own index (image i has grey level
+    i), so the batches a split yields show the order it read them in."""
+
+    def __init__(self, n: int):
+        self.labels = list(range(n))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, i: int):
+        from PIL import Image
+
+        return Image.new("L", (8, 6), color=i)
+
+    def name(self, i: int) -> str:
+        return f"#{i}"

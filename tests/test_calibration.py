@@ -61,3 +61,16 @@ def test_a_run_with_eval_calibrate_keeps_its_temperature_in_best_pt_and_reports_
     assert calibration.logit_adjust_tau == 0.5 and len(calibration.offset) == 10
     assert LogitCalibration.from_dict(checkpoint.load(tmp_path / "run" / "best.pt")["calibration"]) == calibration
     assert {"test_ece_uncalibrated", "test_nll_uncalibrated", "test_ece", "test_nll"} <= set(results)
+    # swin-eval scores the checkpoint as the run's final test did: offset and temperature applied.
+    from swin_cli.evaluate import evaluate_checkpoint
+
+    (tmp_path / "eval").mkdir()
+    evaluated = evaluate_checkpoint(make_config(*FAST, "mode=eval", f"ckpt={tmp_path / 'run'}"), tmp_path / "eval")
+    assert evaluated["calibration"] == calibration.to_dict()
+    assert evaluated["test_ece"] == pytest.approx(results["test_ece"], abs=1e-4)
+    assert evaluated["test_nll"] == pytest.approx(results["test_nll"], abs=1e-4)
+    # A tau on the command line replaces the saved offset and keeps the fitted temperature.
+    retuned = evaluate_checkpoint(make_config(*FAST, "mode=eval", f"ckpt={tmp_path / 'run'}",
+                                              "eval.logit_adjust_tau=1.0"), tmp_path / "eval")
+    assert retuned["calibration"]["logit_adjust_tau"] == 1.0
+    assert retuned["calibration"]["temperature"] == calibration.temperature

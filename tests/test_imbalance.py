@@ -12,8 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FAST, ROOT, make_config
-from PIL import Image
+from conftest import FAST, ROOT, IndexedImages, make_config
 
 from swin_cli import checkpoint, imbalance
 from swin_cli.config import ConfigError, validate
@@ -144,20 +143,8 @@ def test_ranks_take_disjoint_slices_of_one_balanced_order_in_both_storages():
     index = torch.arange(n)  # a label is the sample's own index, so batches show the order
     weights = imbalance.sample_weights(torch.tensor([0] * 30 + [1] * 10), [30, 10])
 
-    class Indexed:
-        labels = index.tolist()
-
-        def __len__(self):
-            return n
-
-        def read(self, i):
-            return Image.new("L", (8, 6), color=i)
-
-        def name(self, i):
-            return f"#{i}"
-
     memory = ImageSplit(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), index)
-    stream = StreamSplit(Indexed(), RandomResizedCrop(4, 1), channels=1, workers=0, prefetch=1)
+    stream = StreamSplit(IndexedImages(n), RandomResizedCrop(4, 1), channels=1, workers=0, prefetch=1)
     order = EpochPlan(5, 1, rank_images, steps, weights=weights).order(n)
     for split in (memory, stream):
         per_rank = [[y for _, y in split.train_batches(EpochPlan(5, 1, rank_images, steps, 0, rank, world,
@@ -299,3 +286,14 @@ def test_long_tailed_folder_is_symlinks_to_the_first_files(tmp_path, capsys):
     assert (tmp_path / "lt" / "test").is_symlink() and len(list((tmp_path / "lt" / "test" / "b_dog").iterdir())) == 8
     with pytest.raises(SystemExit, match="exists and is not empty"):
         maker.main([str(src), str(tmp_path / "lt")])
+
+
+def test_the_closing_line_names_the_metric_that_chose_best_pt():
+    from swin_cli.records import best_val_text
+
+    row = {"best_val_acc": 48.75, "best_val_score": 41.338, "best_epoch": 9}
+    assert best_val_text({**row, "select_metric": "balanced_acc"}) == "best val bal 41.34% (epoch 9)"
+    assert best_val_text({**row, "select_metric": "acc"}) == "best val acc 48.75% (epoch 9)"
+    assert best_val_text(row) == "best val acc 48.75% (epoch 9)"  # results from before select_metric
+    by_loss = {**row, "select_metric": "loss", "best_val_score": 1.23456}
+    assert best_val_text(by_loss) == "best val loss 1.2346 (epoch 9)"

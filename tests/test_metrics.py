@@ -214,3 +214,15 @@ def test_sweep_table_has_the_new_scores_and_the_selected_metric_when_runs_record
     rows[0].update(select_metric="balanced_acc", best_val_score=41.0)
     markdown = report.to_markdown(rows)
     assert "| select_metric | best_val_score |" in markdown and "| balanced_acc | 41.00 |" in markdown
+    assert "test_map" not in header
+    rows[0].update(test_map=61.5, test_f1=55.0)
+    assert {"test_map", "test_f1"} <= set(report.to_csv(rows).splitlines()[0].split(","))
+
+
+def test_sweep_rows_rank_by_the_score_that_chose_best_pt():
+    ok = {"status": "ok"}
+    rows = [{**ok, "job": "a", "select_metric": "loss", "best_val_score": 0.9},
+            {**ok, "job": "b", "select_metric": "loss", "best_val_score": 0.5},
+            {**ok, "job": "c", "best_val_acc": 70.0}, {**ok, "job": "d", "best_val_acc": 80.0}]
+    ranked = sorted(rows, key=report._rank)
+    assert [r["job"] for r in ranked[:2]] == ["d", "c"] and [r["job"] for r in ranked[2:]] == ["b", "a"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, make_config, run_cli
+from conftest import TINY_MODEL, IndexedImages, make_config, run_cli
 from PIL import Image
 
 from swin_cli import checkpoint
@@ -74,20 +74,7 @@ def test_ranks_read_disjoint_parts_that_cover_the_epoch():
     labels = torch.arange(n)  # a label is the sample's own index
     memory = ImageSplit(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), labels)
 
-    class Indexed:
-        def __init__(self):
-            self.labels = labels.tolist()
-
-        def __len__(self):
-            return n
-
-        def read(self, i):
-            return Image.new("L", (8, 6), color=i)
-
-        def name(self, i):
-            return f"#{i}"
-
-    stream = StreamSplit(Indexed(), RandomResizedCrop(4, 1), channels=1, workers=0, prefetch=1)
+    stream = StreamSplit(IndexedImages(n), RandomResizedCrop(4, 1), channels=1, workers=0, prefetch=1)
     for split in (memory, stream):
         seen = [torch.cat([y for _, y in split.train_batches(EpochPlan(5, 0, rank_images, steps, 0, rank, world))])
                 for rank in range(world)]

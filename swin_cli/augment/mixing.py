@@ -1,5 +1,6 @@
 """Mixup and CutMix on normalised images, with the soft targets they need (label smoothing
-folded in)."""
+folded in). Class indices (B,) become one-hot rows; multi-hot rows (B, C) of data.task=multilabel
+stay multi-hot, so a mixed target is the lam-weighted sum of the two images' label vectors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from swin_cli.multilabel_loss import smoothed
 
 
 class MixBatch:
@@ -32,7 +35,11 @@ class MixBatch:
         return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
 
     def targets(self, labels: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Smoothed one-hot rows: (1 - s) on the label plus s / num_classes everywhere."""
+        """Smoothed one-hot rows: (1 - s) on the label plus s / num_classes everywhere. Multi-hot
+        rows (B, C) are per-class yes/no targets: each is smoothed towards 1/2 instead
+        (multilabel_loss.smoothed), the loss's own rule when mixing is off."""
+        if labels.dim() == 2:
+            return smoothed(labels.to(dtype), self.smoothing)
         # A scatter, not F.one_hot, which reads the labels' range back to the host.
         off = self.smoothing / self.num_classes
         rows = torch.full((len(labels), self.num_classes), off, dtype=dtype, device=labels.device)

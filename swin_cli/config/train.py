@@ -13,11 +13,17 @@ Precision = choices("Precision", "fp32", "bf16", "fp16")
 # torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernels.
 CompileMode = choices("CompileMode", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # What chooses best.pt and drives early stopping; auto: balanced accuracy when the training
-# classes are imbalanced (the largest 3x the smallest or more), else accuracy.
-SelectMetric = choices("SelectMetric", "auto", "acc", "balanced_acc", "macro_f1", "loss")
+# classes are imbalanced (the largest 3x the smallest or more), else accuracy; with
+# data.task=multilabel, map (macro mean average precision).
+SelectMetric = choices("SelectMetric", "auto", "acc", "balanced_acc", "macro_f1", "map", "loss")
+# The metrics that score one class per image; a multi-label run has map and loss instead.
+SINGLE_LABEL_METRICS = ("acc", "balanced_acc", "macro_f1")
 # Per-class loss weights for imbalanced data (swin_cli/imbalance.py): inverse frequency, or the
 # inverse "effective number" of Cui et al. 2019.
 ClassWeights = choices("ClassWeights", "none", "inverse", "effective")
+# data.task=multilabel: the weight of each class's positive term in the BCE loss
+# (swin_cli/multilabel_loss.py); balanced: its negatives / positives in the training labels.
+PosWeight = choices("PosWeight", "none", "balanced")
 
 
 @dataclass
@@ -63,7 +69,8 @@ class TrainConfig:
     # Stop after this many optimizer steps per epoch (None: the whole epoch); for smoke tests.
     max_steps_per_epoch: Optional[int] = None
     # The validation metric that picks best.pt (and the top-k checkpoints) and that early stopping
-    # watches: acc, balanced_acc (mean per-class recall), macro_f1, loss, or auto (see SelectMetric).
+    # watches: acc, balanced_acc (mean per-class recall), macro_f1, map (multi-label: macro mean
+    # average precision), loss, or auto (see SelectMetric).
     select_metric: SelectMetric = SelectMetric.auto
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Minutes of training this process may take: after an epoch, when one more epoch would end
@@ -90,6 +97,10 @@ class TrainConfig:
     class_weight_beta: float = 0.999
     reweight_from_epoch: int = 0
     logit_adjust_tau: Optional[float] = None
+    # data.task=multilabel: weigh each class's positive term of the BCE loss by its negatives /
+    # positives in the training labels (balanced; capped at POS_WEIGHT_CAP in
+    # swin_cli/multilabel_loss.py), so that a rare label is not learnt as "always absent". none: 1.
+    pos_weight: PosWeight = PosWeight.none
 
 
 def check_train(cfg: Any) -> None:
@@ -105,6 +116,34 @@ def check_train(cfg: Any) -> None:
         value = getattr(t, key)
         check(value is None or value >= 1, f"train.{key} must be >= 1 or null (got {value})")
     check_imbalance(t)
+    check_task(cfg)
+
+
+def check_task(cfg: Any) -> None:
+    """Keys that fit one data.task only. A multi-label image has no single class: the options
+    built on one class per image (class weights and priors, the balanced sampler, a softmax
+    temperature, the accuracy metrics) have no meaning there, and pos_weight has none without it."""
+    t, multilabel = cfg.train, plain(cfg.data.task) == "multilabel"
+    metric = plain(t.select_metric)
+    if not multilabel:
+        check(plain(t.pos_weight) == "none",
+              f"train.pos_weight={plain(t.pos_weight)} weighs the positive labels of data.task=multilabel; "
+              "for one class per image use train.class_weights")
+        check(metric != "map", "train.select_metric=map is for data.task=multilabel; use acc, balanced_acc, "
+                               "macro_f1, loss or auto")
+        return
+    balanced = "use train.pos_weight=balanced for rare labels"
+    thresholds = "the per-class thresholds chosen on validation after training take its place"
+    one_class_keys = (
+        (plain(t.class_weights) != "none", f"train.class_weights={plain(t.class_weights)}", balanced),
+        (t.logit_adjust_tau is not None, "train.logit_adjust_tau", balanced),
+        (cfg.eval.logit_adjust_tau is not None, "eval.logit_adjust_tau", thresholds),
+        (plain(cfg.data.sampler) != "uniform", f"data.sampler={plain(cfg.data.sampler)}", balanced),
+        (bool(cfg.eval.calibrate), "eval.calibrate", thresholds),
+        (metric in SINGLE_LABEL_METRICS, f"train.select_metric={metric}", "use map, loss or auto"),
+    )
+    for is_set, key, advice in one_class_keys:
+        check(not is_set, f"{key} needs one class per image, which data.task=multilabel has not: {advice}")
 
 
 def check_imbalance(t: Any) -> None:

@@ -22,7 +22,7 @@ ARTIFACTS = ("results.json", "metrics.csv", "per_class.csv", "curves.png", "lr.p
              "reliability.png")
 # results.json's scalar scores a tracker logs at the end (the epoch rows' val_* come with each epoch).
 FINAL_SCORES = ("test_acc", "test_loss", "test_balanced_acc", "test_macro_f1", "test_top5_acc", "test_ece",
-                "test_nll", "best_val_acc", "best_val_score")
+                "test_nll", "best_val_acc", "best_val_score", "test_map", "test_map_micro", "test_f1", "best_val_map")
 
 
 class MissingExtra(SwinCliError):
