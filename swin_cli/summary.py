@@ -143,12 +143,13 @@ def class_lines(cfg: Any, data: Any) -> list[tuple[str, str]]:
     from swin_cli.imbalance import counts_text, suggestion
     from swin_cli.loop_state import METRIC_NAMES, choose_select_metric
 
-    counts = class_counts(data.train, data.num_classes)
+    train = getattr(data, "train", None)  # a data set that cannot list its training split has no counts
+    counts = class_counts(train, data.num_classes) if train is not None else None
     multilabel = getattr(data, "task", "single") == "multilabel"
     metric, why = choose_select_metric(plain(cfg.train.select_metric), counts, multilabel)
     selection = [("best.pt", f"by validation {METRIC_NAMES[metric]}; {why}")]
     if multilabel:  # images per label; the imbalance keys of one class per image do not apply
-        positives = label_counts(data.train)
+        positives = label_counts(train) if train is not None else None
         return ([("labels", f"images per class: {counts_text(positives)}")] if positives else []) + selection
     if not counts:
         return selection

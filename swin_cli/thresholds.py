@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from swin_cli.errors import SwinCliError
+from swin_cli.text import plural
 
 # The threshold of a class nothing was chosen for (no validation split, no validation positives):
 # the probability at which a yes and a no are equally likely.
@@ -60,7 +61,7 @@ def checked(values: Optional[Sequence[Any]], num_classes: int, where: str) -> li
         return defaults(num_classes)
     values = list(values)
     if len(values) != num_classes:
-        raise SwinCliError(f"{where} holds {len(values)} thresholds for its {num_classes} classes; "
+        raise SwinCliError(f"{where} holds {plural(len(values), 'threshold')} for its {plural(num_classes, 'class')}; "
                            f"it needs one per class (retrain, or remove its thresholds key for 0.5 each)")
     bad = [v for v in values if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0]
     if bad:

@@ -27,6 +27,7 @@ from swin_cli import atomic_io, checkpoint
 from swin_cli.evaluate import NEW_SCORES
 from swin_cli.multilabel_metrics import RESULT_SCORES as MULTILABEL_SCORES
 from swin_cli.multilabel_metrics import MultiLabelScores
+from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
@@ -179,7 +180,7 @@ def write_average(run_dir: Path, top: Sequence[dict[str, Any]], count: int, weig
         log.warning("warning: checkpoint.average: no top checkpoints were kept; nothing to average")
         return None
     if len(chosen) < count:
-        log.info(f"checkpoint.average={count}: only {len(chosen)} epochs were kept; averaging those")
+        log.info(f"checkpoint.average={count}: only {plural(len(chosen), 'epoch')} kept; averaging those")
     path = Path(run_dir) / AVERAGE
     checkpoint.write(average_checkpoint([Path(run_dir) / e["file"] for e in chosen], weights), path)
     epochs = ", ".join(str(e["epoch"]) for e in chosen)

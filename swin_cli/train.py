@@ -453,7 +453,8 @@ class Trainer:
             checkpoint.write({**best, "calibration": self.calibration.to_dict()}, best_path)
         distributed.barrier()
         log.info(f"temperature scaling: T = {temperature:.3f}, fitted on "
-                 f"{plural(len(self.data.val), 'validation image')}")
+                 f"{plural(len(self.data.val), 'validation image')}; test before it: ECE {before.ece:.2f}%, "
+                 f"NLL {before.nll:.4f} (after it: the line below)")
         return {"test_ece_uncalibrated": before.ece, "test_nll_uncalibrated": before.nll}
 
     def _test_average(self) -> dict[str, Any]:

@@ -232,7 +232,10 @@ def load(cfg: Any) -> SourceData:
     found = {key: _samples(cfg, key, table, index_of, classes) for key, table in tables.items()}
     train, val, test = found["train_table"], found.get("val_table"), found.get("test_table")
     channels = guess_channels(train.read(0))
-    where, task = train.where, "multilabel" if multilabel(cfg) else "single"
+    # Log lines read "<where> test": the tables' folder says that, where the train table's path would not.
+    folders = {str(Path(str(cfg.get(key))).expanduser().resolve().parent) for key in tables}
+    where = folders.pop() if len(folders) == 1 else train.where
+    task = "multilabel" if multilabel(cfg) else "single"
     if test is None:  # train and val tables only: the val table becomes the test split
         log.info(f"data: no data.test_table, so the final test is on data.val_table={cfg.get('val_table')} "
                  f"(validation holds out data.val_fraction of train instead)")

@@ -19,6 +19,8 @@ from typing import Iterator, Optional, Protocol
 import torch
 from torch import Tensor
 
+from swin_cli.text import plural
+
 Batch = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W), int64 labels (N,) or uint8 multi-hot (N, classes)
 
 
@@ -63,7 +65,7 @@ class EpochPlan:
             order = torch.arange(n)
         elif self.weights is not None:
             if len(self.weights) != n:
-                raise ValueError(f"{len(self.weights)} sampling weights for a split of {n} images")
+                raise ValueError(f"{len(self.weights)} sampling weights for a split of {plural(n, 'image')}")
             order = weighted_epoch_order(self.weights, self.seed, self.epoch)
         else:
             order = epoch_order(n, self.seed, self.epoch)
