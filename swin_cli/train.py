@@ -426,11 +426,16 @@ class Trainer:
 
     def _keep_thresholds(self, *names: str) -> None:
         """Write the chosen thresholds into the run dir's checkpoints `names` (those that exist)."""
+        self._amend_checkpoints({"thresholds": list(self.thresholds)}, *names)
+
+    def _amend_checkpoints(self, values: dict[str, Any], *names: str) -> None:
+        """Set `values` in the run dir's checkpoints `names` (those that exist), rewritten
+        atomically by the main process; every rank waits until they are on disk."""
         if self.is_main:
             for path in (self.run_dir / name for name in names):
                 if path.is_file():
                     state = {key: value for key, value in checkpoint.load(path).items() if key != "path"}
-                    checkpoint.write({**state, "thresholds": list(self.thresholds)}, path)
+                    checkpoint.write({**state, **values}, path)
         distributed.barrier()
 
     def _calibrate(self) -> dict[str, Any]:
@@ -447,11 +452,8 @@ class Trainer:
         labels = torch.cat([labels for _, labels in batches])
         temperature = fit_temperature(logits - offset if offset is not None else logits, labels, self.device)
         self.calibration = self.calibration.with_temperature(temperature)
-        best_path = self.run_dir / "best.pt"
-        if self.is_main and best_path.is_file():  # swin-eval, predict and export score as the test does
-            best = {key: value for key, value in checkpoint.load(best_path).items() if key != "path"}
-            checkpoint.write({**best, "calibration": self.calibration.to_dict()}, best_path)
-        distributed.barrier()
+        # swin-eval, predict and export score as the test does.
+        self._amend_checkpoints({"calibration": self.calibration.to_dict()}, "best.pt")
         log.info(f"temperature scaling: T = {temperature:.3f}, fitted on "
                  f"{plural(len(self.data.val), 'validation image')}; test before it: ECE {before.ece:.2f}%, "
                  f"NLL {before.nll:.4f} (after it: the line below)")
