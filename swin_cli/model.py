@@ -11,15 +11,23 @@ V2 changes three things and keeps everything else (shifted windows, masks, paddi
     after its projection. Together these keep activations from growing with depth.
 
 Tensors inside the network are channels-last, (B, H, W, C), so LayerNorm / Linear act on the last
-dim with no transposes. Everything that depends only on geometry (window size, shift, padding,
-the shifted-window mask, the relative-position index) is computed once at construction from
-image_size / patch_size; forward only does tensor work.
+dim with no transposes.
 
-One deliberate difference from torchvision: when a stage's feature map fits inside one window
-(H <= M and W <= M) the window is clamped to the map (M_eff = max(H, W)) and the stage never
-shifts. torchvision instead pads the map up to M, so padded zero tokens take part in attention.
-At 224px / window 7 (maps 56, 28, 14, 7) and at V2's 256px / window 8 (64, 32, 16, 8) the two
-agree exactly.
+Any input H x W that the patch size divides runs, square or not. What depends only on geometry
+(padding to a multiple of the window, the shifts, the shifted-window mask) is computed once per
+input size and kept: at construction for image_size, and on the first eager call at any other
+size (or ahead of time with `prepare_input_size`). Forward then only does tensor work, and a
+compiled model sees the same constants at every step of a size. A map that a window does not tile
+is padded to a multiple of the window, as the paper's code does; a dim that fits in one padded
+window is not shifted.
+
+One deliberate difference from torchvision: when a stage's feature map at the built image_size
+fits inside one window (H <= M and W <= M) the window is clamped to the map (M_eff = max(H, W))
+and the stage never shifts. torchvision instead pads the map up to M, so padded zero tokens take
+part in attention. The clamp is architecture (it sizes the position-bias tables), so it is fixed
+at construction; other input sizes pad to the clamped window. At 224px / window 7 (maps 56, 28,
+14, 7) and at V2's 256px / window 8 (64, 32, 16, 8), the clamp never applies and the two agree
+exactly at any input size.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from swin_cli.sizes import SizeError, hw, size_text
 from swin_cli.text import plural
 
 __all__ = [
@@ -179,24 +188,36 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
         self._init_position_bias()
 
-        # The configured resolution is the one every training step sees: precompute it all.
+        # Per map size: (pad_bottom, pad_right, shift_h, shift_w, the mask buffer's name or None).
+        # Masks are buffers so that they follow the module to its device; non-persistent, so the
+        # state_dict does not depend on which sizes a model has met.
+        self.sizes: dict[tuple[int, int], tuple[int, int, int, int, Optional[str]]] = {}
         self.resolution = resolution
-        self.geometry = window_geometry(*resolution, window, shift)
-        pad_b, pad_r, shift_h, shift_w = self.geometry
-        mask = shifted_window_mask(resolution[0] + pad_b, resolution[1] + pad_r, window, shift_h, shift_w)
-        self.register_buffer("attn_mask", mask, persistent=False)
-        # Other resolutions (e.g. evaluating at a different size) are computed once and kept.
-        self._other: dict[tuple, tuple[int, int, int, int, Optional[Tensor]]] = {}
+        self.prepare(*resolution)
+        self.geometry = self.sizes[resolution][:4]
 
-    def _geometry_for(self, height: int, width: int, device: torch.device, dtype: torch.dtype):
-        key = (height, width, device, dtype)
-        if key not in self._other:
+    def prepare(self, height: int, width: int) -> None:
+        """Compute and keep the padding, shifts and mask of an H x W map (once per size)."""
+        if (height, width) in self.sizes:
+            return
+        pad_b, pad_r, shift_h, shift_w = window_geometry(height, width, self.window, self.shift)
+        mask = shifted_window_mask(height + pad_b, width + pad_r, self.window, shift_h, shift_w)
+        # The built resolution's mask keeps its historical name (weight converters drop it).
+        name = "attn_mask" if (height, width) == self.resolution else f"attn_mask_{height}x{width}"
+        if mask is not None:
+            mask = mask.to(self.relative_position_index.device)
+        self.register_buffer(name, mask, persistent=False)
+        self.sizes[(height, width)] = (pad_b, pad_r, shift_h, shift_w, name if mask is not None else None)
+
+    def _geometry(self, height: int, width: int, device: torch.device):
+        """The kept geometry of an H x W map. A size first met inside a compiled graph is computed
+        there and not kept: storing it would change what the graph was traced against."""
+        if (height, width) not in self.sizes:
             pad_b, pad_r, shift_h, shift_w = window_geometry(height, width, self.window, self.shift)
             mask = shifted_window_mask(height + pad_b, width + pad_r, self.window, shift_h, shift_w)
-            if mask is not None:
-                mask = mask.to(device=device, dtype=dtype)
-            self._other[key] = (pad_b, pad_r, shift_h, shift_w, mask)
-        return self._other[key]
+            return pad_b, pad_r, shift_h, shift_w, None if mask is None else mask.to(device)
+        pad_b, pad_r, shift_h, shift_w, name = self.sizes[(height, width)]
+        return pad_b, pad_r, shift_h, shift_w, None if name is None else getattr(self, name)
 
     # The four methods below are what WindowAttentionV2 overrides; the rest is shared.
 
@@ -222,11 +243,8 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
-        if (H, W) == self.resolution:
-            pad_b, pad_r, shift_h, shift_w = self.geometry
-            mask = self.attn_mask
-        else:
-            pad_b, pad_r, shift_h, shift_w, mask = self._geometry_for(H, W, x.device, x.dtype)
+        # int(): under TorchScript tracing the dims are tensors; a trace is made for one size.
+        pad_b, pad_r, shift_h, shift_w, mask = self._geometry(int(H), int(W), x.device)
         M, N, heads, hd = self.window, self.tokens, self.num_heads, self.head_dim
 
         if pad_b or pad_r:
@@ -413,7 +431,11 @@ class Stage(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    def __init__(self, *, image_size: int, patch_size: int, in_chans: int, num_classes: int,
+    """`image_size`: one int for a square, or (H, W). It sizes the windows (a stage whose map fits
+    in one window gets a window the map's size) and the geometry kept from the start; the model
+    runs at any other size the patch divides."""
+
+    def __init__(self, *, image_size: int | tuple[int, int], patch_size: int, in_chans: int, num_classes: int,
                  embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, patch_norm: bool = True,
@@ -428,26 +450,28 @@ class SwinTransformer(nn.Module):
         if problem:
             raise ValueError(problem)
         self.attn_impl, self.version = attn_impl, version
+        self.image_size, self.patch_size = hw(image_size), patch_size
         block_cls, merge_cls = (SwinBlock, PatchMerging) if version == 1 else (SwinBlockV2, PatchMergingV2)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm, stem, stem_convs)
         total = sum(depths)
-        res = image_size // patch_size
+        maps = stage_maps(self.image_size, patch_size, len(depths))
         stages, k = [], 0
-        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+        for i, (depth, heads, res) in enumerate(zip(depths, num_heads, maps)):
             dim = embed_dim * 2**i
-            # A map that fits in one window gets a window exactly its size and no shift.
-            window = min(window_size, res)
-            shift = window // 2 if res > window_size else 0
+            # A map that fits in one window gets a window exactly its size. Odd blocks always
+            # carry a shift: each input size's geometry drops it along a dim that one window
+            # covers (no shift at the built size, a shift along W at 7 x 9, as torchvision does).
+            window = min(window_size, max(res))
+            shift = window // 2
             blocks = []
             for j in range(depth):
                 blocks.append(block_cls(
-                    dim, heads, window, shift if j % 2 else 0, (res, res), mlp_ratio, qkv_bias,
+                    dim, heads, window, shift if j % 2 else 0, res, mlp_ratio, qkv_bias,
                     drop_rate, attn_drop_rate, drop_path_rate * k / max(total - 1, 1), attn_impl))
                 k += 1
             last = i == len(depths) - 1
             stages.append(Stage(blocks, None if last else merge_cls(dim), grad_checkpointing))
-            res = (res + 1) // 2  # merging pads odd maps by one
         self.stages = nn.ModuleList(stages)
 
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
@@ -455,7 +479,21 @@ class SwinTransformer(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
 
+    def prepare_input_size(self, size: int | tuple[int, int]) -> None:
+        """Compute and keep every block's window geometry for inputs of `size` (int or (H, W)).
+        Eager calls do this by themselves; call it before a compiled model first meets a size,
+        so that its graph is traced against the kept geometry (one graph per size)."""
+        height, width = hw(size, "the input size")
+        if height % self.patch_size or width % self.patch_size:
+            raise SizeError(f"an input of {size_text((height, width))} is not divisible by "
+                            f"model.patch_size={self.patch_size}")
+        for stage, res in zip(self.stages, stage_maps((height, width), self.patch_size, len(self.stages))):
+            for block in stage.blocks:
+                block.attn.prepare(*res)
+
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.compiler.is_compiling():
+            self.prepare_input_size((int(x.shape[-2]), int(x.shape[-1])))
         x = self.patch_embed(x)
         for stage in self.stages:
             x = stage(x)
@@ -493,7 +531,7 @@ class SwinTransformer(nn.Module):
             summary.append({
                 "resolution": attns[0].resolution,
                 "window": attns[0].window,
-                "shift": max(a.shift for a in attns),
+                "shift": max(max(a.geometry[2:]) for a in attns),
                 "heads": attns[0].num_heads,
                 "dim": attns[0].num_heads * attns[0].head_dim,
                 "depth": len(attns),
@@ -502,13 +540,28 @@ class SwinTransformer(nn.Module):
         return summary
 
 
-def architecture_problem(*, image_size: int, patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
-                         depths: Sequence[int], num_heads: Sequence[int], window_size: int, mlp_ratio: float = 4.0,
-                         attn_impl: str = "math", stem: str = "patch", stem_convs: int = 1,
+def stage_maps(image_size: tuple[int, int], patch_size: int, stages: int) -> list[tuple[int, int]]:
+    """Each stage's token map (h, w) for an input of image_size: the patch grid, then halved per
+    stage, odd maps padded by one before merging."""
+    h, w = image_size[0] // patch_size, image_size[1] // patch_size
+    maps = []
+    for _ in range(stages):
+        maps.append((h, w))
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return maps
+
+
+def architecture_problem(*, image_size: int | tuple[int, int], patch_size: int, in_chans: int, num_classes: int,
+                         embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
+                         mlp_ratio: float = 4.0, attn_impl: str = "math", stem: str = "patch", stem_convs: int = 1,
                          version: int = 1) -> Optional[str]:
     """Why these hyperparameters cannot make a Swin, or None. The one home of these rules: the
     config check and the constructor both ask here, so the message names the config key."""
     depths, num_heads = list(depths), list(num_heads)
+    try:
+        height, width = hw(image_size)
+    except SizeError as error:
+        return str(error)
     rules = [
         (version in (1, 2), f"model.version must be 1 or 2 (got {version})"),
         (patch_size >= 1, f"model.patch_size must be >= 1 (got {patch_size})"),
@@ -520,9 +573,8 @@ def architecture_problem(*, image_size: int, patch_size: int, in_chans: int, num
          f"model.depths must be a non-empty list of positive ints (got {depths})"),
         (len(depths) == len(num_heads), f"model.depths and model.num_heads must have the same length "
                                         f"(got {plural(len(depths), 'stage')} of depth and {len(num_heads)} of heads)"),
-        (image_size >= 1, f"data.image_size must be >= 1 (got {image_size})"),
-        (patch_size < 1 or image_size % patch_size == 0,
-         f"data.image_size={image_size} is not divisible by model.patch_size={patch_size}"),
+        (patch_size < 1 or (height % patch_size == 0 and width % patch_size == 0),
+         f"data.image_size={size_text((height, width), unit='')} is not divisible by model.patch_size={patch_size}"),
         (in_chans >= 1, f"data.channels must be >= 1 (got {in_chans})"),
         (num_classes >= 0, f"the number of classes must be >= 0 (got {num_classes})"),
         (attn_impl in ("sdpa", "math"), f"model.attn_impl must be sdpa or math (got {attn_impl!r})"),

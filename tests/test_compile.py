@@ -44,6 +44,24 @@ def test_forward_and_backward_compile_to_one_graph_without_breaks(version, attn_
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_a_model_that_meets_k_input_sizes_compiles_k_graphs():
+    """Square and non-square sizes, each met several times and in training (forward and backward):
+    every size is one graph, and the compiled logits equal eager ones."""
+    from swin_cli.model import SwinTransformer
+
+    torch._dynamo.reset()
+    model = SwinTransformer(**{**TINY, "drop_path_rate": 0.0}).train()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter)
+    sizes = [(16, 16), (24, 16), (16, 16), (12, 20), (24, 16), (12, 20), (16, 16)]
+    for height, width in sizes:
+        x = torch.randn(2, 3, height, width)
+        out = compiled(x)
+        F.cross_entropy(out, torch.arange(2)).backward()
+        assert torch.allclose(out, model(x), atol=1e-5)
+    assert counter.frame_count == 3
+
+
 def test_compile_mode_reaches_torch_compile(monkeypatch):
     seen = []
     monkeypatch.setattr(torch, "compile", lambda module, mode=None: seen.append(mode) or module)

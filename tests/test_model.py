@@ -46,6 +46,36 @@ def test_torchvision_weights_give_torchvision_logits(tv_swin_t, attn_impl):
     assert (out - ref).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("built", [224, (224, 288)])
+def test_non_square_inputs_give_torchvision_logits(tv_swin_t, built):
+    """torchvision computes masks and paddings per call; ours keeps them per size. At 224 x 288
+    (maps 56x72 ... 7x9: the last stage pads its width to 14 and shifts along it alone) and at
+    160 x 96 (maps 40x24 ... 5x3: padded to one window, never shifted) the logits agree, whether
+    the model was built at 224 or at the box itself."""
+    tv_state = tv_swin_t[0]
+    tv = torchvision.models.swin_t(weights=None).eval()
+    tv.load_state_dict(tv_state)
+    model = SwinTransformer(**{**SWIN_T, "image_size": built}).eval()
+    model.load_state_dict(torchvision_to_ours(tv_state), strict=True)
+    torch.manual_seed(3)
+    for height, width in [(224, 288), (160, 96)]:
+        x = torch.randn(1, 3, height, width)
+        with torch.no_grad():
+            assert (model(x) - tv(x)).abs().max().item() <= 1e-4, (height, width)
+    last = model.stages[-1].blocks[1].attn
+    assert last.sizes[(7, 9)][:4] == (0, 5, 0, 3)
+
+
+def test_a_size_the_patch_does_not_divide_is_one_line():
+    from swin_cli.sizes import SizeError
+
+    model = build()
+    with pytest.raises(SizeError, match=r"an input of 31x32 px is not divisible by model.patch_size=2"):
+        model.prepare_input_size((31, 32))
+    with pytest.raises(ValueError, match=r"data.image_size=30x32 is not divisible by model.patch_size=4"):
+        SwinTransformer(**{**NANO, "image_size": (30, 32), "patch_size": 4})
+
+
 def test_our_weights_load_strictly_into_torchvision(tv_swin_t):
     x = tv_swin_t[1][:1]
     torch.manual_seed(1)
@@ -189,7 +219,7 @@ def test_other_resolution_is_computed_once_and_matches_a_model_built_for_it():
         a, b = at32(x), at32(x)
         ref = at48(x)
     assert torch.allclose(a, ref, atol=1e-5) and torch.equal(a, b)
-    assert len(at32.stages[0].blocks[1].attn._other) == 1  # cached once, reused on the second call
+    assert list(at32.stages[0].blocks[1].attn.sizes) == [(16, 16), (24, 24)]  # kept once, reused on the second call
 
 
 # ----------------------------------------------------------------------------- odd geometries
