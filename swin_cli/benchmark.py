@@ -31,6 +31,7 @@ from swin_cli.data import settle_auto
 from swin_cli.model import count_parameters
 from swin_cli.peaks import device_peak, matmul_dtype
 from swin_cli.profiling import format_top_ops, profile_steps
+from swin_cli.sizes import hw, plain_size, size_text
 from swin_cli.step import build_train_step
 from swin_cli.summary import device_name, forward_flops
 from swin_cli.text import plural
@@ -104,12 +105,12 @@ class BenchmarkRun:
                                      [0.25] * channels, self.batch, total, total, pretrained=False)
         self._make_pool(cfg.data.image_size, cfg.data.on_device)
 
-    def _make_pool(self, size: int, on_device: bool) -> None:
+    def _make_pool(self, size: Any, on_device: bool) -> None:
         # Where a training run keeps its uint8 data: in GPU memory (data.on_device) or pinned host
         # memory copied per batch.
         where = self.device if self.device.type != "cuda" or on_device else torch.device("cpu")
         n = POOL_BATCHES * self.batch
-        self.images = torch.randint(0, 256, (n, self.in_chans, size, size), dtype=torch.uint8, device=where)
+        self.images = torch.randint(0, 256, (n, self.in_chans, *hw(size)), dtype=torch.uint8, device=where)
         self.labels = torch.randint(0, self.num_classes, (n,), device=where)
         if plain(self.cfg.data.task) == "multilabel":  # the multi-hot rows such a run trains on
             self.labels = (torch.rand((n, self.num_classes), device=where) < 0.5).to(torch.uint8)
@@ -187,7 +188,7 @@ def run_benchmark(cfg: Any, run_dir: Path) -> dict[str, Any]:
     run = BenchmarkRun(cfg)
     device, batch, step = run.device, run.batch, run.step
     name = device_name(device)
-    log.info(f"benchmark: {cfg.model.name} at {cfg.data.image_size} px, batch {batch}, {step.precision}"
+    log.info(f"benchmark: {cfg.model.name} at {size_text(cfg.data.image_size)}, batch {batch}, {step.precision}"
              f"{', compiled (' + plain(cfg.train.compile_mode) + ')' if cfg.train.compile else ''} on {name}: "
              f"{b.warmup_steps} warm-up + {b.steps} timed steps")
     times = time_steps(run, b.warmup_steps, b.steps)
@@ -202,7 +203,8 @@ def run_benchmark(cfg: Any, run_dir: Path) -> dict[str, Any]:
     infer_tflops = flops * infer_ips / 1e12
     result: dict[str, Any] = {
         "device": name, "device_type": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "model": cfg.model.name, "params": count_parameters(step.model), "image_size": cfg.data.image_size,
+        "model": cfg.model.name, "params": count_parameters(step.model),
+        "image_size": plain_size(cfg.data.image_size),
         "in_chans": run.in_chans, "num_classes": run.num_classes, "batch_size": batch,
         "precision": step.precision, "compile": bool(cfg.train.compile), "compile_mode": plain(cfg.train.compile_mode),
         "channels_last": bool(cfg.train.channels_last), "grad_checkpointing": bool(cfg.model.grad_checkpointing),

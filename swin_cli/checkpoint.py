@@ -20,6 +20,7 @@ from swin_cli import __version__, atomic_io
 # Re-exported until export.py and tests/test_cli.py import them from atomic_io.
 from swin_cli.config import ConfigError, plain
 from swin_cli.errors import SwinCliError
+from swin_cli.sizes import plain_size
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
@@ -176,6 +177,9 @@ def shape_signature(cfg: Any, in_chans: int, num_classes: int) -> dict[str, Any]
             values[key] = in_chans
         elif key == "num_classes":
             values[key] = num_classes
+        elif key == "data.image_size":  # 32 and [32, 32] are one size; a box is stored as [H, W]
+            size = plain_size(cfg.data.image_size)
+            values[key] = list(size) if isinstance(size, tuple) else size
         else:
             group, name = key.split(".")
             value = plain(cfg[group][name])

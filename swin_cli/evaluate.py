@@ -32,6 +32,7 @@ from swin_cli.errors import SwinCliError
 from swin_cli.metrics import ClassificationMeter, Scores
 from swin_cli.multilabel_metrics import RESULT_SCORES as MULTILABEL_SCORES
 from swin_cli.multilabel_metrics import MultiLabelMeter, MultiLabelScores
+from swin_cli.sizes import hw, size_text
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
@@ -141,23 +142,10 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) 
     the data the command line names): eval.json, and its per-class table as per_class.csv."""
     model, state, device = _load_model(cfg)
     data_cfg = checkpoint_data_config(cfg, state, overrides)
-    data = load_data(data_cfg, device)
-    name = plain(data_cfg.name)
-    if data.classes != state["classes"]:
-        raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
-                           f"but data={name} has {data.classes[:5]}...")
-    task = checkpoint_task(state)
-    if data.task != task:
-        raise SwinCliError(f"the checkpoint was trained with data.task={task} but data={name} is read with "
-                           f"data.task={data.task}: add data.task={task}")
-    multilabel = task == "multilabel"
-    chosen = thresholds.checked(state.get("thresholds"), len(data.classes), state["path"]) if multilabel else None
-    split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
-    calibration = scoring_calibration(cfg, state, data)
-    scores = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
-                            eval_batch_size(data_cfg), len(data.classes), tta=plain(cfg.eval.tta),
-                            logit_offset=calibration.offset_tensor(device), temperature=calibration.temperature,
-                            thresholds=chosen)
+    if cfg.eval.image_sizes is not None:
+        return evaluate_at_sizes(cfg, run_dir, model, state, device, data_cfg)
+    scores, data, split, calibration, chosen = _score_checkpoint(cfg, model, state, device, data_cfg)
+    name, multilabel = plain(data_cfg.name), chosen is not None
     shown = cfg.eval_split
     if shown == "test" and data.test_source != "test":
         shown = f"test (the {data.test_source}/ folder)"
@@ -181,6 +169,67 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) 
     counts = state.get("label_counts" if multilabel else "class_counts")
     log.info(class_report.summary_line(per_class, counts, data.classes))
     log.info(f"wrote {out} and {table.name}")
+    return result
+
+
+def _score_checkpoint(cfg: Any, model: nn.Module, state: dict[str, Any], device: torch.device,
+                      data_cfg: Any) -> tuple[Any, Any, Split, LogitCalibration, Optional[list[float]]]:
+    """(scores, data, the scored split, the calibration applied, a multi-label model's thresholds
+    or None) of the checkpoint's model on cfg.eval_split of `data_cfg`'s data."""
+    data = load_data(data_cfg, device)
+    name = plain(data_cfg.name)
+    if data.classes != state["classes"]:
+        raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
+                           f"but data={name} has {data.classes[:5]}...")
+    task = checkpoint_task(state)
+    if data.task != task:
+        raise SwinCliError(f"the checkpoint was trained with data.task={task} but data={name} is read with "
+                           f"data.task={data.task}: add data.task={task}")
+    chosen = (thresholds.checked(state.get("thresholds"), len(data.classes), state["path"])
+              if task == "multilabel" else None)
+    split = {"train": data.train, "val": data.val, "test": data.test}[cfg.eval_split]
+    calibration = scoring_calibration(cfg, state, data)
+    scores = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
+                            eval_batch_size(data_cfg), len(data.classes), tta=plain(cfg.eval.tta),
+                            logit_offset=calibration.offset_tensor(device), temperature=calibration.temperature,
+                            thresholds=chosen)
+    return scores, data, split, calibration, chosen
+
+
+def evaluate_at_sizes(cfg: Any, run_dir: Path, model: nn.Module, state: dict[str, Any], device: torch.device,
+                      data_cfg: Any) -> dict[str, Any]:
+    """swin-eval eval.image_sizes=[...]: the checkpoint scored at each input size (the eval view
+    resizes and crops to it; the model's windows follow), a row per size, and the best named.
+    Models trained on random-resized crops often score best a little above their training size
+    (Touvron et al. 2019, "Fixing the train-test resolution discrepancy")."""
+    trained = hw(state["signature"]["data.image_size"])
+    sizes = [hw(size, f"eval.image_sizes[{i}]") for i, size in enumerate(cfg.eval.image_sizes)]
+    for size in sizes:  # all checked before any decoding
+        if size[0] % model.patch_size or size[1] % model.patch_size:
+            raise SwinCliError(f"eval.image_sizes: {size_text(size)} is not divisible by the checkpoint's "
+                               f"model.patch_size={model.patch_size}")
+    rows, key = [], None
+    for size in sizes:
+        sized = OmegaConf.merge(data_cfg, {"image_size": list(size) if size[0] != size[1] else size[0]})
+        scores, data, split, calibration, chosen = _score_checkpoint(cfg, model, state, device, sized)
+        key = "map" if chosen is not None else "acc"
+        names = MULTILABEL_SCORES if chosen is not None else ("acc", *NEW_SCORES)
+        rows.append({"image_size": list(size), "images": len(split), "loss": scores.loss,
+                     **{name: getattr(scores, name) for name in names}})
+        mark = " (the training size)" if size == trained else ""
+        log.info(f"{size_text(size):>12}: {cfg.eval_split} {scores_text(scores)}{mark}")
+    best = max(rows, key=lambda row: row[key])
+    at_trained = next((row for row in rows if tuple(row["image_size"]) == trained), None)
+    versus = (f"; at the training size {size_text(trained)}: {at_trained[key]:.2f}%" if at_trained is not None
+              else f" (trained at {size_text(trained)})")
+    best_size = tuple(best["image_size"])
+    log.info(f"best {cfg.eval_split} {key}: {best[key]:.2f}% at {size_text(best_size)}{versus}")
+    result = {"checkpoint": state["path"], "data": plain(data_cfg.name), "split": cfg.eval_split,
+              "trained_image_size": list(trained), "tta": plain(cfg.eval.tta), "ranked_by": key,
+              "best_image_size": list(best_size), key: best[key], "sizes": rows}
+    out = Path(run_dir) / "eval.json"
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    log.info(f"wrote {out}")
     return result
 
 
@@ -229,6 +278,7 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     if not files:
         raise SwinCliError(f"predict_dir={cfg.predict_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     model, info, device = _predictor(cfg)
+    log.info(f"predict: {info['backend']}")
     calibration = info["calibration"]
     if not calibration.identity:
         log.info(f"confidences calibrated: {calibration.describe()}")
@@ -298,7 +348,9 @@ def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[s
     if plain(cfg.predict_backend) == "onnx":
         from swin_cli.onnx_runtime import OnnxClassifier, default_output, resolve_checkpoint, sidecar_path
 
-        path = default_output(resolve_checkpoint(cfg.ckpt), "onnx", None)
+        # ckpt= an .onnx file (quantize=int8's best.int8.onnx, say) is run as it is.
+        given = Path(cfg.ckpt).expanduser()
+        path = given if given.suffix == ".onnx" else default_output(resolve_checkpoint(cfg.ckpt), "onnx", None)
         if not path.is_file():
             raise SwinCliError(f"predict_backend=onnx needs {path}; make it with: swin-export ckpt={cfg.ckpt}")
         onnx_model = OnnxClassifier(path)
@@ -308,10 +360,14 @@ def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[s
                               onnx_model.meta.get("label_separator"), len(onnx_model.classes),
                               str(sidecar_path(path))))
         view = {"crop_pct": onnx_model.meta.get("crop_pct"), "interpolation": onnx_model.meta.get("interpolation")}
-        return onnx_model, {**info, "data": view, "backend": f"ONNX Runtime, {path.name}"}, torch.device("cpu")
+        backend = f"ONNX Runtime, {onnx_model.precision} ({path.name})"
+        return onnx_model, {**info, "data": view, "backend": backend}, torch.device("cpu")
+    if Path(cfg.ckpt).suffix == ".onnx":
+        raise SwinCliError(f"ckpt={cfg.ckpt} is an ONNX file: add predict_backend=onnx")
     model, state, device = _load_model(cfg)
     info = {"image_size": state["signature"]["data.image_size"], "channels": state["signature"]["in_chans"],
-            "mean": state["mean"], "std": state["std"], "classes": state["classes"], "backend": "torch",
+            "mean": state["mean"], "std": state["std"], "classes": state["classes"],
+            "backend": f"torch, fp32 ({Path(state['path']).name})",
             "data": state["config"].get("data", {}), "calibration": scoring_calibration(cfg, state)}
     info.update(task_info(checkpoint_task(state), state.get("thresholds"), info["data"].get("label_separator"),
                           len(state["classes"]), state["path"]))

@@ -8,7 +8,7 @@ Importing this module imports neither torch nor the data package.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 Size = Union[int, tuple[int, int]]
 
@@ -49,6 +49,22 @@ def size_text(size: Any, unit: str = " px") -> str:
     """"224 px" for a square, "384x512 px" for H x W."""
     h, w = size if isinstance(size, tuple) else hw(size)
     return f"{h}{unit}" if h == w else f"{h}x{w}{unit}"
+
+
+def size_problem(size: Any, key: str = "data.image_size") -> Optional[str]:
+    """Why `size` is not a size, in one line naming `key`, or None."""
+    try:
+        hw(size, key)
+    except SizeError as error:
+        return str(error)
+    return None
+
+
+def longer_side(size: Any) -> int:
+    """The longer side of a size; 0 for null or a bad size (its own check names it)."""
+    if size is None or size_problem(size) is not None:
+        return 0
+    return max(hw(size))
 
 
 def area(size: Any) -> int:

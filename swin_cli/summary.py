@@ -14,18 +14,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from swin_cli.cache import written_cache_line
 from swin_cli.config import plain
 from swin_cli.model import SwinTransformer, count_parameters
+from swin_cli.sizes import hw
 from swin_cli.text import plural
 
 
 @torch.no_grad()
-def forward_flops(model: SwinTransformer, image_size: int, in_chans: int) -> tuple[int, list[int]]:
-    """FLOPs of one image's forward pass (matmuls, convs, attention), in total and per stage."""
+def forward_flops(model: SwinTransformer, image_size: Any, in_chans: int) -> tuple[int, list[int]]:
+    """FLOPs of one image's forward pass (matmuls, convs, attention) at image_size (a side or
+    [H, W]), in total and per stage."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     with counter:
-        model(torch.zeros(1, in_chans, image_size, image_size, device=device))
+        model(torch.zeros(1, in_chans, *hw(image_size), device=device))
     model.train(was_training)
     by_module = counter.get_flop_counts()
     stages = [sum(by_module.get(f"SwinTransformer.stages.{i}", {}).values()) for i in range(len(model.stages))]
@@ -101,7 +103,7 @@ def start_panel(cfg: Any, model: SwinTransformer, data: Any, run_dir: Any, devic
         ("run dir", str(run_dir)),
         ("device", device_name),
         ("data", f"{plain(cfg.data.name)}: {data.sizes()}, {plural(data.num_classes, 'class')}, "
-                 f"{data.in_chans}x{cfg.data.image_size}x{cfg.data.image_size}"),
+                 f"{data.in_chans}x{'x'.join(map(str, hw(cfg.data.image_size)))}"),
         ("storage", storage_text(cfg.data, data)),
         ("model", f"swin-{m.name}{' (V2)' if m.version == 2 else ''}: {count_parameters(model):,} params, "
                   f"{total / 1e6:,.1f} MFLOPs/image forward, "

@@ -19,6 +19,7 @@ from swin_cli.config.optim import OptimizerConfig, SchedulerConfig
 from swin_cli.config.train import TrainConfig
 from swin_cli.data.schema import DataConfig
 from swin_cli.loggers import LoggerConfig, missing_library, settings_problem
+from swin_cli.sizes import size_problem
 
 Device = choices("Device", "auto", "cpu", "cuda", "mps")
 # preview: write <run dir>/augment_preview.png, training images after the configured augmentation.
@@ -43,6 +44,10 @@ class EvalConfig:
     # and the export sidecar, applied by the final test, swin-eval and predict. Accuracy does not
     # change. Off by default: it needs a validation split, and a model's raw scores stay raw.
     calibrate: bool = False
+    # mode=eval (swin-eval) only: score the checkpoint at each of these input sizes (a side or
+    # [H, W]) instead of its training size, one row per size, and name the best. The model is
+    # not retrained: its window geometry follows the input. null: the training size.
+    image_sizes: Optional[list[Any]] = None
 
 
 @dataclass
@@ -167,6 +172,14 @@ def check_data(cfg: Any) -> None:
 def check_eval(cfg: Any) -> None:
     tau = cfg.eval.logit_adjust_tau
     check(tau is None or tau > 0, f"eval.logit_adjust_tau must be > 0 or null (got {tau})")
+    sizes = cfg.eval.image_sizes
+    if sizes is None:
+        return
+    check(len(sizes) >= 1, "eval.image_sizes must list at least one size, e.g. [224,256,288] (or be null)")
+    mode = plain(cfg.mode)
+    check(mode == "eval", f"eval.image_sizes is read by mode=eval (swin-eval) only (got mode={mode})")
+    for i, size in enumerate(sizes):
+        check_problem(size_problem(size, f"eval.image_sizes[{i}]"))
 
 
 def check_log(cfg: Any) -> None:

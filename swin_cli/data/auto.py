@@ -23,6 +23,7 @@ from swin_cli.data.registry import Source, data_source
 from swin_cli.data.schema import plain
 from swin_cli.data.sources import SourceData
 from swin_cli.data.views import train_crop
+from swin_cli.sizes import hw, size_text
 from swin_cli.text import plural
 
 log = logging.getLogger(__name__)
@@ -90,24 +91,25 @@ def settle_image_size(cfg: Any, entry: Source, source: Optional[SourceData], mod
         if cfg.image_size is None:
             cfg.image_size = side
             return f"{side} px: {why} (data.image_size=null)"
-        return f"{cfg.image_size} px (data.image_size)"
+        return f"{size_text(cfg.image_size)} (data.image_size)"
     sides = image_sides(source.train) if source is not None and hasattr(source.train, "read") else []
     if not sides:
         if cfg.image_size is None:
             cfg.image_size = 32
             return f"32 px: data={plain(cfg.name)} is not sized from its files; set data.image_size"
-        return f"{cfg.image_size} px (data.image_size)"
+        return f"{size_text(cfg.image_size)} (data.image_size)"
     size, why = own_size(sides, patch, stages)
     if cfg.image_size is None:
         cfg.image_size = size
         return f"{size} px: {why} (data.image_size=null)"
     native = int(statistics.median(min(w, h) for w, h in sides))
-    if not native / FAR_OFF <= cfg.image_size <= native * FAR_OFF:
-        way = "up" if cfg.image_size > native else "down"
-        log.warning(f"data.image_size={cfg.image_size} scales the files ({native} px shorter side) "
-                    f"{way} {max(cfg.image_size, native) / min(cfg.image_size, native):.1f}x; "
+    shorter = min(hw(cfg.image_size))  # a box's shorter side meets the files' shorter side
+    if not native / FAR_OFF <= shorter <= native * FAR_OFF:
+        way = "up" if shorter > native else "down"
+        log.warning(f"data.image_size={size_text(cfg.image_size, unit='')} scales the files ({native} px shorter "
+                    f"side) {way} {max(shorter, native) / min(shorter, native):.1f}x; "
                     f"data.image_size=null trains at their own size")
-    return f"{cfg.image_size} px (data.image_size; the files are {native} px)"
+    return f"{size_text(cfg.image_size)} (data.image_size; the files are {native} px)"
 
 
 def write_split(source: SourceData, run_dir: Path) -> Optional[str]:

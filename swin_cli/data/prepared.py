@@ -49,7 +49,7 @@ def _shrink(job: tuple[Any, int]) -> Optional[bytes]:
     try:
         with open_image(source) as im:
             w, h = im.size
-            target = resized_shape(w, h, side) if min(w, h) > side else (w, h)
+            target = resized_shape(w, h, (side, side)) if min(w, h) > side else (w, h)
             _draft(im, *target)
             im = to_mode(im, 1 if im.mode in GREY_MODES else 3)
             if im.size != target:

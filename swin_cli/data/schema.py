@@ -10,12 +10,13 @@ swin_cli/config/, so it imports nothing of swin-cli but swin_cli.choices and not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
 # plain is imported from here by the rest of the data package.
 from swin_cli.choices import choices, plain
+from swin_cli.sizes import hw, longer_side, size_problem
 
 __all__ = ["MULTILABEL_SOURCES", "DataConfig", "Interpolation", "Layout", "Sampler", "Storage", "Task", "TrainCrop",
            "first_problem", "plain", "shared_problem"]
@@ -45,10 +46,12 @@ class DataConfig:
     # cifar: where torchvision keeps or downloads it; csv: what relative image paths are
     # relative to). None means the source's default.
     root: Optional[str] = None
-    # The side images are trained at. null: the source decides once it is open (swin_cli/data/
-    # auto.py): an image set its files' own size (all alike) or their median shorter side, within
-    # the model's range; digits and CIFAR 32, as they always trained.
-    image_size: Optional[int] = None
+    # The size images are trained at: one side for a square, or [H, W] for any box. null: the
+    # source decides once it is open (swin_cli/data/auto.py): an image set its files' own size
+    # (all alike) or their median shorter side, within the model's range; digits and CIFAR 32,
+    # as they always trained. (Any: OmegaConf types cannot say "an int or a pair of ints";
+    # shared_problem checks it.)
+    image_size: Optional[Any] = None
     # data=imagefolder: splits (train/ and test/ folders) or classes (root/<class>/ only).
     layout: Layout = Layout.splits
     # Channels fed to the model; None keeps the source's own (1 for digits, 3 for RGB).
@@ -148,11 +151,20 @@ def first_problem(*checks: tuple[bool, str]) -> Optional[str]:
     return next((message for ok, message in checks if not ok), None)
 
 
+def _longer_side_of(size: Any) -> str:
+    """How the prepare_side check names the size it must cover (evaluated for every config)."""
+    side = longer_side(size)
+    if not side or hw(size)[0] == hw(size)[1]:
+        return f"data.image_size={side}"
+    return f"{side}, the longer side of data.image_size"
+
+
 def shared_problem(d: DataConfig) -> Optional[str]:
     """What is wrong with the keys every source reads, in one line naming the key, or None."""
     return first_problem(
         (d.channels is None or d.channels in (1, 3), f"data.channels must be 1, 3 or null (got {d.channels})"),
-        (d.image_size is None or d.image_size >= 1, f"data.image_size must be >= 1 or null (got {d.image_size})"),
+        (d.image_size is None or size_problem(d.image_size, "data.image_size") is None,
+         size_problem(d.image_size, "data.image_size")),
         (0.0 <= d.val_fraction < 1.0, f"data.val_fraction must be in [0, 1) (got {d.val_fraction})"),
         (0.0 <= d.test_fraction < 1.0, f"data.test_fraction must be in [0, 1) (got {d.test_fraction})"),
         (d.batch_size >= 1, f"data.batch_size must be >= 1 (got {d.batch_size})"),
@@ -175,8 +187,8 @@ def shared_problem(d: DataConfig) -> Optional[str]:
         (bool(d.label_separator), "data.label_separator must not be empty (the default is a space)"),
         (not (d.sampler == "class_balanced" and d.name == "webdataset"),
          "data.sampler=class_balanced needs random access to the images: use uniform with data=webdataset"),
-        (d.prepare_side is None or d.image_size is None or d.prepare_side >= d.image_size,
-         f"data.prepare_side must be >= data.image_size={d.image_size} or null (got {d.prepare_side})"),
+        (d.prepare_side is None or d.prepare_side >= longer_side(d.image_size),
+         f"data.prepare_side must be >= {_longer_side_of(d.image_size)} or null (got {d.prepare_side})"),
         (not (d.storage == "memory" and d.train_crop == "random_resized"),
          "data.train_crop=random_resized needs each image at its own resolution: use data.storage=stream (or auto)"),
         *((value is None or len(value) in (1, 3), f"data.{key} must list 1 or 3 values (got {value})")

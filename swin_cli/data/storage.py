@@ -25,6 +25,7 @@ from swin_cli.data.stats import channel_stats_of
 from swin_cli.data.stream import StreamSplit
 from swin_cli.data.views import image_views, train_crop
 from swin_cli.distributed import computed_once
+from swin_cli.sizes import area, hw, size_text
 from swin_cli.text import plural
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def eval_batch_size(cfg: Any) -> int:
     pixels per batch), never fewer than the training batch."""
     if cfg.eval_batch_size is not None:
         return cfg.eval_batch_size
-    return max(cfg.batch_size, min(512, int(512 * (64 / cfg.image_size) ** 2)))
+    return max(cfg.batch_size, min(512, int(512 * 64**2 / area(cfg.image_size))))
 
 
 def memory_budget_bytes(cfg: Any) -> int:
@@ -94,8 +95,8 @@ def choose_storage(cfg: Any, entry: Source, source: SourceData, channels: int) -
     if entry.streams_itself:
         return "stream", f"data={name} is read as it streams"
     n = len(source.train) + len(source.test) + (len(source.val) if source.val is not None else 0)
-    decoded = n * channels * cfg.image_size ** 2
-    size = f"{plural(n, 'image')}, {decoded / 2**30:.2f} GiB decoded at {cfg.image_size} px"
+    decoded = n * channels * area(cfg.image_size)
+    size = f"{plural(n, 'image')}, {decoded / 2**30:.2f} GiB decoded at {size_text(cfg.image_size)}"
     if requested != "auto":
         return requested, f"data.storage={requested} ({size})"
     if train_crop(cfg) == "random_resized":
@@ -185,7 +186,7 @@ def _stream_splits(cfg: Any, source: SourceData, channels: int, device: torch.de
 
 
 def _prepared(cfg: Any, source: SourceData) -> SourceData:
-    side = cfg.prepare_side or int(round(1.15 * cfg.image_size))
+    side = cfg.prepare_side or int(round(1.15 * max(hw(cfg.image_size))))
     cache = Path(os.path.expanduser(cfg.cache_dir))
 
     def prepared(samples: Any, name: str) -> Any:
@@ -211,13 +212,14 @@ def _hold_out_samples(cfg: Any, source: SourceData) -> tuple[Any, Any]:
     return source.train.subset(kept.tolist()), source.train.subset(held.tolist())
 
 
-def _empty(channels: int, size: int, multilabel_classes: int = 0) -> ImageSplit:
+def _empty(channels: int, size: Any, multilabel_classes: int = 0) -> ImageSplit:
     labels = label_tensor([], multilabel_classes)  # (0,) int64, or (0, classes) uint8 multi-hot
-    return ImageSplit(torch.zeros(0, channels, size, size, dtype=torch.uint8), labels)
+    return ImageSplit(torch.zeros(0, channels, *hw(size), dtype=torch.uint8), labels)
 
 
-def _fit(split: ImageSplit, size: int, channels: int) -> ImageSplit:
-    """Resize to size x size and convert to the requested channel count."""
+def _fit(split: ImageSplit, size: Any, channels: int) -> ImageSplit:
+    """Resize to size (a side or [H, W]) and convert to the requested channel count."""
+    size = hw(size)
     x = split.images
     if x.shape[1] != channels:
         if channels == 3:
@@ -225,9 +227,9 @@ def _fit(split: ImageSplit, size: int, channels: int) -> ImageSplit:
         else:  # ITU-R 601 luma, as PIL's convert("L") uses
             weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             x = (x.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    if x.shape[-2:] != (size, size) and len(x):
+    if tuple(x.shape[-2:]) != size and len(x):
         resized = [
-            F.interpolate(x[i:i + 2048].float(), size=(size, size), mode="bilinear",
+            F.interpolate(x[i:i + 2048].float(), size=size, mode="bilinear",
                           antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
             for i in range(0, len(x), 2048)
         ]

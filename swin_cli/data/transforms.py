@@ -4,6 +4,10 @@ Train: a random crop of random area and aspect ratio, resized to image_size (the
 RandomResizedCrop of Szegedy et al. 2015 that every ImageNet recipe is built on). Eval: resize
 the shorter side to image_size / crop_pct, then take the centre image_size square.
 
+`size` is one side for a square or (H, W) for a box. A box's eval view resizes, aspect kept, to
+the smallest image that covers (H, W) / crop_pct, then takes the centre H x W: for a square it is
+the shorter-side rule above.
+
 Both decode JPEGs in the DCT domain at 1/2, 1/4 or 1/8 scale when the output needs no more
 pixels (PIL's draft): a 4000x3000 photo cropped to 224 px never gets decoded at full size.
 Random draws come from a generator the caller seeds, so a crop depends on (seed, epoch, sample
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from swin_cli.data.decode import ImageInput, open_image, to_mode
+from swin_cli.sizes import Size, hw
 
 Box = tuple[int, int, int, int]  # left, top, width, height
 
@@ -89,7 +94,7 @@ def _resize_whole(im: Any, width: float, height: float, size: tuple[int, int], r
 
 @dataclass(frozen=True)
 class RandomResizedCrop:
-    size: int
+    size: Size
     channels: int
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -97,71 +102,76 @@ class RandomResizedCrop:
     draft: bool = True
 
     def __call__(self, source: ImageInput, rng: random.Random) -> np.ndarray:
+        out_h, out_w = hw(self.size)
         with open_image(source) as im:
             left, top, w, h = random_resized_box(im.size[0], im.size[1], self.scale, self.ratio, rng)
-            f = _draft(im, im.size[0] * self.size / w, im.size[1] * self.size / h) if self.draft else 1.0
+            f = _draft(im, im.size[0] * out_w / w, im.size[1] * out_h / h) if self.draft else 1.0
             im = to_mode(im, self.channels)
             resample = _resample(self.interpolation)
             if f == 1.0:
                 # Crop, then resize: the filter stops at the crop's edges, as torchvision's
                 # resized_crop does (resize(box=) reads pixels beyond them: up to 26 LSB apart)
                 crop = im.crop((left, top, left + w, top + h))
-                return as_chw(crop.resize((self.size, self.size), resample))
+                return as_chw(crop.resize((out_w, out_h), resample))
             # Drafted: the box falls between decoded pixels; crop the pixels it touches, resize
             # the box within them
             x0, y0, x1, y1 = left * f, top * f, (left + w) * f, (top + h) * f
             cx, cy = math.floor(x0), math.floor(y0)
             crop = im.crop((cx, cy, min(math.ceil(x1), im.size[0]), min(math.ceil(y1), im.size[1])))
-            return as_chw(crop.resize((self.size, self.size), resample, box=(x0 - cx, y0 - cy, x1 - cx, y1 - cy)))
+            return as_chw(crop.resize((out_w, out_h), resample, box=(x0 - cx, y0 - cy, x1 - cx, y1 - cy)))
 
 
 @dataclass(frozen=True)
 class Squash:
-    """Resize the whole image to size x size, aspect ratio lost (the memory storage's train view)."""
+    """Resize the whole image to size (H x W), aspect ratio lost (the memory storage's train view)."""
 
-    size: int
+    size: Size
     channels: int
     interpolation: str = "bilinear"
     draft: bool = True
 
     def __call__(self, source: ImageInput, rng: Any = None) -> np.ndarray:
+        out_h, out_w = hw(self.size)
         with open_image(source) as im:
             width, height = im.size
-            f = _draft(im, self.size, self.size) if self.draft else 1.0
+            f = _draft(im, out_w, out_h) if self.draft else 1.0
             im = to_mode(im, self.channels)
-            return as_chw(_resize_whole(im, width * f, height * f, (self.size, self.size),
-                                        _resample(self.interpolation)))
+            return as_chw(_resize_whole(im, width * f, height * f, (out_w, out_h), _resample(self.interpolation)))
 
 
-def resized_shape(width: int, height: int, shorter: int) -> tuple[int, int]:
-    """(w, h) with the shorter side `shorter` and the aspect ratio kept (torchvision's rule:
-    the longer side truncated)."""
-    if width <= height:
-        return shorter, int(shorter * height / width)
-    return int(shorter * width / height), shorter
+def resized_shape(width: int, height: int, cover: tuple[int, int]) -> tuple[int, int]:
+    """(w, h), the aspect ratio kept, of the smallest resize that covers `cover` (H, W): the dim
+    that needs the larger scale is set, the other truncated (torchvision's shorter-side rule
+    when `cover` is square)."""
+    cover_h, cover_w = cover
+    if cover_w * height >= cover_h * width:
+        return cover_w, int(cover_w * height / width)
+    return int(cover_h * width / height), cover_h
 
 
 @dataclass(frozen=True)
 class CenterCrop:
-    """Resize the shorter side to size / crop_pct, then crop the centre size x size."""
+    """Resize (aspect kept) to cover size / crop_pct, then crop the centre size (H x W)."""
 
-    size: int
+    size: Size
     channels: int
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
     draft: bool = True
 
     @property
-    def resize_to(self) -> int:
-        return int(math.floor(self.size / self.crop_pct))
+    def resize_to(self) -> tuple[int, int]:
+        """(H, W) the resized image must cover before the centre crop."""
+        return tuple(int(math.floor(side / self.crop_pct)) for side in hw(self.size))  # type: ignore[return-value]
 
     def __call__(self, source: ImageInput, rng: Any = None) -> np.ndarray:
+        out_h, out_w = hw(self.size)
         with open_image(source) as im:
             width, height = im.size
             w, h = resized_shape(width, height, self.resize_to)
             f = _draft(im, w, h) if self.draft else 1.0
             im = to_mode(im, self.channels)
             im = _resize_whole(im, width * f, height * f, (w, h), _resample(self.interpolation))
-            top = int(round((h - self.size) / 2.0))
-            left = int(round((w - self.size) / 2.0))
-            return as_chw(im.crop((left, top, left + self.size, top + self.size)))
+            top = int(round((h - out_h) / 2.0))
+            left = int(round((w - out_w) / 2.0))
+            return as_chw(im.crop((left, top, left + out_w, top + out_h)))

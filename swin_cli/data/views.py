@@ -8,6 +8,7 @@ from typing import Any, Union
 
 from swin_cli.data.schema import plain
 from swin_cli.data.transforms import CenterCrop, RandomResizedCrop, Squash
+from swin_cli.sizes import hw, plain_size
 
 
 def crop_pct(cfg: Any) -> float:
@@ -16,13 +17,13 @@ def crop_pct(cfg: Any) -> float:
     `data` dict of a checkpoint (older ones have no crop keys)."""
     if cfg.get("crop_pct") is not None:
         return cfg.get("crop_pct")
-    return 0.875 if cfg.get("image_size") > 64 else 1.0
+    return 0.875 if min(hw(cfg.get("image_size"))) > 64 else 1.0
 
 
-def eval_transform(cfg: Any, size: int, channels: int) -> CenterCrop:
+def eval_transform(cfg: Any, size: Any, channels: int) -> CenterCrop:
     """The evaluation view of an image file, the same for validation, test, swin-eval, predict
     and the export check."""
-    return CenterCrop(size, channels, crop_pct({**dict(cfg), "image_size": size}),
+    return CenterCrop(plain_size(size), channels, crop_pct({**dict(cfg), "image_size": size}),
                       plain(cfg.get("interpolation") or "bilinear"))
 
 
@@ -33,7 +34,7 @@ def train_crop(cfg: Any) -> str:
     choice = plain(cfg.train_crop)
     if choice != "auto":
         return choice
-    return "random_resized" if cfg.image_size > 64 else "resize"
+    return "random_resized" if min(hw(cfg.image_size)) > 64 else "resize"
 
 
 def image_views(cfg: Any, channels: int) -> tuple[Union[RandomResizedCrop, Squash], CenterCrop]:
@@ -41,8 +42,8 @@ def image_views(cfg: Any, channels: int) -> tuple[Union[RandomResizedCrop, Squas
     interpolation = plain(cfg.interpolation)
     evaluation = eval_transform(cfg, cfg.image_size, channels)
     if train_crop(cfg) == "random_resized":
-        training = RandomResizedCrop(cfg.image_size, channels, tuple(cfg.crop_scale), tuple(cfg.crop_ratio),
+        training = RandomResizedCrop(plain_size(cfg.image_size), channels, tuple(cfg.crop_scale), tuple(cfg.crop_ratio),
                                      interpolation)
     else:
-        training = Squash(cfg.image_size, channels, interpolation)
+        training = Squash(plain_size(cfg.image_size), channels, interpolation)
     return training, evaluation

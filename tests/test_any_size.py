@@ -1,0 +1,102 @@
+"""One model at any H x W (issue 28 A/B): data.image_size as [H, W] from the config to the views,
+the storages and the checkpoint, and swin-eval scoring one checkpoint at several sizes."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, make_config, run_cli
+from PIL import Image
+from test_data import write_folder
+
+from swin_cli.data.transforms import CenterCrop, RandomResizedCrop, Squash
+from swin_cli.sizes import SizeError, hw, plain_size, size_text
+
+# TINY_MODEL without its square size: each test names the size it is about.
+TINY = [o for o in TINY_MODEL if not o.startswith("data.image_size")]
+
+
+def test_a_size_is_a_side_or_a_box():
+    assert hw(32) == (32, 32) and hw([24, 40]) == (24, 40) and hw([28]) == (28, 28)
+    assert plain_size([32, 32]) == 32 and plain_size([24, 40]) == (24, 40)
+    assert size_text(32) == "32 px" and size_text([24, 40]) == "24x40 px"
+    for bad in (0, [24, 0], [1, 2, 3], "big", True, [24.5, 30]):
+        with pytest.raises(SizeError):
+            hw(bad)
+
+
+def test_the_views_make_boxes(tmp_path):
+    # A 60 x 40 (W x H) photo: the eval view covers 24x40 / 0.875 with the aspect kept, then crops.
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(path)
+    assert CenterCrop((24, 40), 3, 0.875)(str(path)).shape == (3, 24, 40)
+    assert CenterCrop((40, 24), 3, 1.0)(str(path)).shape == (3, 40, 24)
+    assert RandomResizedCrop((24, 40), 3)(str(path), random.Random(0)).shape == (3, 24, 40)
+    assert Squash((16, 32), 1)(str(path)).shape == (1, 16, 32)
+    # A square size is what it always was: the shorter side to size / crop_pct, the centre square.
+    assert CenterCrop(32, 3, 0.875)(str(path)).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.image_size=[16,abc]", "data.image_size must be a number or [H, W]"),
+    ("data.image_size=[16,0]", "data.image_size must be >= 1"),
+    ("data.image_size=[16,15]", "data.image_size=16x15 is not divisible by model.patch_size=2"),
+    ("eval.image_sizes=[16,[16,abc]]", "eval.image_sizes[1] must be a number or [H, W]"),
+    ("eval.image_sizes=[]", "eval.image_sizes must list at least one size"),
+])
+def test_a_bad_size_is_one_line_naming_the_key(override, message, tmp_path):
+    mode = ["mode=eval", f"ckpt={tmp_path}"] if override.startswith("eval.") else []
+    proc = run_cli(*TINY, "data=digits", override, *mode, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                   timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_eval_image_sizes_is_for_swin_eval_only():
+    from swin_cli.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="eval.image_sizes is read by mode=eval"):
+        validate(make_config(*TINY, "data=digits", "eval.image_sizes=[16]"))
+
+
+@pytest.mark.e2e
+def test_a_box_trains_and_swin_eval_scores_it_at_several_sizes(tmp_path):
+    """Train on an image folder at 16 x 24, then score the checkpoint at three sizes in one
+    swin-eval call: a row per size, the training size's row equal to the run's own test score."""
+    root = write_folder(tmp_path / "folder", per_class=8, size=(36, 24))
+    run = tmp_path / "run"
+    proc = run_cli(*TINY, "data=imagefolder", f"data.root={root}", "data.image_size=[16,24]", "epochs=1",
+                   "data.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}", "threads=1",
+                   f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "3x16x24" in proc.stdout + proc.stderr  # the panel's data line
+    results = json.loads((run / "results.json").read_text())
+
+    exe = Path(sys.executable).with_name("swin-eval")
+    scored = subprocess.run([str(exe), f"ckpt={run}", "eval.image_sizes=[16,[16,24],24]", "threads=1",
+                             f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert scored.returncode == 0, scored.stderr
+    said = scored.stdout + scored.stderr
+    for size in ("16 px", "16x24 px", "24 px"):
+        assert f"{size}: test acc" in said, said
+    assert "16x24 px: test acc" in said and "(the training size)" in said
+    assert "best test acc:" in said
+    table = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert [row["image_size"] for row in table["sizes"]] == [[16, 16], [16, 24], [24, 24]]
+    assert table["trained_image_size"] == [16, 24]
+    trained = next(row for row in table["sizes"] if row["image_size"] == [16, 24])
+    assert trained["acc"] == pytest.approx(results["test_acc"], abs=1e-6)
+    assert table["best_image_size"] in [row["image_size"] for row in table["sizes"]]
+
+    # A size the checkpoint's patch does not divide stops before any image is decoded.
+    bad = subprocess.run([str(exe), f"ckpt={run}", "eval.image_sizes=[16,17]", f"hydra.run.dir={tmp_path / 'e2'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "17 px is not divisible by the checkpoint's model.patch_size=2" in bad.stderr
