@@ -159,6 +159,7 @@ def test_every_config_option_composes_and_validates(group, option):
         return
     extra = {("data", "imagefolder"): ["data.root=/some/folder"],
              ("experiment", "finetune"): ["data.root=/some/folder"],
+             ("experiment", "finetune_384"): ["data.root=/some/folder"],
              ("experiment", "imagenet_swin_t"): ["data.root=/some/folder"],
              ("data", "huggingface"): ["data.path=/some/folder"],
              ("data", "webdataset"): ["data.train_urls=/s/train.tar", "data.test_urls=/s/test.tar"],

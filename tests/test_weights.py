@@ -254,3 +254,52 @@ def test_offline_finetune_stops_on_the_weights_before_decoding_the_data(hub_cach
     cfg = make_config("experiment=finetune", f"data.root={tmp_path}", f"model.pretrained={tmp_path}/nope.pth")
     with pytest.raises(SwinCliError, match=f"model.pretrained={tmp_path}/nope.pth: no such file"):
         Trainer(cfg, tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- to a new size
+
+
+def test_finetune_384_takes_224_window_7_weights_to_window_12(hub_cache):
+    """experiment=finetune_384 offline: torchvision-layout Swin-T weights (made here, placed where
+    model.pretrained=imagenet looks) load into the 384 px / window 12 model with every bias table
+    resized from 13x13 offsets to 23x23, the rest as they were; the model runs at 384."""
+    from conftest import make_config
+
+    from swin_cli.weights import torchvision_to_ours
+
+    torch.manual_seed(0)
+    tv = torchvision.models.swin_t().state_dict()
+    hub_cache.mkdir(parents=True)
+    torch.save(tv, hub_cache / cache_file(torchvision.models.Swin_T_Weights.IMAGENET1K_V1))
+    cfg = make_config("experiment=finetune_384", "data.root=/some/folder")
+    assert (cfg.data.image_size, cfg.model.window_size, cfg.epochs, cfg.scheduler.warmup_epochs) == (384, 12, 30, 5)
+    assert (cfg.optimizer.weight_decay, cfg.train.grad_clip, cfg.data.crop_pct) == (1e-8, 5.0, 1.0)
+    model = build_model(cfg.model, cfg.data.image_size, 3, 5).eval()
+    ours = torchvision_to_ours(tv)
+    state = model.state_dict()
+    tables = [k for k in state if k.endswith("relative_position_bias_table")]
+    assert len(tables) == 12
+    for key in tables:
+        assert state[key].shape[0] == 23 * 23
+        assert torch.equal(state[key], resize_bias_table(ours[key], 12))
+    assert torch.equal(state["stages.2.blocks.5.mlp.fc1.weight"], ours["stages.2.blocks.5.mlp.fc1.weight"])
+    assert [s["window"] for s in model.stage_summary()] == [12, 12, 12, 12]
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 384, 384))
+    assert logits.shape == (1, 5) and torch.isfinite(logits).all()
+
+
+def test_finetune_at_a_non_square_size(hub_cache):
+    """experiment=finetune data.image_size=[384,512]: the 224 weights as they are (window 7), the
+    model built for the box, and a 384 x 512 image through it."""
+    from conftest import make_config
+
+    torch.manual_seed(0)
+    hub_cache.mkdir(parents=True)
+    torch.save(torchvision.models.swin_t().state_dict(),
+               hub_cache / cache_file(torchvision.models.Swin_T_Weights.IMAGENET1K_V1))
+    cfg = make_config("experiment=finetune", "data.root=/some/folder", "data.image_size=[384,512]")
+    model = build_model(cfg.model, cfg.data.image_size, 3, 4).eval()
+    assert [s["resolution"] for s in model.stage_summary()] == [(96, 128), (48, 64), (24, 32), (12, 16)]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 384, 512)).shape == (1, 4)
