@@ -56,6 +56,32 @@ def run_cli_together(arg_lists: list[list[str]], cwd: Path, timeout: float = 300
 
 
 
+def _on_gloo_rank(rank: int, work, out: Path, args: tuple) -> None:
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=2)
+    try:
+        (out / f"rank{rank}.json").write_text(json.dumps(work(rank, out, *args)))
+    finally:
+        dist.destroy_process_group()
+
+
+def on_two_gloo_ranks(work, out: Path, *args) -> tuple[dict, dict]:
+    """Run `work(rank, out, *args)` in two processes joined in a gloo process group (one thread
+    each, a file rendezvous in `out`), as torchrun's ranks would be; return what each returned
+    (a JSON-able dict), rank 0's first. `work` must be a module-level function."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_on_gloo_rank, args=(work, out, args), nprocs=2, join=True)
+    return tuple(json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1))
+
+
 def torchvision_reference(name: str, size: int, randomise=None):
     """A randomly initialised torchvision model (`torchvision.models.<name>`, its constant-init
     parameters moved by `randomise` when given), its state_dict, a batch of 2 inputs and its

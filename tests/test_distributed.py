@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch.multiprocessing as mp
-from conftest import TINY_MODEL, make_config, run_cli
+from conftest import TINY_MODEL, make_config, on_two_gloo_ranks, run_cli
 from test_data import write_folder
 
 # Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
@@ -46,14 +45,11 @@ def test_two_process_ddp_shares_one_run_dir_and_counts_the_whole_split(tmp_path)
         assert evaluated[key] == pytest.approx(results[f"test_{key}"]), key
 
 
-def _stream_statistics_on_one_rank(rank: int, root: Path, out: Path) -> None:
+def _stream_statistics_on_one_rank(rank: int, out: Path, root: Path) -> dict:
     """One of two gloo processes: load a streamed folder, note each statistics pass and the answer."""
-    import torch.distributed as dist
-
     from swin_cli.data import DataError, load_data, storage
     from swin_cli.distributed import computed_once
 
-    dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=2)
     counted = storage.channel_stats_of
 
     def counting(*args, **kwargs):
@@ -62,24 +58,20 @@ def _stream_statistics_on_one_rank(rank: int, root: Path, out: Path) -> None:
         return counted(*args, **kwargs)
 
     storage.channel_stats_of = counting
-    try:
-        cfg = make_config("data=imagefolder", f"data.root={root}", "data.image_size=16", "data.storage=stream",
-                          "data.workers=0").data
-        data = load_data(cfg)
-        failed = ""
-        try:  # a failure on rank 0 reaches rank 1 too, instead of leaving it waiting
-            computed_once(lambda: (_ for _ in ()).throw(DataError("unreadable sample")))
-        except DataError as exc:
-            failed = str(exc)
-        (out / f"rank{rank}.json").write_text(json.dumps({"mean": data.mean, "std": data.std, "failed": failed}))
-    finally:
-        dist.destroy_process_group()
+    cfg = make_config("data=imagefolder", f"data.root={root}", "data.image_size=16", "data.storage=stream",
+                      "data.workers=0").data
+    data = load_data(cfg)
+    failed = ""
+    try:  # a failure on rank 0 reaches rank 1 too, instead of leaving it waiting
+        computed_once(lambda: (_ for _ in ()).throw(DataError("unreadable sample")))
+    except DataError as exc:
+        failed = str(exc)
+    return {"mean": data.mean, "std": data.std, "failed": failed}
 
 
 def test_stream_statistics_are_computed_on_rank_0_and_sent_to_the_others(tmp_path):
     root = write_folder(tmp_path / "folder", size=(20, 20))
-    mp.spawn(_stream_statistics_on_one_rank, args=(root, tmp_path), nprocs=2, join=True)
+    zero, one = on_two_gloo_ranks(_stream_statistics_on_one_rank, tmp_path, root)
     assert (tmp_path / "passes").read_text().split() == ["0"]  # one pass, on rank 0
-    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert zero == one and len(zero["mean"]) == 3 and zero["std"][0] > 0
     assert zero["failed"] == "unreadable sample"

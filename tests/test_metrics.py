@@ -3,14 +3,13 @@ hand-written reference; summed over 2 gloo processes; the per-class report and t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import on_two_gloo_ranks
 
 from swin_cli import class_report, report
 from swin_cli.metrics import ECE_BINS, ClassificationMeter, Scores, score_columns
@@ -154,27 +153,19 @@ def test_evaluate_split_scores_adjusted_logits_and_reads_the_class_count_from_th
     assert got.nll == pytest.approx(want.nll, rel=1e-6) and got.ece == pytest.approx(want.ece, rel=1e-6)
 
 
-def _meter_on_one_rank(rank: int, out: Path) -> None:
+def _meter_on_one_rank(rank: int, out: Path) -> dict:
     """One of two gloo processes: every other batch of the made predictions, summed over ranks."""
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=2)
-    try:
-        logits, labels = made_predictions(3)
-        meter = ClassificationMeter(logits.shape[1], torch.device("cpu"))
-        for start in range(rank * 50, len(labels), 100):
-            meter.update(logits[start:start + 50], labels[start:start + 50])
-        scores = meter.scores()
-        summary = {k: v for k, v in vars(scores).items() if k != "confusion"}
-        (out / f"rank{rank}.json").write_text(json.dumps({**summary, "confusion": scores.confusion.tolist()}))
-    finally:
-        dist.destroy_process_group()
+    logits, labels = made_predictions(3)
+    meter = ClassificationMeter(logits.shape[1], torch.device("cpu"))
+    for start in range(rank * 50, len(labels), 100):
+        meter.update(logits[start:start + 50], labels[start:start + 50])
+    scores = meter.scores()
+    summary = {k: v for k, v in vars(scores).items() if k != "confusion"}
+    return {**summary, "confusion": scores.confusion.tolist()}
 
 
 def test_two_gloo_processes_sum_their_counts_into_the_scores_of_one(tmp_path):
-    mp.spawn(_meter_on_one_rank, args=(tmp_path,), nprocs=2, join=True)
-    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    zero, one = on_two_gloo_ranks(_meter_on_one_rank, tmp_path)
     assert zero == one  # every rank gets the whole split's scores
     whole = scored(*made_predictions(3), batch=50)  # the same batches' float32 sums, added in another order
     assert zero["confusion"] == whole.confusion.tolist() and zero["images"] == whole.images == 300

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import TINY_MODEL, make_config
+from conftest import TINY_MODEL, make_config, on_two_gloo_ranks
 from PIL import Image
 
 from swin_cli import checkpoint, thresholds
@@ -92,27 +91,19 @@ def test_a_class_without_positives_is_left_out_of_map_and_has_no_ap():
                                           abs=1e-10)
 
 
-def _meter_on_one_rank(rank: int, out: Path) -> None:
+def _meter_on_one_rank(rank: int, out: Path) -> dict:
     """One of two gloo processes: uneven shares of the made predictions (rank 0 holds 3 of
     every 4 batches), gathered into the scores of all of them."""
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=2)
-    try:
-        logits, labels = made_predictions(4, ties=True)
-        meter = MultiLabelMeter(logits.shape[1], CPU, [0.5, 0.4, 0.6, 0.5, 0.3, 0.5])
-        for index, start in enumerate(range(0, len(labels), 20)):
-            if (index % 4 != 3) == (rank == 0):
-                meter.update(logits[start:start + 20], labels[start:start + 20])
-        (out / f"rank{rank}.json").write_text(json.dumps(vars(meter.scores())))
-    finally:
-        dist.destroy_process_group()
+    logits, labels = made_predictions(4, ties=True)
+    meter = MultiLabelMeter(logits.shape[1], CPU, [0.5, 0.4, 0.6, 0.5, 0.3, 0.5])
+    for index, start in enumerate(range(0, len(labels), 20)):
+        if (index % 4 != 3) == (rank == 0):
+            meter.update(logits[start:start + 20], labels[start:start + 20])
+    return vars(meter.scores())
 
 
 def test_two_gloo_processes_gather_their_probabilities_into_the_scores_of_one(tmp_path):
-    mp.spawn(_meter_on_one_rank, args=(tmp_path,), nprocs=2, join=True)
-    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    zero, one = on_two_gloo_ranks(_meter_on_one_rank, tmp_path)
     assert zero == one  # every rank gets the whole split's scores
     whole = metered(*made_predictions(4, ties=True), chosen=[0.5, 0.4, 0.6, 0.5, 0.3, 0.5])
     assert zero["images"] == whole.images == 240
