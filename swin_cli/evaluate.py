@@ -26,7 +26,7 @@ from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
 from swin_cli.calibration import LogitCalibration, from_prior
 from swin_cli.config import plain
-from swin_cli.data import IMAGE_EXTENSIONS, Split, eval_batch_size, eval_transform, load_data
+from swin_cli.data import IMAGE_EXTENSIONS, Split, crop_pct, eval_batch_size, eval_transform, load_data
 from swin_cli.data.class_counts import class_counts
 from swin_cli.errors import SwinCliError
 from swin_cli.metrics import ClassificationMeter, Scores
@@ -208,9 +208,13 @@ def evaluate_at_sizes(cfg: Any, run_dir: Path, model: nn.Module, state: dict[str
         if size[0] % model.patch_size or size[1] % model.patch_size:
             raise SwinCliError(f"eval.image_sizes: {size_text(size)} is not divisible by the checkpoint's "
                                f"model.patch_size={model.patch_size}")
+    # The crop ratio of the training size at every size (data.crop_pct's automatic value
+    # changes at 64 px): only the resolution varies along the rows.
+    pct = crop_pct(data_cfg)
     rows, key = [], None
     for size in sizes:
-        sized = OmegaConf.merge(data_cfg, {"image_size": list(size) if size[0] != size[1] else size[0]})
+        sized = OmegaConf.merge(data_cfg, {"image_size": list(size) if size[0] != size[1] else size[0],
+                                           "crop_pct": pct})
         scores, data, split, calibration, chosen = _score_checkpoint(cfg, model, state, device, sized)
         key = "map" if chosen is not None else "acc"
         names = MULTILABEL_SCORES if chosen is not None else ("acc", *NEW_SCORES)
@@ -219,10 +223,14 @@ def evaluate_at_sizes(cfg: Any, run_dir: Path, model: nn.Module, state: dict[str
         mark = " (the training size)" if size == trained else ""
         log.info(f"{size_text(size):>12}: {cfg.eval_split} {scores_text(scores)}{mark}")
     best = max(rows, key=lambda row: row[key])
-    at_trained = next((row for row in rows if tuple(row["image_size"]) == trained), None)
-    versus = (f"; at the training size {size_text(trained)}: {at_trained[key]:.2f}%" if at_trained is not None
-              else f" (trained at {size_text(trained)})")
     best_size = tuple(best["image_size"])
+    at_trained = next((row for row in rows if tuple(row["image_size"]) == trained), None)
+    if best_size == trained:
+        versus = ", the training size"
+    elif at_trained is not None:
+        versus = f"; {at_trained[key]:.2f}% at the training size, {size_text(trained)}"
+    else:
+        versus = f" (trained at {size_text(trained)})"
     log.info(f"best {cfg.eval_split} {key}: {best[key]:.2f}% at {size_text(best_size)}{versus}")
     result = {"checkpoint": state["path"], "data": plain(data_cfg.name), "split": cfg.eval_split,
               "trained_image_size": list(trained), "tta": plain(cfg.eval.tta), "ranked_by": key,
