@@ -13,6 +13,11 @@ Every export checks itself before it is kept: ONNX Runtime (or the reloaded Torc
 must give torch's logits within 1e-4 on real images of the checkpoint's own data (random inputs
 when that data cannot be loaded, said so), at two batch sizes to exercise the dynamic axis.
 
+quantize=int8 writes, beside the fp32 file, an int8 one quantised by ONNX Runtime
+(swin_cli/quantize.py; static by default, calibrated on the checkpoint's training images) and
+compares the two on up to check_images of the checkpoint's labelled test images: top-1 of each,
+agreement of their top classes, max abs diff of the logits. Its sidecar says "precision": "int8".
+
 The arguments are Hydra overrides of conf/export.yaml (schema: swin_cli/export_config.py), as
 swin-train's are, with the same one-line errors. swin_cli/onnx_runtime.py runs an exported file
 (OnnxClassifier, the sidecar) without this module or the training stack.
@@ -41,6 +46,8 @@ from swin_cli.onnx_runtime import (
     resolve_checkpoint,
     sidecar_path,
 )
+from swin_cli.quantize import require_quantization
+from swin_cli.sizes import hw
 
 PROGRAM = "swin-export"
 TOLERANCE = 1e-4
@@ -52,7 +59,8 @@ INLINE_LIMIT = 2**31 - 2**27
 
 USAGE = f"""\
 usage: {PROGRAM} ckpt=<run dir or .pt> [format=onnx|torchscript] [out=<path>] [batch=<n>]
-                   [opset=<n>] [exporter=dynamo|legacy]
+                   [opset=<n>] [exporter=dynamo|legacy] [quantize=none|int8]
+                   [quantize_mode=static|dynamic] [calibration_images=<n>] [check_images=<n>]
 
 Export a trained swin-cli checkpoint for inference outside swin-cli, and check the result
 against torch on the checkpoint's own test images (max abs diff of the logits <= {TOLERANCE:g}).
@@ -67,6 +75,12 @@ against torch on the checkpoint's own test images (max abs diff of the logits <=
   opset     ONNX opset (default: the exporter's own)
   exporter  dynamo (default): torch.export-based torch.onnx.export;
             legacy: the TorchScript-based one (faster to export, deprecated by torch)
+  quantize  none (default) or int8: also write <ckpt>.int8.onnx (+ .json), quantised by ONNX
+            Runtime, and report its top-1 against the fp32 file's on the checkpoint's test images
+  quantize_mode  static (default): activation ranges calibrated on training images;
+            dynamic: measured on each input as it runs (slower on Swin, no calibration)
+  calibration_images  static: training images to calibrate on (default 64)
+  check_images  quantize=int8: at most this many test images in the accuracy check (default 1000)
 
 The keys ({', '.join(KEYS)}) are Hydra overrides of conf/export.yaml:
 {PROGRAM} --cfg job [key=value ...] prints the config they make.
@@ -75,7 +89,8 @@ ONNX needs the export extra: {INSTALL_HINT}
 examples:
   {PROGRAM} ckpt=outputs/2025-01-01/12-00-00
   {PROGRAM} ckpt=run/best.pt out=model.onnx batch=32
-  {PROGRAM} ckpt=run format=torchscript"""
+  {PROGRAM} ckpt=run format=torchscript
+  {PROGRAM} ckpt=run quantize=int8                   # also run/best.int8.onnx"""
 
 
 # ----------------------------------------------------------------------------- checkpoint and data
@@ -114,7 +129,7 @@ def check_inputs(state: dict[str, Any], batch: int):
     if images is not None:
         return Normalize(state["mean"], state["std"], torch.device("cpu"))(images), where
     signature = state["signature"]
-    shape = (batch, signature["in_chans"], signature["data.image_size"], signature["data.image_size"])
+    shape = (batch, signature["in_chans"], *hw(signature["data.image_size"]))
     return torch.randn(shape, generator=torch.Generator().manual_seed(0)), f"random inputs ({where})"
 
 
@@ -240,8 +255,9 @@ def sidecar_meta(state: dict[str, Any], ckpt_path: Path, out: Path, args: dict[s
     return {
         "format": fmt,
         "file": out.name,
+        "precision": "fp32",
         "input": {"name": INPUT_NAME, "dtype": "float32",
-                  "shape": ["batch", signature["in_chans"], signature["data.image_size"], signature["data.image_size"]],
+                  "shape": ["batch", signature["in_chans"], *hw(signature["data.image_size"])],
                   "normalised": "(pixel / 255 - mean) / std per channel"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(state["classes"])]},
         "classes": list(state["classes"]),
@@ -278,10 +294,13 @@ def sidecar_meta(state: dict[str, Any], ckpt_path: Path, out: Path, args: dict[s
 
 
 def export(args: dict[str, Any]) -> dict[str, Any]:
-    """Run one export (args: export_config.export_args's); returns the sidecar's contents."""
+    """Run one export (args: export_config.export_args's); returns the sidecar's contents (of
+    the fp32 file; with quantize=int8 under "int8", the int8 file's)."""
     fmt = args["format"]
     if fmt == "onnx":
         require_onnx()
+    if args.get("quantize") == "int8":
+        require_quantization()
     from swin_cli import checkpoint
     from swin_cli.atomic_io import write_text_atomic
     from swin_cli.build import model_from_checkpoint
@@ -302,6 +321,117 @@ def export(args: dict[str, Any]) -> dict[str, Any]:
     write_text_atomic(sidecar, json.dumps(meta, indent=2) + "\n")
     size_mb = out.stat().st_size / 2**20
     print(f"{PROGRAM}: wrote {out} ({size_mb:.1f} MB, exported in {seconds:.1f} s) and {sidecar.name}", flush=True)
+    if args.get("quantize") == "int8":
+        meta = {**meta, "int8": export_int8(state, out, meta, args, inputs, where)}
+    return meta
+
+
+# ----------------------------------------------------------------------------- int8
+
+
+def checkpoint_data(state: dict[str, Any]):
+    """(the checkpoint's data, loaded as it was trained, at its image size and normalisation,
+    "data=<name>"), or (None, why it cannot be loaded here)."""
+    from omegaconf import OmegaConf
+
+    from swin_cli.data import load_data
+
+    signature = state["signature"]
+    data_cfg = dict(state["config"].get("data", {}))
+    name = data_cfg.get("name")
+    cfg = OmegaConf.create({**data_cfg, "image_size": signature["data.image_size"],
+                            "channels": signature["in_chans"], "download": False,
+                            "mean": list(state["mean"]), "std": list(state["std"])})
+    try:
+        with _quiet():
+            return load_data(cfg, statistics=False), f"data={name}"
+    except Exception as exc:  # whatever stops the loading, quantisation goes on with the check's inputs
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, f"data={name} could not be loaded ({reason})"
+
+
+def _random_images(split, count: int, shape: tuple, seed: int = 0):
+    """Up to `count` images of `split` (uint8, through the eval view) and their labels, a random
+    choice when the split allows one (an image folder lists its classes in order), else its first."""
+    import torch
+
+    if split.random_access and len(split) > count:
+        index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
+        split = split.subset(index.sort().values)
+    images, labels, held = [], [], 0
+    for x, y in split.eval_batches(64):
+        images.append(x.cpu())
+        labels.append(y.cpu())
+        held += len(x)
+        if held >= count:
+            break
+    if not images:
+        return None, None
+    images, labels = torch.cat(images)[:count], torch.cat(labels)[:count]
+    if tuple(images.shape[1:]) != shape:
+        return None, None
+    return images, (labels if labels.dim() == 1 else None)  # multi-hot labels have no top-1
+
+
+def int8_inputs(state: dict[str, Any], args: dict[str, Any], inputs, where: str):
+    """(calibration images, what they are, check images, their labels or None, what they are):
+    normalised float images of the checkpoint's own data, its training split to calibrate on
+    and its test split to compare on; the fp32 check's inputs where the data cannot be loaded."""
+    import torch
+
+    from swin_cli.augment import Normalize
+
+    signature = state["signature"]
+    shape = (signature["in_chans"], *hw(signature["data.image_size"]))
+    normalize = Normalize(state["mean"], state["std"], torch.device("cpu"))
+    data, name = checkpoint_data(state)
+    calibration = test = labels = None
+    if data is not None:
+        calibration, _ = _random_images(data.train, args["calibration_images"], shape)
+        test, labels = _random_images(data.test, args["check_images"], shape)
+    calibration_where = f"training images of {name}" if calibration is not None else f"the check's {where}"
+    test_where = f"test images of {name}" if test is not None else where + " (unlabelled)"
+    calibration = normalize(calibration) if calibration is not None else inputs[:args["calibration_images"]]
+    test = normalize(test) if test is not None else inputs[:args["check_images"]]
+    return calibration, calibration_where, test, labels, test_where
+
+
+def export_int8(state: dict[str, Any], fp32: Path, fp32_meta: dict[str, Any], args: dict[str, Any], inputs,
+                where: str) -> dict[str, Any]:
+    """Quantise the fp32 file to int8 beside it, compare the two, and write the int8 file and its
+    sidecar once the comparison finds nothing broken; returns that sidecar's contents."""
+    from swin_cli import quantize
+    from swin_cli.atomic_io import atomic_path, write_text_atomic
+
+    mode = args["quantize_mode"]
+    out = quantize.int8_path(fp32)
+    calibration, calibration_where, test, labels, test_where = int8_inputs(state, args, inputs, where)
+    static = mode == "static"
+    print(f"{PROGRAM}: {fp32.name} -> {out.name} (int8, quantize_mode={mode}"
+          + (f", calibrated on {len(calibration)} {calibration_where})" if static else ")"), flush=True)
+    start = time.perf_counter()
+    with atomic_path(out) as tmp:
+        quantize.quantize_onnx(fp32, tmp, mode, calibration.numpy() if static else None)
+        seconds = time.perf_counter() - start
+        result = quantize.compare(OnnxClassifier(fp32, sidecar=False), OnnxClassifier(tmp, sidecar=False),
+                                  test, labels)
+        print(f"{PROGRAM}: {quantize.describe(result, test_where)}", flush=True)
+        why = quantize.problem(result)
+        if why is not None:
+            raise SwinCliError(f"the int8 model looks broken: {why}; {out.name} not written ({fp32.name} is kept)")
+    meta = {**fp32_meta, "file": out.name, "precision": "int8",
+            "quantization": {"tool": "onnxruntime.quantization", "mode": mode, "weights": "int8 per channel",
+                             "activations": "uint8, calibrated (QDQ)" if static else "uint8, per input",
+                             "ops": "all ORT quantises (QDQ)" if static else list(quantize.DYNAMIC_OPS),
+                             "from": fp32.name,
+                             "calibration": f"{len(calibration)} {calibration_where}" if static else None},
+            "check": {**result, "inputs": test_where, "max_accuracy_drop": quantize.MAX_ACCURACY_DROP,
+                      "runtime": "ONNX Runtime (CPU)"},
+            "export_seconds": round(seconds, 2)}
+    sidecar = sidecar_path(out)
+    write_text_atomic(sidecar, json.dumps(meta, indent=2) + "\n")
+    size_mb = out.stat().st_size / 2**20
+    print(f"{PROGRAM}: wrote {out} ({size_mb:.1f} MB, quantised in {seconds:.1f} s) and {sidecar.name}", flush=True)
     return meta
 
 

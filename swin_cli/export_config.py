@@ -23,6 +23,9 @@ ExportFormat = choices("ExportFormat", "onnx", "torchscript")
 # dynamo: torch.export-based torch.onnx.export; legacy: the TorchScript-based one.
 Exporter = choices("Exporter", "dynamo", "legacy")
 DEFAULT_EXPORTER = "dynamo"
+# int8: the ONNX file is also written quantised (swin_cli/quantize.py), beside the fp32 one.
+Quantize = choices("Quantize", "none", "int8")
+QuantizeMode = choices("QuantizeMode", "dynamic", "static")
 
 
 @dataclass
@@ -35,10 +38,18 @@ class ExportConfig:
     # ONNX only; null: dynamo. A default of null tells "not given" apart from "given with
     # format=torchscript", which is an error.
     exporter: Optional[Exporter] = None
+    quantize: Quantize = Quantize.none  # type: ignore[attr-defined]
+    # quantize=int8 only, as exporter is; null: static (swin_cli/quantize.py says why).
+    quantize_mode: Optional[QuantizeMode] = None
+    # static only: training images the activation ranges are measured on; null: 64.
+    calibration_images: Optional[int] = None
+    # quantize=int8: test images the int8 model's top-1 is compared with fp32's on (at most).
+    check_images: int = 1000
 
 
 KEYS = tuple(f.name for f in dataclasses.fields(ExportConfig))
 ONNX_ONLY = ("opset", "exporter")
+INT8_ONLY = ("quantize_mode", "calibration_images")
 
 
 class ArgumentError(SwinCliError):
@@ -50,15 +61,15 @@ def register() -> None:
 
 
 def export_args(cfg: Any) -> dict[str, Any]:
-    """The composed config as plain, checked values: ckpt, format, out, batch, opset, exporter
-    (the default exporter filled in)."""
+    """The composed config as plain, checked values: ckpt, format, out, batch, opset, exporter,
+    and quantize_args's (the defaults filled in)."""
     unknown = sorted(set(cfg.keys()) - set(KEYS) - {"hydra"})  # `+key=value` adds keys to any schema
     if unknown:
         raise ArgumentError(f"unknown key {unknown[0]!r} (keys: {', '.join(KEYS)})")
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise ArgumentError("ckpt=<run dir or .pt> is required (see --help)")
     fmt = plain(cfg.format)
-    for key in ("batch", "opset"):
+    for key in ("batch", "opset", "calibration_images", "check_images"):
         if cfg[key] is not None and cfg[key] < 1:
             raise ArgumentError(f"{key} must be a positive integer (got {cfg[key]})")
     given = [key for key in ONNX_ONLY if cfg[key] is not None]
@@ -68,7 +79,28 @@ def export_args(cfg: Any) -> dict[str, Any]:
                             f"(got format={fmt})")
     exporter = plain(cfg.exporter) if cfg.exporter is not None else DEFAULT_EXPORTER
     return {"ckpt": str(cfg.ckpt), "format": fmt, "out": cfg.out, "batch": int(cfg.batch),
-            "opset": cfg.opset, "exporter": exporter}
+            "opset": cfg.opset, "exporter": exporter, **quantize_args(cfg, fmt)}
+
+
+def quantize_args(cfg: Any, fmt: str) -> dict[str, Any]:
+    """quantize, quantize_mode, calibration_images, check_images, defaults filled in."""
+    from swin_cli.quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MODE
+
+    quantize = plain(cfg.quantize)
+    if quantize != "none" and fmt != "onnx":
+        raise ArgumentError(f"quantize={quantize} applies only to format=onnx (got format={fmt}; "
+                            f"quantize: none, int8)")
+    given = [key for key in INT8_ONLY if cfg[key] is not None]
+    if quantize != "int8" and given:
+        keys = " and ".join(f"{k}=" for k in given)
+        raise ArgumentError(f"{keys} {'apply' if len(given) > 1 else 'applies'} only to quantize=int8 "
+                            f"(got quantize={quantize})")
+    mode = plain(cfg.quantize_mode) if cfg.quantize_mode is not None else DEFAULT_MODE
+    if mode != "static" and cfg.calibration_images is not None:
+        raise ArgumentError(f"calibration_images= applies only to quantize_mode=static (got quantize_mode={mode})")
+    calibration = cfg.calibration_images if cfg.calibration_images is not None else DEFAULT_CALIBRATION_IMAGES
+    return {"quantize": quantize, "quantize_mode": mode, "calibration_images": int(calibration),
+            "check_images": int(cfg.check_images)}
 
 
 def explain(line: str) -> str:

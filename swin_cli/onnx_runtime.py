@@ -3,6 +3,7 @@ checkpoint's export lies, the JSON sidecar next to it, and `OnnxClassifier`, an 
 ONNX Runtime.
 
     clf = OnnxClassifier("outputs/DATE/TIME")            # its best.onnx and best.onnx.json
+    clf = OnnxClassifier("outputs/DATE/TIME/best.int8.onnx")   # quantize=int8's file
     logits = clf(Normalize(clf.mean, clf.std, cpu)(uint8_images))
 
 mode=predict with predict_backend=onnx (swin_cli/evaluate.py) runs exports through this module;
@@ -93,8 +94,9 @@ class OnnxClassifier:
     `clf(images)` with normalised float images (N, C, H, W) returns torch float32 logits
     (N, classes) on the CPU.
 
-    With its sidecar (the default): `classes`, `mean`, `std`, `image_size`, `channels` and
-    `meta` (the whole JSON) come from it. `providers`: ONNX Runtime execution providers
+    With its sidecar (the default): `classes`, `mean`, `std`, `image_size`, `channels`,
+    `precision` (fp32, or int8 for swin-export quantize=int8's file) and `meta` (the whole JSON)
+    come from it. `providers`: ONNX Runtime execution providers
     (default CPU only); `threads`: intra-op threads (default ONNX Runtime's own choice).
     """
 
@@ -124,6 +126,8 @@ class OnnxClassifier:
         self.std: Optional[list[float]] = self.meta.get("std")
         self.image_size: Optional[int] = self.meta.get("image_size")
         self.channels: Optional[int] = self.meta.get("channels")
+        # Sidecars older than quantize=int8 say nothing: those exports were all fp32.
+        self.precision: str = self.meta.get("precision") or "fp32"
 
     @property
     def opset(self) -> Optional[int]:

@@ -28,6 +28,8 @@ from swin_cli.onnx_runtime import OnnxClassifier, missing_extra_message  # noqa:
 # Runs swin-train (a subprocess or a whole Trainer): the end-to-end tier (README, Tests).
 pytestmark = pytest.mark.e2e
 
+# swin-export's keys, as its errors list them.
+ALL_KEYS = "ckpt, format, out, batch, opset, exporter, quantize, quantize_mode, calibration_images, check_images"
 # Image 20, patch 2: a 10x10 map, padded to 12 for window 4, shifted by 2 with a mask; after
 # merging a 5x5 map, padded to 8, shifted and masked again.
 SMALL = dict(image_size=20, patch_size=2, in_chans=3, num_classes=5, embed_dim=8, depths=[2, 2],
@@ -187,8 +189,8 @@ def test_missing_extra_is_one_line_naming_it(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["ckpt=x", "foo=1"], "Key 'foo' not in 'ExportConfig' (keys: ckpt, format, out, batch, opset, exporter)"),
-    (["ckpt=x", "+foo=1"], "unknown key 'foo' (keys: ckpt, format, out, batch, opset, exporter)"),
+    (["ckpt=x", "foo=1"], "Key 'foo' not in 'ExportConfig' (keys: " + ALL_KEYS + ")"),
+    (["ckpt=x", "+foo=1"], "unknown key 'foo' (keys: " + ALL_KEYS + ")"),
     (["ckpt=x", "format=tflite"], "format=tflite; Invalid value 'tflite', expected one of [onnx, torchscript]"),
     (["ckpt=x", "batch=0"], "batch must be a positive integer (got 0)"),
     (["ckpt=x", "opset=0"], "opset must be a positive integer (got 0)"),
@@ -212,10 +214,12 @@ def test_bad_arguments_exit_2_with_one_line_and_leave_nothing(argv, message, cap
 
 
 def test_arguments_have_the_old_defaults_and_the_help_names_every_key():
+    int8_defaults = {"quantize": "none", "quantize_mode": "static", "calibration_images": 64, "check_images": 1000}
     assert composed_args("ckpt=run") == {"ckpt": "run", "format": "onnx", "out": None, "batch": 8, "opset": None,
-                                         "exporter": "dynamo"}
+                                         "exporter": "dynamo", **int8_defaults}
     assert composed_args("ckpt=run/best.pt", "out=model.onnx", "batch=32", "opset=18", "exporter=legacy") == \
-        {"ckpt": "run/best.pt", "format": "onnx", "out": "model.onnx", "batch": 32, "opset": 18, "exporter": "legacy"}
+        {"ckpt": "run/best.pt", "format": "onnx", "out": "model.onnx", "batch": 32, "opset": 18, "exporter": "legacy",
+         **int8_defaults}
     assert composed_args("ckpt=run", "format=torchscript")["format"] == "torchscript"
     for key in KEYS:
         assert f"\n  {key} " in ex.USAGE
