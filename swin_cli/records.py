@@ -64,7 +64,9 @@ class RunRecords:
         if not self.active:
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.fields, lineterminator="\n")
+        # Keys only some runs have (train_size, of train.resolution_schedule) stay in metrics.jsonl,
+        # so metrics.csv keeps the same columns for every run.
+        writer = csv.DictWriter(buffer, fieldnames=self.fields, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
         atomic_io.write_text_atomic(self.run_dir / "metrics.csv", buffer.getvalue())
@@ -156,6 +158,7 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     train, val = multilabel_scores_text(row) if "val_map" in row else single_label_scores_text(row)
     return (f"epoch {row['epoch']:>{width}}/{epochs} | {train} | {val} | lr {row['lr']:.2e} | "
             f"{row['epoch_time_s']:.1f}s (data {data_share:.0%}) {row['train_img_per_s']:.0f} img/s"
+            + (f" | size {row['train_size']}" if row.get("train_size") else "")
             + (f" | {row['skipped_images']} unreadable skipped" if row.get("skipped_images") else ""))
 
 

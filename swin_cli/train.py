@@ -53,6 +53,8 @@ from swin_cli.multilabel_metrics import RESULT_SCORES as MULTILABEL_SCORES
 from swin_cli.multilabel_metrics import ROW_SCORES as MULTILABEL_ROW_SCORES
 from swin_cli.multilabel_metrics import MultiLabelScores, scores_from_probabilities
 from swin_cli.records import EpochProgress, RunRecords, clean_up_after_a_kill, prepare_run_dir
+from swin_cli.resolution import ResolutionSchedule, at_size, compiled_sizes, epoch_shapes
+from swin_cli.sizes import size_text
 from swin_cli.step import build_train_step
 from swin_cli.text import plural
 
@@ -94,7 +96,13 @@ class Trainer:
         self.data: DataBundle = place_data(debug_subset(load_data(cfg.data, self.device, settled=settled), cfg,
                                                         self.world), self.device, cfg.data.on_device)
         self.batch_size, self.steps_per_epoch = batch_plan(cfg, len(self.data.train), self.world)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        # train.resolution_schedule (progressive resizing): each epoch's side, batch and steps,
+        # from the config and the epoch alone, so a resumed run trains its epoch as the first did.
+        # Without a schedule every epoch is (data.image_size, batch_size, steps_per_epoch).
+        self.resolution = ResolutionSchedule.from_config(cfg)
+        self.shapes = epoch_shapes(cfg, self.resolution, self.batch_size, self.steps_per_epoch, len(self.data.train),
+                                   self.world)
+        self.total_steps = sum(shape.steps for shape in self.shapes)
         # The training split's images per class (None: unknown without reading it, e.g. shards):
         # the imbalance options' prior, kept in checkpoints for post-hoc adjustment at evaluation.
         self.class_counts = class_counts(self.data.train, self.data.num_classes)
@@ -204,9 +212,12 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         self.records.start(self.model, self.data, self.device, self.steps_per_epoch, self.batch_size, self.world)
+        if self.resolution is not None and self.is_main:
+            log.info(f"progressive resizing (train.resolution_schedule): {self.resolution.describe(self.cfg.epochs)}; "
+                     f"evaluation at {size_text(self.cfg.data.image_size)}")
         stop = StopRequest()
         try:
-            with stop.installed(), self.step.anomaly_detection():
+            with stop.installed(), self.step.anomaly_detection(), compiled_sizes(self.cfg.train.compile, self.shapes):
                 while self.epoch < self.cfg.epochs and self.loop.stop is None:
                     try:
                         self._train_epoch(stop)
@@ -237,11 +248,15 @@ class Trainer:
 
     def _train_epoch(self, stop: StopRequest) -> None:
         cfg, loop = self.cfg, self.loop
+        shape = self.shapes[loop.epoch]
+        if shape.size is not None:  # the side's window geometry kept before a compiled step traces it
+            self.model.prepare_input_size(shape.size)
         self.model.train()
+        self.step.micro_batch = shape.batch
         # Overfitting a few batches uses the same batches, in the same order, every epoch.
-        plan = EpochPlan(cfg.seed, loop.epoch, self.batch_size * cfg.train.accumulate, self.steps_per_epoch,
+        plan = EpochPlan(cfg.seed, loop.epoch, shape.batch * cfg.train.accumulate, shape.steps,
                          loop.step_in_epoch, self.rank, self.world, shuffle=not cfg.train.overfit_batches,
-                         repeats=cfg.data.repeats, weights=self.sample_weights)
+                         repeats=cfg.data.repeats, weights=self.sample_weights, size=shape.size)
         imbalance.start_epoch(self.step.criterion, loop.epoch)  # deferred re-weighting switches by epoch
         # Each rank draws its own augmentation / stochastic-depth randomness (rank 0 = 1 process).
         rank_seed = cfg.seed + 7_919_093 * self.rank
@@ -249,13 +264,15 @@ class Trainer:
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)
         recent: list[torch.Tensor] = []
         progress = EpochProgress(self.is_main and cfg.log.progress and sys.stdout.isatty(), loop.epoch + 1,
-                                 cfg.epochs, self.steps_per_epoch, loop.step_in_epoch, self._decisions_per_image())
+                                 cfg.epochs, shape.steps, loop.step_in_epoch, self._decisions_per_image())
         started = time.perf_counter()
         batches = self.data.train.train_batches(plan)
         try:
-            while loop.step_in_epoch < self.steps_per_epoch:
+            while loop.step_in_epoch < shape.steps:
                 waited = time.perf_counter()  # the time the step waits for its batch counts as data time
                 images, labels = next(batches)
+                if shape.size is not None:  # a split that holds finished images: resized here
+                    images = at_size(images.to(self.device, non_blocking=True), shape.size)
                 loop.running["data_time"] += time.perf_counter() - waited
                 torch.manual_seed(step_seed(rank_seed, loop.global_step))
                 loss, step_correct = self._train_step(images, labels)
@@ -269,7 +286,7 @@ class Trainer:
                     self.first_step_s = time.time() - self.start_time
                 if self.on_step is not None:
                     self.on_step(self)
-                log_point = len(recent) >= cfg.log.interval or loop.step_in_epoch == self.steps_per_epoch
+                log_point = len(recent) >= cfg.log.interval or loop.step_in_epoch == shape.steps
                 # All ranks must stop at the same step, or DDP's next all-reduce would hang. Agreeing
                 # is an all-reduce the host waits for, so under torchrun it happens at log points
                 # only (where the loss check waits anyway): a stop request lands within
@@ -325,7 +342,9 @@ class Trainer:
             "train_label_acc" if self.multilabel else "train_acc": accuracy, **score_columns("val", val, names),
             **score_columns("ema_val", ema_val, names), "lr": float(self.step.scheduler.get_last_lr()[0]),
             "epoch_time_s": train_time, "data_time_s": running["data_time"],
-            "train_img_per_s": running["seen"] / max(train_time, 1e-9), "skipped_images": len(self.data.skipped)})
+            "train_img_per_s": running["seen"] / max(train_time, 1e-9), "skipped_images": len(self.data.skipped),
+            # Progressive resizing: the side this epoch trained at (metrics.jsonl and the epoch line).
+            **({"train_size": self.shapes[loop.epoch].size} if self.resolution is not None else {})})
         rule = self.cfg.train.early_stopping
         improved = loop.score_epoch(loop.history[-1], self.select_metric, rule.patience, rule.min_delta)
         if loop.stop is None and loop.epoch < self.cfg.epochs:
@@ -357,7 +376,7 @@ class Trainer:
         distributed.barrier()
         if path is not None:
             log.info(f"saved a resumable checkpoint to {path} "
-                     f"(epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch})")
+                     f"(epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.shapes[self.epoch].steps})")
             log.info(f"resume with: {checkpoint.resume_command(self.overrides, self.run_dir)}")
         raise TrainingInterrupted(signum)
 

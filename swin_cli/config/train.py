@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from swin_cli.choices import choices, plain
-from swin_cli.config.errors import check
+from swin_cli.config.errors import check, check_problem
+from swin_cli.resolution import schedule_problem
 
 Precision = choices("Precision", "fp32", "bf16", "fp16")
 # torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also searches kernels.
@@ -40,6 +41,23 @@ class EarlyStoppingConfig:
     # epochs in a row; null: train every epoch.
     patience: Optional[int] = None
     min_delta: float = 0.0
+
+
+@dataclass
+class ResolutionScheduleConfig:
+    # Progressive resizing (swin_cli/resolution.py): train the early epochs on smaller images,
+    # the side ramping linearly from `start` at epoch start_epoch (0-based) to `end` (null:
+    # data.image_size) at round(end_fraction x epochs), rounded down to a multiple of `step`
+    # (null: model.patch_size x 2^(stages - 1), the finest step that fits the model). Evaluation
+    # stays at data.image_size. start=null: off.
+    start: Optional[int] = None
+    end: Optional[int] = None
+    start_epoch: int = 0
+    end_fraction: float = 0.7
+    step: Optional[int] = None
+    # Grow the batch by (data.image_size / side)^2 on the smaller sides, so a batch holds the
+    # pixels of a full-size one (the epoch then takes fewer, larger steps).
+    scale_batch: bool = False
 
 
 @dataclass
@@ -101,6 +119,7 @@ class TrainConfig:
     # positives in the training labels (balanced; capped at POS_WEIGHT_CAP in
     # swin_cli/multilabel_loss.py), so that a rare label is not learnt as "always absent". none: 1.
     pos_weight: PosWeight = PosWeight.none
+    resolution_schedule: ResolutionScheduleConfig = field(default_factory=ResolutionScheduleConfig)
 
 
 def check_train(cfg: Any) -> None:
@@ -117,6 +136,12 @@ def check_train(cfg: Any) -> None:
         check(value is None or value >= 1, f"train.{key} must be >= 1 or null (got {value})")
     check_imbalance(t)
     check_task(cfg)
+    check_resolution_schedule(cfg)
+
+
+def check_resolution_schedule(cfg: Any) -> None:
+    """train.resolution_schedule: sides that fit the model, a ramp that ends after it starts."""
+    check_problem(schedule_problem(cfg))
 
 
 def check_task(cfg: Any) -> None:

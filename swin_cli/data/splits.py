@@ -59,6 +59,10 @@ class EpochPlan:
     # Per-image sampling weights (data.sampler=class_balanced; swin_cli/imbalance.py): the epoch's
     # order is then n weighted draws with replacement instead of a permutation. None: uniform.
     weights: Optional[Tensor] = field(default=None, compare=False)
+    # The training images' side this epoch (train.resolution_schedule; swin_cli/resolution.py): a
+    # split that decodes crops at it; one that holds or reads finished images leaves its batches
+    # to the trainer's resize. None: the split's own side.
+    size: Optional[int] = None
 
     def order(self, n: int) -> Tensor:
         if not self.shuffle:

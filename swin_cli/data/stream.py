@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from swin_cli.data.loader import read_loader, stacked, worker_loader
 from swin_cli.data.sources import DataError, Label, Samples, label_tensor
 from swin_cli.data.splits import Batch, EpochPlan, step_seed
+from swin_cli.resolution import resized_view
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,12 @@ class StreamSplit:
     def subset(self, index: torch.Tensor) -> "StreamSplit":
         return self._with(self.samples.subset(index.tolist()), self.transform)
 
-    def _batches(self, keys: list[list[tuple[int, int]]]) -> Iterator[Batch]:
+    def _batches(self, keys: list[list[tuple[int, int]]], dataset: Optional[_Decoded] = None) -> Iterator[Batch]:
         if not keys:
             return
         collate = partial(_collate, multilabel_classes=self.multilabel_classes)  # picklable, for the workers
-        loader = worker_loader(self._dataset, self.workers, self.prefetch, batch_sampler=keys, collate_fn=collate,
-                               pin_memory=self.pin_memory)
+        loader = worker_loader(dataset or self._dataset, self.workers, self.prefetch, batch_sampler=keys,
+                               collate_fn=collate, pin_memory=self.pin_memory)
         with closing(read_loader(loader)) as batches:
             for images, labels, failed in batches:
                 self._note_skipped(failed)
@@ -121,7 +122,10 @@ class StreamSplit:
         draws = [step_seed(plan.seed, plan.epoch * plan.repeats + copy) for copy in plan.copies(order)]
         keys = [[(order[p], draws[p]) for p in range(start, min(stop, len(order)))]
                 for start, stop in plan.step_slices()]
-        return self._batches(keys)
+        # Progressive resizing: the workers, forked for this epoch, crop at the epoch's side.
+        dataset = None if plan.size is None else _Decoded(self.samples, resized_view(self.transform, plan.size),
+                                                          self.seed)
+        return self._batches(keys, dataset)
 
     def eval_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         mine = list(range(rank, len(self), world))
