@@ -50,13 +50,20 @@ def test_the_views_make_boxes(tmp_path):
     ("eval.image_sizes=[16,[16,abc]]", "eval.image_sizes[1] must be a number or [H, W]"),
     ("eval.image_sizes=[]", "eval.image_sizes must list at least one size"),
 ])
-def test_a_bad_size_is_one_line_naming_the_key(override, message, tmp_path):
-    mode = ["mode=eval", f"ckpt={tmp_path}"] if override.startswith("eval.") else []
-    proc = run_cli(*TINY, "data=digits", override, *mode, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-                   timeout=120)
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_a_bad_size_is_one_line_naming_the_key(override, message):
+    from swin_cli.config import ConfigError, validate
+
+    mode = ["mode=eval", "ckpt=some/run"] if override.startswith("eval.") else []
+    with pytest.raises(ConfigError) as raised:
+        validate(make_config(*TINY, "data=digits", override, *mode))
+    assert message in str(raised.value)
+
+
+def test_a_bad_size_stops_swin_train_in_one_line(tmp_path):
+    proc = run_cli(*TINY, "data=digits", "data.image_size=[16,15]", f"hydra.run.dir={tmp_path / 'run'}",
+                   cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "data.image_size=16x15 is not divisible by model.patch_size=2" in proc.stderr, proc.stderr
 
 
 def test_eval_image_sizes_is_for_swin_eval_only():
@@ -95,6 +102,14 @@ def test_a_box_trains_and_swin_eval_scores_it_at_several_sizes(tmp_path):
     trained = next(row for row in table["sizes"] if row["image_size"] == [16, 24])
     assert trained["acc"] == pytest.approx(results["test_acc"], abs=1e-6)
     assert table["best_image_size"] in [row["image_size"] for row in table["sizes"]]
+
+    # The export takes the box: a fixed 16 x 24 input, said in the sidecar, checked against torch.
+    pytest.importorskip("onnxruntime")
+    exported = subprocess.run([str(Path(sys.executable).with_name("swin-export")), f"ckpt={run}", "exporter=legacy"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    sidecar = json.loads((run / "best.onnx.json").read_text())
+    assert sidecar["image_size"] == [16, 24] and sidecar["input"]["shape"][2:] == [16, 24]
 
     # A size the checkpoint's patch does not divide stops before any image is decoded.
     bad = subprocess.run([str(exe), f"ckpt={run}", "eval.image_sizes=[16,17]", f"hydra.run.dir={tmp_path / 'e2'}"],
