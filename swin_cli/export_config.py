@@ -72,14 +72,18 @@ def export_args(cfg: Any) -> dict[str, Any]:
     for key in ("batch", "opset", "calibration_images", "check_images"):
         if cfg[key] is not None and cfg[key] < 1:
             raise ArgumentError(f"{key} must be a positive integer (got {cfg[key]})")
-    given = [key for key in ONNX_ONLY if cfg[key] is not None]
-    if fmt != "onnx" and given:
-        keys = " and ".join(f"{k}=" for k in given)
-        raise ArgumentError(f"{keys} {'apply' if len(given) > 1 else 'applies'} only to format=onnx "
-                            f"(got format={fmt})")
+    _only_with(cfg, ONNX_ONLY, fmt == "onnx", "format=onnx", f"format={fmt}")
     exporter = plain(cfg.exporter) if cfg.exporter is not None else DEFAULT_EXPORTER
     return {"ckpt": str(cfg.ckpt), "format": fmt, "out": cfg.out, "batch": int(cfg.batch),
             "opset": cfg.opset, "exporter": exporter, **quantize_args(cfg, fmt)}
+
+
+def _only_with(cfg: Any, keys: tuple[str, ...], allowed: bool, needs: str, got: str) -> None:
+    """One line naming the keys that were given although they apply only with `needs`."""
+    given = [key for key in keys if cfg[key] is not None]
+    if not allowed and given:
+        named = " and ".join(f"{k}=" for k in given)
+        raise ArgumentError(f"{named} {'apply' if len(given) > 1 else 'applies'} only to {needs} (got {got})")
 
 
 def quantize_args(cfg: Any, fmt: str) -> dict[str, Any]:
@@ -90,11 +94,7 @@ def quantize_args(cfg: Any, fmt: str) -> dict[str, Any]:
     if quantize != "none" and fmt != "onnx":
         raise ArgumentError(f"quantize={quantize} applies only to format=onnx (got format={fmt}; "
                             f"quantize: none, int8)")
-    given = [key for key in INT8_ONLY if cfg[key] is not None]
-    if quantize != "int8" and given:
-        keys = " and ".join(f"{k}=" for k in given)
-        raise ArgumentError(f"{keys} {'apply' if len(given) > 1 else 'applies'} only to quantize=int8 "
-                            f"(got quantize={quantize})")
+    _only_with(cfg, INT8_ONLY, quantize == "int8", "quantize=int8", f"quantize={quantize}")
     mode = plain(cfg.quantize_mode) if cfg.quantize_mode is not None else DEFAULT_MODE
     if mode != "static" and cfg.calibration_images is not None:
         raise ArgumentError(f"calibration_images= applies only to quantize_mode=static (got quantize_mode={mode})")

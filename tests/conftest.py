@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -54,6 +55,26 @@ def run_cli_together(arg_lists: list[list[str]], cwd: Path, timeout: float = 300
         results.append(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
     return results
 
+
+
+@pytest.fixture
+def compile_counters(monkeypatch) -> list:
+    """torch.compile counting: every call compiles with the aot_eager backend (forward and
+    backward traced as inductor would get them, no code generated) behind its own counter,
+    appended to the list returned; dynamo's caches are reset first."""
+    import torch
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counters: list = []
+    real_compile = torch.compile
+
+    def counting_compile(fn, mode=None):
+        counters.append(CompileCounterWithBackend("aot_eager"))
+        return real_compile(fn, backend=counters[-1])
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    return counters
 
 
 def _on_gloo_rank(rank: int, work, out: Path, args: tuple) -> None:

@@ -83,7 +83,7 @@ def test_a_bad_compile_mode_names_the_key():
     assert "compile_mode" in str(raised.value.__cause__ or raised.value)
 
 
-def test_a_run_compiles_once_across_steps_epochs_and_lr_changes(monkeypatch, tmp_path):
+def test_a_run_compiles_once_across_steps_epochs_and_lr_changes(compile_counters, tmp_path):
     """The Trainer over 2 epochs of 3 steps, the cosine schedule moving the lr every step, the
     model switched to eval for validation in between, cifar10_swin's pipeline (AutoAugment,
     erasing, mixing, repeats): every compiled function (model, batch pipeline) compiles during
@@ -91,15 +91,7 @@ def test_a_run_compiles_once_across_steps_epochs_and_lr_changes(monkeypatch, tmp
     first compiled call, which made the second step recompile the pipeline.)"""
     from swin_cli.train import Trainer
 
-    torch._dynamo.reset()
-    counters: list[CompileCounterWithBackend] = []
-    real_compile = torch.compile
-
-    def counting_compile(fn, mode=None):
-        counters.append(CompileCounterWithBackend("aot_eager"))
-        return real_compile(fn, backend=counters[-1])
-
-    monkeypatch.setattr(torch, "compile", counting_compile)
+    counters = compile_counters
     cfg = make_config(*TINY_MODEL, "data=digits", "aug=small_data", "aug.hflip=false", "data.repeats=3",
                       "data.batch_size=16", "train.max_steps_per_epoch=3",
                       "epochs=2", "threads=1", "train.compile=true", "model.drop_path_rate=0.1",

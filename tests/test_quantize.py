@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY_MODEL, run_cli
 from PIL import Image
+from test_export import _swin_export, composed_args
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime.quantization")
@@ -22,7 +23,6 @@ pytest.importorskip("onnxscript")
 
 from swin_cli import quantize  # noqa: E402
 from swin_cli.errors import SwinCliError  # noqa: E402
-from swin_cli.export_config import export_args, register  # noqa: E402
 from swin_cli.onnx_runtime import OnnxClassifier  # noqa: E402
 
 # Runs swin-train and swin-export in subprocesses: the end-to-end tier, as tests/test_export.py.
@@ -39,21 +39,6 @@ def trained_run(tmp_path_factory) -> Path:
                    f"hydra.run.dir={tmp / 'run'}", cwd=tmp, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return tmp / "run"
-
-
-def _swin_export(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("swin-export")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "swin_cli.export"]
-    return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-
-
-def composed_args(*overrides: str) -> dict:
-    from hydra import compose, initialize_config_module
-
-    register()
-    with initialize_config_module("swin_cli.conf", version_base="1.3"):
-        return export_args(compose("export", list(overrides)))
 
 
 def test_swin_export_quantize_int8_writes_a_checked_int8_file(trained_run):

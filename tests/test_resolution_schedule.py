@@ -193,22 +193,12 @@ def test_resume_mid_ramp_trains_the_same_sides_and_ends_the_same(tmp_path, stop_
 
 
 @pytest.mark.e2e
-def test_a_compiled_run_compiles_one_graph_per_side(monkeypatch, tmp_path):
+def test_a_compiled_run_compiles_one_graph_per_side(compile_counters, tmp_path):
     """Three sides: the model and the batch pipeline each compile three static graphs (not a
     dynamic one after the second side), and never again within a side."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-
     from swin_cli.train import Trainer
 
-    torch._dynamo.reset()
-    counters: list[CompileCounterWithBackend] = []
-    real_compile = torch.compile
-
-    def counting_compile(fn, mode=None):
-        counters.append(CompileCounterWithBackend("aot_eager"))
-        return real_compile(fn, backend=counters[-1])
-
-    monkeypatch.setattr(torch, "compile", counting_compile)
+    counters = compile_counters
     cfg = make_config(*FAST, "aug=small_data", "aug.hflip=false", "data.batch_size=16", "train.max_steps_per_epoch=2",
                       "epochs=4", "train.compile=true", f"{RAMP}.start=8", f"{RAMP}.end_fraction=0.5")
     frames: list[list[int]] = []
