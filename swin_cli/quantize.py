@@ -145,8 +145,8 @@ def compare(fp32: Callable[[Any], Any], int8: Callable[[Any], Any], images: Any,
         x = images[start:start + batch]
         a, b = fp32(x).float(), int8(x).float()
         diff = float((a - b).abs().max())
-        if not math.isfinite(diff) or diff > worst:  # NaN compares false: kept by the first test
-            worst = diff if math.isfinite(worst) else worst
+        if math.isfinite(worst) and not diff <= worst:  # a NaN or inf, once seen, stays: problem() names it
+            worst = diff
         top32, top8 = a.argmax(1), b.argmax(1)
         agree += int((top32 == top8).sum())
         if labels is not None:
@@ -154,10 +154,9 @@ def compare(fp32: Callable[[Any], Any], int8: Callable[[Any], Any], images: Any,
             right32 += int((top32 == y).sum())
             right8 += int((top8 == y).sum())
     n = len(images)
-    result = {"images": n, "agreement": 100.0 * agree / n, "max_abs_diff": worst,
-              "acc_fp32": 100.0 * right32 / n if labels is not None else None,
-              "acc_int8": 100.0 * right8 / n if labels is not None else None}
-    return result
+    return {"images": n, "agreement": 100.0 * agree / n, "max_abs_diff": worst,
+            "acc_fp32": 100.0 * right32 / n if labels is not None else None,
+            "acc_int8": 100.0 * right8 / n if labels is not None else None}
 
 
 def problem(result: dict[str, Any]) -> Optional[str]:

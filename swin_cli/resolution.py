@@ -170,10 +170,9 @@ def at_size(images: Any, size: Optional[int]) -> Any:
     storage holds data.image_size; the filter keeps the downscale from aliasing)."""
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
-    import torch.nn.functional as F
+    from swin_cli.data.storage import resized_uint8
 
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.round_().clamp_(0, 255).to(images.dtype)
+    return resized_uint8(images, (size, size))
 
 
 def compiled_sizes(compiled: bool, shapes: list[EpochShape]) -> ContextManager[Any]:

@@ -228,13 +228,15 @@ def _fit(split: ImageSplit, size: Any, channels: int) -> ImageSplit:
             weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             x = (x.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     if tuple(x.shape[-2:]) != size and len(x):
-        resized = [
-            F.interpolate(x[i:i + 2048].float(), size=size, mode="bilinear",
-                          antialias=True, align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-            for i in range(0, len(x), 2048)
-        ]
-        x = torch.cat(resized)
+        x = torch.cat([resized_uint8(x[i:i + 2048], size) for i in range(0, len(x), 2048)])
     return ImageSplit(x, split.labels)
+
+
+def resized_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 images (N, C, H, W) resized to size (H, W) by an antialiased bilinear filter (no
+    aliasing when shrinking), rounded back to uint8."""
+    resized = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def place_data(data: DataBundle, device: torch.device, on_device: bool) -> DataBundle:
