@@ -170,7 +170,7 @@ def at_size(images: Any, size: Optional[int]) -> Any:
     storage holds data.image_size; the filter keeps the downscale from aliasing)."""
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
-    from swin_cli.data.storage import resized_uint8
+    from swin_cli.data.transforms import resized_uint8
 
     return resized_uint8(images, (size, size))
 

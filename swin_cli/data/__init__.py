@@ -6,7 +6,7 @@ interface the rest of swin-cli reads. Everything outside this package imports fr
     sources.py     what a source hands the storages: tensors, or random-access `Samples`
     digits.py, cifar.py, imagefolder.py, csv_table.py, huggingface.py, webdataset.py: the sources
     decode.py      file or bytes -> 8-bit L/RGB pixels (every PIL mode scaled right)
-    transforms.py  random resized crop, centre crop, squash; JPEG draft decoding
+    transforms.py  random resized crop, centre crop, squash; JPEG draft decoding; batch resize
     views.py       which of those a config asks for, in training and in evaluation
     memory.py      decode once into one uint8 tensor, cached on disk
     stream.py      decode while training in worker processes, deterministic per sample

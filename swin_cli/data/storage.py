@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from swin_cli.data.loader import loader_settings
 from swin_cli.data.memory import DecodeCache
@@ -23,6 +22,7 @@ from swin_cli.data.sources import DataError, SourceData, hold_out_order, label_t
 from swin_cli.data.splits import ImageSplit, Split
 from swin_cli.data.stats import channel_stats_of
 from swin_cli.data.stream import StreamSplit
+from swin_cli.data.transforms import resized_uint8
 from swin_cli.data.views import image_views, train_crop
 from swin_cli.distributed import computed_once
 from swin_cli.sizes import area, hw, size_text
@@ -230,13 +230,6 @@ def _fit(split: ImageSplit, size: Any, channels: int) -> ImageSplit:
     if tuple(x.shape[-2:]) != size and len(x):
         x = torch.cat([resized_uint8(x[i:i + 2048], size) for i in range(0, len(x), 2048)])
     return ImageSplit(x, split.labels)
-
-
-def resized_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 images (N, C, H, W) resized to size (H, W) by an antialiased bilinear filter (no
-    aliasing when shrinking), rounded back to uint8."""
-    resized = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def place_data(data: DataBundle, device: torch.device, on_device: bool) -> DataBundle:

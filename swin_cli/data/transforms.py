@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from swin_cli.data.decode import ImageInput, open_image, to_mode
 from swin_cli.sizes import Size, hw
@@ -175,3 +177,10 @@ class CenterCrop:
             top = int(round((h - out_h) / 2.0))
             left = int(round((w - out_w) / 2.0))
             return as_chw(im.crop((left, top, left + out_w, top + out_h)))
+
+
+def resized_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 images (N, C, H, W) resized to size (H, W) by an antialiased bilinear filter (no
+    aliasing when shrinking), rounded back to uint8."""
+    resized = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
