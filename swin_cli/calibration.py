@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +35,24 @@ class LogitCalibration:
         return self.temperature == 1.0 and self.offset is None
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.offset is not None:
-            logits = logits - torch.tensor(self.offset, dtype=logits.dtype, device=logits.device)
-        return logits / self.temperature if self.temperature != 1.0 else logits
+        return self.on(logits.device)(logits)
 
-    def offset_tensor(self, device: torch.device) -> Optional[torch.Tensor]:
-        return None if self.offset is None else torch.tensor(self.offset, dtype=torch.float32, device=device)
+    def on(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """apply() for float32 logits on `device`, the offset made once there: a split's loop
+        calls it every batch."""
+        offset = None if self.offset is None else torch.tensor(self.offset, dtype=torch.float32, device=device)
+        temperature = self.temperature
+
+        def calibrated(logits: torch.Tensor) -> torch.Tensor:
+            if offset is not None:
+                logits = logits - offset
+            return logits / temperature if temperature != 1.0 else logits
+
+        return calibrated
+
+    def adjustment_only(self) -> "LogitCalibration":
+        """The offset without the temperature: what a temperature is fitted on."""
+        return self.with_temperature(1.0)
 
     def with_temperature(self, temperature: float) -> "LogitCalibration":
         return LogitCalibration(temperature, self.offset, self.logit_adjust_tau)
@@ -65,11 +77,14 @@ class LogitCalibration:
                    saved.get("logit_adjust_tau"))
 
 
+UNCALIBRATED = LogitCalibration()  # the logits as the model gives them
+
+
 def from_prior(class_counts: Optional[Sequence[int]], tau: Optional[float]) -> LogitCalibration:
     """The post-hoc logit adjustment eval.logit_adjust_tau asks for (tau x log of the training
     prior); the identity when it is off or the counts are unknown."""
     if tau is None or class_counts is None:
-        return LogitCalibration()
+        return UNCALIBRATED
     from swin_cli.imbalance import logit_offset
 
     return LogitCalibration(1.0, tuple(logit_offset(class_counts, tau).tolist()), tau)

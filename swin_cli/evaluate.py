@@ -24,7 +24,7 @@ from swin_cli import checkpoint, class_report, distributed, thresholds
 from swin_cli.atomic_io import write_text_atomic
 from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
-from swin_cli.calibration import LogitCalibration, from_prior
+from swin_cli.calibration import UNCALIBRATED, LogitCalibration, from_prior
 from swin_cli.config import plain
 from swin_cli.data import IMAGE_EXTENSIONS, Split, crop_pct, eval_batch_size, eval_transform, load_data
 from swin_cli.data.class_counts import class_counts
@@ -68,15 +68,15 @@ def eval_logits(model: nn.Module, split: Split, normalize: Normalize, device: to
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: Split, normalize: Normalize, device: torch.device, batch_size: int,
                    num_classes: Optional[int] = None, tta: str = "none", precision: str = "fp32",
-                   logit_offset: Optional[Any] = None, temperature: float = 1.0,
+                   calibration: LogitCalibration = UNCALIBRATED,
                    thresholds: Optional[Sequence[float]] = None) -> Scores | MultiLabelScores:
-    """The scores (metrics.py) of `model` on `split`, summed over ranks. What is scored is
-    `(logits - logit_offset) / temperature`: a post-hoc logit adjustment (a per-class offset,
-    such as the log class prior) and a calibration temperature; by default the logits as they
-    are. num_classes: the width of the logits (None: read from the first batch). thresholds: a
+    """The scores (metrics.py) of `model` on `split`, summed over ranks. What is scored is the
+    logits through `calibration` (calibration.py): a post-hoc logit adjustment (a per-class
+    offset, such as the log class prior) and a temperature; by default the logits as they are.
+    num_classes: the width of the logits (None: read from the first batch). thresholds: a
     multi-label model's per-class thresholds (its labels multi-hot): the scores are then
     multilabel_metrics.py's, the F1 at these thresholds."""
-    offset = None if logit_offset is None else torch.as_tensor(logit_offset, dtype=torch.float32, device=device)
+    calibrated = calibration.on(device)
 
     def meter_for(classes: int) -> Any:
         if thresholds is not None:
@@ -85,10 +85,7 @@ def evaluate_split(model: nn.Module, split: Split, normalize: Normalize, device:
 
     meter = meter_for(num_classes) if num_classes is not None else None
     for logits, labels in eval_logits(model, split, normalize, device, batch_size, tta, precision):
-        if offset is not None:
-            logits = logits - offset
-        if temperature != 1.0:
-            logits = logits / temperature
+        logits = calibrated(logits)
         if meter is None:
             meter = meter_for(logits.shape[1])
         meter.update(logits, labels)
@@ -176,7 +173,7 @@ def _score_checkpoint(cfg: Any, model: nn.Module, state: dict[str, Any], device:
                       data_cfg: Any) -> tuple[Any, Any, Split, LogitCalibration, Optional[list[float]]]:
     """(scores, data, the scored split, the calibration applied, a multi-label model's thresholds
     or None) of the checkpoint's model on cfg.eval_split of `data_cfg`'s data."""
-    data = load_data(data_cfg, device)
+    data = load_data(data_cfg, device, statistics=False)  # scored with the checkpoint's mean and std
     name = plain(data_cfg.name)
     if data.classes != state["classes"]:
         raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
@@ -191,8 +188,7 @@ def _score_checkpoint(cfg: Any, model: nn.Module, state: dict[str, Any], device:
     calibration = scoring_calibration(cfg, state, data)
     scores = evaluate_split(model, split, Normalize(state["mean"], state["std"], device), device,
                             eval_batch_size(data_cfg), len(data.classes), tta=plain(cfg.eval.tta),
-                            logit_offset=calibration.offset_tensor(device), temperature=calibration.temperature,
-                            thresholds=chosen)
+                            calibration=calibration, thresholds=chosen)
     return scores, data, split, calibration, chosen
 
 
@@ -209,12 +205,14 @@ def evaluate_at_sizes(cfg: Any, run_dir: Path, model: nn.Module, state: dict[str
             raise SwinCliError(f"eval.image_sizes: {size_text(size)} is not divisible by the checkpoint's "
                                f"model.patch_size={model.patch_size}")
     # The crop ratio of the training size at every size (data.crop_pct's automatic value
-    # changes at 64 px): only the resolution varies along the rows.
+    # changes at 64 px): only the resolution varies along the rows. Streamed from the files as
+    # they are: a size decodes the scored split alone, not every split into the decode cache,
+    # nor into a prepared copy per size (sources held in memory by their reader stay there).
     pct = crop_pct(data_cfg)
     rows, key = [], None
     for size in sizes:
         sized = OmegaConf.merge(data_cfg, {"image_size": list(size) if size[0] != size[1] else size[0],
-                                           "crop_pct": pct})
+                                           "crop_pct": pct, "storage": "stream", "prepare": False})
         scores, data, split, calibration, chosen = _score_checkpoint(cfg, model, state, device, sized)
         key = "map" if chosen is not None else "acc"
         names = MULTILABEL_SCORES if chosen is not None else ("acc", *NEW_SCORES)
@@ -304,6 +302,7 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
     # Sized for the command line's data.image_size as always; left unset (auto), the model's size.
     sized = cfg.data if cfg.data.image_size is not None else OmegaConf.merge(cfg.data, {"image_size": size})
     batch = eval_batch_size(sized)
+    calibrated = calibration.on(device)
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         decoded = [_decoded(view, f) for f in chunk]
@@ -312,7 +311,7 @@ def predict_folder(cfg: Any, run_dir: Path) -> Path:
         if not good:
             continue
         images = torch.from_numpy(np.stack([d for _, d in good]))
-        logits = calibration.apply(model(normalize(images.to(device))).float())
+        logits = calibrated(model(normalize(images.to(device))).float())
         paths = [str(f) for f, _ in good]
         writer.writerows(label_set_rows(paths, logits, classes, info["thresholds"], info["label_separator"])
                          if multilabel else top_class_rows(paths, logits, classes))

@@ -161,8 +161,7 @@ class Trainer:
         # `full` only says the caller will report the per-class table.
         return evaluate_split(model, split, self.step.prepare.normalize, self.device, eval_batch_size(self.cfg.data),
                               self.data.num_classes, plain(self.cfg.eval.tta), self.step.precision,
-                              logit_offset=self.calibration.offset_tensor(self.device),
-                              temperature=self.calibration.temperature, thresholds=self.thresholds)
+                              calibration=self.calibration, thresholds=self.thresholds)
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -464,12 +463,11 @@ class Trainer:
             log.warning("eval.calibrate: no validation split to fit a temperature on; the scores stay uncalibrated")
             return {}
         before = self.evaluator(self.model, self.data.test, False)
-        offset = self.calibration.offset_tensor(self.device)
         batches = list(eval_logits(self.model, self.data.val, self.step.prepare.normalize, self.device,
                                    eval_batch_size(self.cfg.data), plain(self.cfg.eval.tta), self.step.precision))
         logits = torch.cat([logits for logits, _ in batches])
         labels = torch.cat([labels for _, labels in batches])
-        temperature = fit_temperature(logits - offset if offset is not None else logits, labels, self.device)
+        temperature = fit_temperature(self.calibration.adjustment_only().apply(logits), labels, self.device)
         self.calibration = self.calibration.with_temperature(temperature)
         # swin-eval, predict and export score as the test does.
         self._amend_checkpoints({"calibration": self.calibration.to_dict()}, "best.pt")

@@ -86,6 +86,7 @@ def test_a_box_trains_and_swin_eval_scores_it_at_several_sizes(tmp_path):
     assert "3x16x24" in proc.stdout + proc.stderr  # the panel's data line
     results = json.loads((run / "results.json").read_text())
 
+    cached = sorted((tmp_path / "cache").rglob("*"))
     exe = Path(sys.executable).with_name("swin-eval")
     scored = subprocess.run([str(exe), f"ckpt={run}", "eval.image_sizes=[16,[16,24],24]", "threads=1",
                              f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path, capture_output=True, text=True,
@@ -102,6 +103,7 @@ def test_a_box_trains_and_swin_eval_scores_it_at_several_sizes(tmp_path):
     trained = next(row for row in table["sizes"] if row["image_size"] == [16, 24])
     assert trained["acc"] == pytest.approx(results["test_acc"], abs=1e-6)
     assert table["best_image_size"] in [row["image_size"] for row in table["sizes"]]
+    assert sorted((tmp_path / "cache").rglob("*")) == cached  # streamed: no split decoded into the cache
 
     # The export takes the box: a fixed 16 x 24 input, said in the sidecar, checked against torch.
     pytest.importorskip("onnxruntime")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import on_two_gloo_ranks
 
 from swin_cli import class_report, report
+from swin_cli.calibration import LogitCalibration
 from swin_cli.metrics import ECE_BINS, ClassificationMeter, Scores, score_columns
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -147,7 +148,7 @@ def test_evaluate_split_scores_adjusted_logits_and_reads_the_class_count_from_th
     with torch.no_grad():
         logits = model(normalize(images))
     got = evaluate_split(model, ImageSplit(images, labels), normalize, torch.device("cpu"), 8,
-                         logit_offset=offset, temperature=temperature)
+                         calibration=LogitCalibration(temperature, tuple(offset.tolist())))
     want = scored((logits - offset) / temperature, labels)
     assert got.confusion.shape == (7, 7) and torch.equal(got.confusion, want.confusion)
     assert got.nll == pytest.approx(want.nll, rel=1e-6) and got.ece == pytest.approx(want.ece, rel=1e-6)
