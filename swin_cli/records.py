@@ -21,6 +21,7 @@ from swin_cli.errors import SwinCliError
 from swin_cli.loggers import open_trackers
 from swin_cli.metrics import Scores
 from swin_cli.multilabel_metrics import MultiLabelScores
+from swin_cli.sizes import size_text
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
@@ -158,7 +159,7 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     train, val = multilabel_scores_text(row) if "val_map" in row else single_label_scores_text(row)
     return (f"epoch {row['epoch']:>{width}}/{epochs} | {train} | {val} | lr {row['lr']:.2e} | "
             f"{row['epoch_time_s']:.1f}s (data {data_share:.0%}) {row['train_img_per_s']:.0f} img/s"
-            + (f" | size {row['train_size']}" if row.get("train_size") else "")
+            + (f" | size {size_text(row['train_size'], unit='')}" if row.get("train_size") else "")
             + (f" | {row['skipped_images']} unreadable skipped" if row.get("skipped_images") else ""))
 
 

@@ -1,11 +1,13 @@
-"""Progressive resizing (train.resolution_schedule): the training image side as a pure function
-of the epoch, and what each epoch trains with because of it (its side, batch and steps).
+"""Progressive resizing (train.resolution_schedule): the training image size as a pure function
+of the epoch, and what each epoch trains with because of it (its size, batch and steps).
 
 The side ramps linearly from `start` at `start_epoch` to `end` (data.image_size unless given)
 at round(end_fraction x epochs), rounded down to a multiple of `step`; evaluation stays at
-data.image_size. Every size is a multiple of the model's patch x 2^(stages - 1), so every stage's
-map is whole and no patch merging pads. A resumed run computes the same side for its epoch,
-since nothing but the config and the epoch goes into it.
+data.image_size. For a box data.image_size [H, W] the side is the shorter one, and the longer
+keeps the box's aspect ratio, rounded down to the model's unit. Every side is a multiple of the
+model's patch x 2^(stages - 1), so every stage's map is whole and no patch merging pads. A
+resumed run computes the same size for its epoch, since nothing but the config and the epoch
+goes into it.
 
 Swin's FLOPs go with the image area (windows of a fixed size: attention is linear in tokens), so
 an epoch at half the side costs about a quarter of one at full size.
@@ -18,7 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ContextManager, Optional
 
-from swin_cli.sizes import hw
+from swin_cli.sizes import Size, hw, plain_size, size_text
 
 KEY = "train.resolution_schedule"
 
@@ -65,27 +67,28 @@ def schedule_problem(cfg: Any) -> Optional[str]:
                 f"{end_epoch}, not after {KEY}.start_epoch={r.start_epoch}; raise end_fraction or lower start_epoch")
     if cfg.data.image_size is None:
         return None
-    height, width = hw(cfg.data.image_size)
-    if height != width:
-        return (f"{KEY} ramps square sides, and data.image_size={height}x{width} is not square: "
-                "train at a square data.image_size, or leave the schedule off")
-    end = r.end if r.end is not None else height
+    shorter = min(hw(cfg.data.image_size))
+    end = r.end if r.end is not None else shorter
     if r.start > end:
         source = f"{KEY}.end" if r.end is not None else "data.image_size"
-        return f"{KEY}.start={r.start} must be <= {source}={end}, the side the ramp ends at"
+        side = "" if r.end is not None or shorter == max(hw(cfg.data.image_size)) else "'s shorter side"
+        return f"{KEY}.start={r.start} must be <= {source}{side}={end}, the side the ramp ends at"
     return None
 
 
 @dataclass(frozen=True)
 class ResolutionSchedule:
     """The side at each epoch: `start` until `start_epoch`, then linear to `end` at `end_epoch`,
-    rounded down to a multiple of `step` above `start`, and `end` from `end_epoch` on."""
+    rounded down to a multiple of `step` above `start`, and `end` from `end_epoch` on; the size
+    at each epoch is that side's box of data.image_size's shape (`full`)."""
 
     start: int
     end: int
     start_epoch: int
     end_epoch: int
     step: int
+    full: tuple[int, int] = (0, 0)  # data.image_size (H, W); (0, 0): square sides
+    unit: int = 1  # what the longer side of a box is rounded down to
 
     @classmethod
     def from_config(cls, cfg: Any) -> Optional["ResolutionSchedule"]:
@@ -97,9 +100,19 @@ class ResolutionSchedule:
         if r.start is None:
             return None
         check_problem(schedule_problem(cfg))
-        end = r.end if r.end is not None else hw(cfg.data.image_size)[0]
+        full = hw(cfg.data.image_size)
+        end = r.end if r.end is not None else min(full)
         step = r.step if r.step is not None else size_unit(cfg.model)
-        return cls(r.start, end, r.start_epoch, round(r.end_fraction * cfg.epochs), step)
+        return cls(r.start, end, r.start_epoch, round(r.end_fraction * cfg.epochs), step, full, size_unit(cfg.model))
+
+    def box(self, side: int) -> Size:
+        """The training size for `side`: a square side, or data.image_size's box with `side` as
+        its shorter side (the box itself at its own shorter side)."""
+        height, width = self.full
+        if height == width or side == min(self.full):
+            return side if height == width else (height, width)
+        longer = max(self.unit, math.floor(side * max(self.full) / min(self.full) / self.unit) * self.unit)
+        return (side, longer) if height < width else (longer, side)
 
     def size_at(self, epoch: int) -> int:
         """The training side of `epoch` (0-based)."""
@@ -114,8 +127,9 @@ class ResolutionSchedule:
         # keeps a point exactly on a step (48.0 computed as 47.99999) on it.
         return self.start + self.step * math.floor((exact - self.start) / self.step + 1e-9)
 
-    def sizes(self, epochs: int) -> list[int]:
-        return [self.size_at(epoch) for epoch in range(epochs)]
+    def sizes(self, epochs: int) -> list[Size]:
+        """Each epoch's training size: its side (a square) or its (H, W)."""
+        return [self.box(self.size_at(epoch)) for epoch in range(epochs)]
 
     def describe(self, epochs: int) -> str:
         """One line for the log: the ramp and each side's epochs."""
@@ -125,17 +139,18 @@ class ResolutionSchedule:
         for epoch in range(1, epochs + 1):
             if epoch == epochs or sizes[epoch] != sizes[first]:
                 span = f"{first + 1}" if epoch - first == 1 else f"{first + 1}-{epoch}"
-                runs.append(f"{sizes[first]} px (epoch{'s' if epoch - first > 1 else ''} {span})")
+                runs.append(f"{size_text(sizes[first])} (epoch{'s' if epoch - first > 1 else ''} {span})")
                 first = epoch
-        return f"{self.start} -> {self.end} px: " + ", ".join(runs)
+        ends = f"{size_text(self.box(self.start), unit='')} -> {size_text(self.box(self.end))}"
+        return f"{ends}: " + ", ".join(runs)
 
 
 @dataclass(frozen=True)
 class EpochShape:
-    """What one epoch trains with: its side (None: the data's own), the batch per process (and
-    micro-batch of the step) and its optimizer steps."""
+    """What one epoch trains with: its size (None: the data's own; a side or (H, W)), the batch
+    per process (and micro-batch of the step) and its optimizer steps."""
 
-    size: Optional[int]
+    size: Optional[Size]
     batch: int
     steps: int
 
@@ -156,7 +171,8 @@ def epoch_shapes(cfg: Any, schedule: Optional[ResolutionSchedule], batch: int, s
         if not scale:
             shapes.append(EpochShape(size, batch, steps))
             continue
-        scaled = max(1, min(batch * full[0] * full[1] // (size * size), train_size // per_step))
+        height, width = hw(size)
+        scaled = max(1, min(batch * full[0] * full[1] // (height * width), train_size // per_step))
         scaled_steps = max(1, train_size // (scaled * per_step))
         if cfg.train.max_steps_per_epoch:
             scaled_steps = min(scaled_steps, cfg.train.max_steps_per_epoch)
@@ -164,15 +180,15 @@ def epoch_shapes(cfg: Any, schedule: Optional[ResolutionSchedule], batch: int, s
     return shapes
 
 
-def at_size(images: Any, size: Optional[int]) -> Any:
-    """A uint8 batch (N, C, H, W) at size x size: as it is when it already is (a stream crops at
-    the epoch's side in its workers), else resized with an antialiased bilinear filter (memory
+def at_size(images: Any, size: Optional[Size]) -> Any:
+    """A uint8 batch (N, C, H, W) at `size`: as it is when it already is (a stream crops at the
+    epoch's size in its workers), else resized with an antialiased bilinear filter (memory
     storage holds data.image_size; the filter keeps the downscale from aliasing)."""
-    if size is None or tuple(images.shape[-2:]) == (size, size):
+    if size is None or tuple(images.shape[-2:]) == hw(size):
         return images
     from swin_cli.data.transforms import resized_uint8
 
-    return resized_uint8(images, (size, size))
+    return resized_uint8(images, hw(size))
 
 
 def compiled_sizes(compiled: bool, shapes: list[EpochShape]) -> ContextManager[Any]:
@@ -190,14 +206,14 @@ def compiled_sizes(compiled: bool, shapes: list[EpochShape]) -> ContextManager[A
     return torch._dynamo.config.patch(**settings)
 
 
-def resized_view(transform: Any, size: int) -> Any:
-    """A stream's training view cropping at `size` instead of its own side (a dataclass with a
-    `size` field: RandomResizedCrop, Squash); any other view as it is, its batches then resized
-    by at_size."""
+def resized_view(transform: Any, size: Size) -> Any:
+    """A stream's training view cropping at `size` instead of its own (a dataclass with a `size`
+    field: RandomResizedCrop, Squash); any other view as it is, its batches then resized by
+    at_size."""
     import dataclasses
 
     if not dataclasses.is_dataclass(transform) or not hasattr(transform, "size"):
         return transform
-    own = transform.size
-    return dataclasses.replace(transform, size=(size, size) if isinstance(own, tuple) else size)
+    box = hw(size)
+    return dataclasses.replace(transform, size=box if isinstance(transform.size, tuple) else plain_size(box))
 

@@ -45,6 +45,13 @@ def plain_size(size: Any) -> Size:
     return h if h == w else (h, w)
 
 
+def json_size(size: Any) -> Any:
+    """A size as JSON writes it back: an int for a square, [H, W] for a box (never a tuple, so a
+    row read from metrics.jsonl equals the one written)."""
+    h, w = hw(size)
+    return h if h == w else [h, w]
+
+
 def size_text(size: Any, unit: str = " px") -> str:
     """"224 px" for a square, "384x512 px" for H x W."""
     h, w = size if isinstance(size, tuple) else hw(size)

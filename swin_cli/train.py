@@ -54,7 +54,7 @@ from swin_cli.multilabel_metrics import ROW_SCORES as MULTILABEL_ROW_SCORES
 from swin_cli.multilabel_metrics import MultiLabelScores, scores_from_probabilities
 from swin_cli.records import EpochProgress, RunRecords, clean_up_after_a_kill, prepare_run_dir
 from swin_cli.resolution import ResolutionSchedule, at_size, compiled_sizes, epoch_shapes
-from swin_cli.sizes import size_text
+from swin_cli.sizes import json_size, size_text
 from swin_cli.step import build_train_step
 from swin_cli.text import plural
 
@@ -342,8 +342,9 @@ class Trainer:
             **score_columns("ema_val", ema_val, names), "lr": float(self.step.scheduler.get_last_lr()[0]),
             "epoch_time_s": train_time, "data_time_s": running["data_time"],
             "train_img_per_s": running["seen"] / max(train_time, 1e-9), "skipped_images": len(self.data.skipped),
-            # Progressive resizing: the side this epoch trained at (metrics.jsonl and the epoch line).
-            **({"train_size": self.shapes[loop.epoch].size} if self.resolution is not None else {})})
+            # Progressive resizing: the side (or [H, W]) this epoch trained at, for metrics.jsonl
+            # and the epoch line.
+            **({"train_size": json_size(self.shapes[loop.epoch].size)} if self.resolution is not None else {})})
         rule = self.cfg.train.early_stopping
         improved = loop.score_epoch(loop.history[-1], self.select_metric, rule.patience, rule.min_delta)
         if loop.stop is None and loop.epoch < self.cfg.epochs:

@@ -55,7 +55,7 @@ def test_the_side_ramps_linearly_rounded_down_to_the_step():
 def test_the_config_gives_the_schedule_with_the_models_step_and_the_eval_side_as_end():
     cfg = make_config(*FAST, "epochs=10", f"{RAMP}.start=8")  # patch 2, 2 stages: sides step by 4
     ramp = ResolutionSchedule.from_config(cfg)
-    assert ramp == ResolutionSchedule(start=8, end=16, start_epoch=0, end_epoch=7, step=4)
+    assert ramp == ResolutionSchedule(start=8, end=16, start_epoch=0, end_epoch=7, step=4, full=(16, 16), unit=4)
     assert ResolutionSchedule.from_config(make_config(*FAST)) is None
     shapes = epoch_shapes(cfg, ramp, batch=32, steps=4, train_size=1000)
     assert [s.size for s in shapes] == [8, 8, 8, 8, 12, 12, 12, 16, 16, 16]
@@ -84,13 +84,23 @@ def test_bad_schedules_fail_at_start_in_one_line_naming_the_key(overrides, messa
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
 
-def test_a_schedule_needs_a_square_eval_side_and_waits_for_a_null_one():
+def test_a_box_ramps_its_shorter_side_and_keeps_its_shape():
+    """For data.image_size=[H, W] the side is the shorter one; the longer keeps the aspect ratio,
+    rounded down to the model's unit, and the last epochs train at the box itself."""
+    wide = ResolutionSchedule(start=8, end=16, start_epoch=0, end_epoch=2, step=4, full=(16, 24), unit=4)
+    assert wide.sizes(3) == [(8, 12), (12, 16), (16, 24)]  # 12 x 1.5 = 18, down to 16
+    tall = ResolutionSchedule(start=8, end=16, start_epoch=0, end_epoch=2, step=4, full=(32, 16), unit=4)
+    assert tall.sizes(3) == [(16, 8), (24, 12), (32, 16)]
+    assert wide.describe(3) == "8x12 -> 16x24 px: 8x12 px (epoch 1), 12x16 px (epoch 2), 16x24 px (epoch 3)"
+    assert at_size(torch.zeros(2, 3, 16, 24, dtype=torch.uint8), (8, 12)).shape == (2, 3, 8, 12)
+
     base = {"model": {"patch_size": 2, "depths": [1, 1]}, "epochs": 10,
             "train": {"resolution_schedule": {"start": 8, "end": None, "start_epoch": 0, "end_fraction": 0.7,
                                               "step": None, "scale_batch": False}}}
-    box = OmegaConf.create({**base, "data": {"image_size": [16, 32]}})
-    assert schedule_problem(box) == (f"{RAMP} ramps square sides, and data.image_size=16x32 is not square: "
-                                     "train at a square data.image_size, or leave the schedule off")
+    assert schedule_problem(OmegaConf.create({**base, "data": {"image_size": [16, 32]}})) is None
+    too_large = OmegaConf.merge(base, {"data": {"image_size": [32, 4]}})
+    assert schedule_problem(too_large) == f"{RAMP}.start=8 must be <= data.image_size's shorter side=4, " \
+                                          "the side the ramp ends at"
     assert schedule_problem(OmegaConf.create({**base, "data": {"image_size": None}})) is None
 
 
@@ -152,15 +162,31 @@ def test_scale_batch_keeps_the_pixels_per_batch_and_the_images_per_epoch(tmp_pat
 
 
 @pytest.mark.e2e
-def test_a_stream_run_trains_at_the_scheduled_sides(tmp_path):
+@pytest.mark.parametrize("size, sides", [("16", [(8, 8), (16, 16)]), ("[24,16]", [(12, 8), (24, 16)])],
+                         ids=["square", "box"])
+def test_a_stream_run_trains_at_the_scheduled_sides(tmp_path, size, sides):
     from swin_cli.train import Trainer
 
     root = _photo_folder(tmp_path / "imgs")
-    cfg = _stream_config(root, tmp_path, "epochs=2", "data.workers=1", f"{RAMP}.start=8", f"{RAMP}.end_fraction=0.5")
+    cfg = _stream_config(root, tmp_path, "epochs=2", "data.workers=1", f"{RAMP}.start=8", f"{RAMP}.end_fraction=0.5",
+                         f"data.image_size={size}")
     trainer = Trainer(cfg, tmp_path / "run")
     seen = training_sides(trainer)
     trainer.fit()
-    assert sorted({(epoch, shape[-2:]) for epoch, shape in seen}) == [(0, (8, 8)), (1, (16, 16))]
+    assert sorted({(epoch, shape[-2:]) for epoch, shape in seen}) == list(enumerate(sides))
+
+
+@pytest.mark.e2e
+def test_a_memory_run_ramps_a_box(tmp_path):
+    from swin_cli.train import Trainer
+
+    cfg = make_config(*FAST, "epochs=3", "data.image_size=[16,24]", f"{RAMP}.start=8", f"{RAMP}.end_fraction=0.67")
+    trainer = Trainer(cfg, tmp_path)
+    seen = training_sides(trainer)
+    trainer.fit()
+    assert sorted({(epoch, shape[-2:]) for epoch, shape in seen}) == [(0, (8, 12)), (1, (12, 16)), (2, (16, 24))]
+    assert [row["train_size"] for row in trainer.history] == [[8, 12], [12, 16], [16, 24]]
+    assert "| size 12x16" in epoch_line(trainer.history[1], 3)
 
 
 @pytest.mark.e2e

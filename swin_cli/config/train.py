@@ -48,8 +48,9 @@ class ResolutionScheduleConfig:
     # Progressive resizing (swin_cli/resolution.py): train the early epochs on smaller images,
     # the side ramping linearly from `start` at epoch start_epoch (0-based) to `end` (null:
     # data.image_size) at round(end_fraction x epochs), rounded down to a multiple of `step`
-    # (null: model.patch_size x 2^(stages - 1), the finest step that fits the model). Evaluation
-    # stays at data.image_size. start=null: off.
+    # (null: model.patch_size x 2^(stages - 1), the finest step that fits the model). With a box
+    # data.image_size the sides are its shorter side's, the longer keeping the aspect ratio.
+    # Evaluation stays at data.image_size. start=null: off.
     start: Optional[int] = None
     end: Optional[int] = None
     start_epoch: int = 0

@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Protocol
 import torch
 from torch import Tensor
 
+from swin_cli.sizes import Size
 from swin_cli.text import plural
 
 Batch = tuple[Tensor, Tensor]  # uint8 images (N, C, H, W), int64 labels (N,) or uint8 multi-hot (N, classes)
@@ -59,10 +60,10 @@ class EpochPlan:
     # Per-image sampling weights (data.sampler=class_balanced; swin_cli/imbalance.py): the epoch's
     # order is then n weighted draws with replacement instead of a permutation. None: uniform.
     weights: Optional[Tensor] = field(default=None, compare=False)
-    # The training images' side this epoch (train.resolution_schedule; swin_cli/resolution.py): a
+    # The training images' size this epoch (train.resolution_schedule; swin_cli/resolution.py): a
     # split that decodes crops at it; one that holds or reads finished images leaves its batches
     # to the trainer's resize. None: the split's own side.
-    size: Optional[int] = None
+    size: Optional[Size] = None
 
     def order(self, n: int) -> Tensor:
         if not self.shuffle:
