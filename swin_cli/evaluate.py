@@ -26,7 +26,7 @@ from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
 from swin_cli.calibration import UNCALIBRATED, LogitCalibration, from_prior
 from swin_cli.config import plain
-from swin_cli.data import IMAGE_EXTENSIONS, Split, crop_pct, eval_batch_size, eval_transform, load_data
+from swin_cli.data import IMAGE_EXTENSIONS, Split, crop_pct, data_source, eval_batch_size, eval_transform, load_data
 from swin_cli.data.class_counts import class_counts
 from swin_cli.errors import SwinCliError
 from swin_cli.metrics import ClassificationMeter, Scores
@@ -209,10 +209,11 @@ def evaluate_at_sizes(cfg: Any, run_dir: Path, model: nn.Module, state: dict[str
     # they are: a size decodes the scored split alone, not every split into the decode cache,
     # nor into a prepared copy per size (sources held in memory by their reader stay there).
     pct = crop_pct(data_cfg)
+    streamed = {} if data_source(plain(data_cfg.name)).held_by_reader else {"storage": "stream", "prepare": False}
     rows, key = [], None
     for size in sizes:
         sized = OmegaConf.merge(data_cfg, {"image_size": list(size) if size[0] != size[1] else size[0],
-                                           "crop_pct": pct, "storage": "stream", "prepare": False})
+                                           "crop_pct": pct, **streamed})
         scores, data, split, calibration, chosen = _score_checkpoint(cfg, model, state, device, sized)
         key = "map" if chosen is not None else "acc"
         names = MULTILABEL_SCORES if chosen is not None else ("acc", *NEW_SCORES)
