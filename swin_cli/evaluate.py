@@ -26,7 +26,16 @@ from swin_cli.augment import Normalize
 from swin_cli.build import autocast, configure_device, model_from_checkpoint, select_device
 from swin_cli.calibration import UNCALIBRATED, LogitCalibration, from_prior
 from swin_cli.config import plain
-from swin_cli.data import IMAGE_EXTENSIONS, Split, crop_pct, data_source, eval_batch_size, eval_transform, load_data
+from swin_cli.data import (
+    IMAGE_EXTENSIONS,
+    Settled,
+    Split,
+    crop_pct,
+    data_source,
+    eval_batch_size,
+    eval_transform,
+    load_data,
+)
 from swin_cli.data.class_counts import class_counts
 from swin_cli.errors import SwinCliError
 from swin_cli.metrics import ClassificationMeter, Scores
@@ -169,11 +178,13 @@ def evaluate_checkpoint(cfg: Any, run_dir: Path, overrides: Sequence[str] = ()) 
     return result
 
 
-def _score_checkpoint(cfg: Any, model: nn.Module, state: dict[str, Any], device: torch.device,
-                      data_cfg: Any) -> tuple[Any, Any, Split, LogitCalibration, Optional[list[float]]]:
+def _score_checkpoint(cfg: Any, model: nn.Module, state: dict[str, Any], device: torch.device, data_cfg: Any,
+                      opened: Optional[Settled] = None) -> tuple[Any, Any, Split, LogitCalibration,
+                                                                 Optional[list[float]]]:
     """(scores, data, the scored split, the calibration applied, a multi-label model's thresholds
-    or None) of the checkpoint's model on cfg.eval_split of `data_cfg`'s data."""
-    data = load_data(data_cfg, device, statistics=False)  # scored with the checkpoint's mean and std
+    or None) of the checkpoint's model on cfg.eval_split of `data_cfg`'s data; `opened`: its
+    source, already open."""
+    data = load_data(data_cfg, device, statistics=False, settled=opened)  # scored with the checkpoint's mean, std
     name = plain(data_cfg.name)
     if data.classes != state["classes"]:
         raise SwinCliError(f"the checkpoint was trained on classes {state['classes'][:5]}... "
@@ -209,12 +220,16 @@ def evaluate_at_sizes(cfg: Any, run_dir: Path, model: nn.Module, state: dict[str
     # they are: a size decodes the scored split alone, not every split into the decode cache,
     # nor into a prepared copy per size (sources held in memory by their reader stay there).
     pct = crop_pct(data_cfg)
-    streamed = {} if data_source(plain(data_cfg.name)).held_by_reader else {"storage": "stream", "prepare": False}
+    entry = data_source(plain(data_cfg.name))
+    streamed = {} if entry.held_by_reader else {"storage": "stream", "prepare": False}
+    # Opened once: a source does not depend on the size (the storage sizes its images), and a
+    # folder scanned or a table read per size would cost as much as scoring a small split.
+    opened = Settled(entry.load(data_cfg))
     rows, key = [], None
     for size in sizes:
         sized = OmegaConf.merge(data_cfg, {"image_size": list(size) if size[0] != size[1] else size[0],
                                            "crop_pct": pct, **streamed})
-        scores, data, split, calibration, chosen = _score_checkpoint(cfg, model, state, device, sized)
+        scores, data, split, calibration, chosen = _score_checkpoint(cfg, model, state, device, sized, opened)
         key = "map" if chosen is not None else "acc"
         names = MULTILABEL_SCORES if chosen is not None else ("acc", *NEW_SCORES)
         rows.append({"image_size": list(size), "images": len(split), "loss": scores.loss,

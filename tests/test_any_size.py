@@ -76,8 +76,9 @@ def test_eval_image_sizes_is_for_swin_eval_only():
 @pytest.mark.e2e
 def test_a_box_trains_and_swin_eval_scores_it_at_several_sizes(tmp_path):
     """Train on an image folder at 16 x 24, then score the checkpoint at three sizes in one
-    swin-eval call: a row per size, the training size's row equal to the run's own test score."""
-    root = write_folder(tmp_path / "folder", per_class=8, size=(36, 24))
+    swin-eval call: a row per size, the training size's row equal to the run's own test score
+    (on val/, the folder having no test/)."""
+    root = write_folder(tmp_path / "folder", splits=("train", "val"), per_class=8, size=(36, 24))
     run = tmp_path / "run"
     proc = run_cli(*TINY, "data=imagefolder", f"data.root={root}", "data.image_size=[16,24]", "epochs=1",
                    "data.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}", "threads=1",
@@ -97,6 +98,7 @@ def test_a_box_trains_and_swin_eval_scores_it_at_several_sizes(tmp_path):
         assert f"{size}: test acc" in said, said
     assert "16x24 px: test acc" in said and "(the training size)" in said
     assert "best test acc:" in said
+    assert said.count("has no test/ folder") == 1  # the folder scanned once, not once per size
     table = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert [row["image_size"] for row in table["sizes"]] == [[16, 16], [16, 24], [24, 24]]
     assert table["trained_image_size"] == [16, 24]
