@@ -50,10 +50,6 @@ class LogitCalibration:
 
         return calibrated
 
-    def adjustment_only(self) -> "LogitCalibration":
-        """The offset without the temperature: what a temperature is fitted on."""
-        return self.with_temperature(1.0)
-
     def with_temperature(self, temperature: float) -> "LogitCalibration":
         return LogitCalibration(temperature, self.offset, self.logit_adjust_tau)
 

@@ -468,7 +468,8 @@ class Trainer:
                                    eval_batch_size(self.cfg.data), plain(self.cfg.eval.tta), self.step.precision))
         logits = torch.cat([logits for logits, _ in batches])
         labels = torch.cat([labels for _, labels in batches])
-        temperature = fit_temperature(self.calibration.adjustment_only().apply(logits), labels, self.device)
+        # Fitted on the logits as scored without a temperature (any logit adjustment applied).
+        temperature = fit_temperature(self.calibration.with_temperature(1.0).apply(logits), labels, self.device)
         self.calibration = self.calibration.with_temperature(temperature)
         # swin-eval, predict and export score as the test does.
         self._amend_checkpoints({"calibration": self.calibration.to_dict()}, "best.pt")
