@@ -200,8 +200,7 @@ class WindowAttention(nn.Module):
         """Compute and keep the padding, shifts and mask of an H x W map (once per size)."""
         if (height, width) in self.sizes:
             return
-        pad_b, pad_r, shift_h, shift_w = window_geometry(height, width, self.window, self.shift)
-        mask = shifted_window_mask(height + pad_b, width + pad_r, self.window, shift_h, shift_w)
+        pad_b, pad_r, shift_h, shift_w, mask = self._computed_geometry(height, width)
         # The built resolution's mask keeps its historical name (weight converters drop it).
         name = "attn_mask" if (height, width) == self.resolution else f"attn_mask_{height}x{width}"
         if mask is not None:
@@ -213,11 +212,16 @@ class WindowAttention(nn.Module):
         """The kept geometry of an H x W map. A size first met inside a compiled graph is computed
         there and not kept: storing it would change what the graph was traced against."""
         if (height, width) not in self.sizes:
-            pad_b, pad_r, shift_h, shift_w = window_geometry(height, width, self.window, self.shift)
-            mask = shifted_window_mask(height + pad_b, width + pad_r, self.window, shift_h, shift_w)
+            pad_b, pad_r, shift_h, shift_w, mask = self._computed_geometry(height, width)
             return pad_b, pad_r, shift_h, shift_w, None if mask is None else mask.to(device)
         pad_b, pad_r, shift_h, shift_w, name = self.sizes[(height, width)]
         return pad_b, pad_r, shift_h, shift_w, None if name is None else getattr(self, name)
+
+    def _computed_geometry(self, height: int, width: int) -> tuple[int, int, int, int, Optional[Tensor]]:
+        """(pad_bottom, pad_right, shift_h, shift_w, mask or None) of an H x W map, on the CPU."""
+        pad_b, pad_r, shift_h, shift_w = window_geometry(height, width, self.window, self.shift)
+        mask = shifted_window_mask(height + pad_b, width + pad_r, self.window, shift_h, shift_w)
+        return pad_b, pad_r, shift_h, shift_w, mask
 
     # The four methods below are what WindowAttentionV2 overrides; the rest is shared.
 
