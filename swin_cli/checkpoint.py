@@ -20,7 +20,7 @@ from swin_cli import __version__, atomic_io
 # Re-exported until export.py and tests/test_cli.py import them from atomic_io.
 from swin_cli.config import ConfigError, plain
 from swin_cli.errors import SwinCliError
-from swin_cli.sizes import plain_size
+from swin_cli.sizes import json_size
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
@@ -178,8 +178,7 @@ def shape_signature(cfg: Any, in_chans: int, num_classes: int) -> dict[str, Any]
         elif key == "num_classes":
             values[key] = num_classes
         elif key == "data.image_size":  # 32 and [32, 32] are one size; a box is stored as [H, W]
-            size = plain_size(cfg.data.image_size)
-            values[key] = list(size) if isinstance(size, tuple) else size
+            values[key] = json_size(cfg.data.image_size)
         else:
             group, name = key.split(".")
             value = plain(cfg[group][name])

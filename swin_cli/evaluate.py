@@ -41,7 +41,7 @@ from swin_cli.errors import SwinCliError
 from swin_cli.metrics import ClassificationMeter, Scores
 from swin_cli.multilabel_metrics import RESULT_SCORES as MULTILABEL_SCORES
 from swin_cli.multilabel_metrics import MultiLabelMeter, MultiLabelScores
-from swin_cli.sizes import hw, size_text
+from swin_cli.sizes import hw, json_size, size_text
 from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
@@ -227,7 +227,7 @@ def evaluate_at_sizes(cfg: Any, run_dir: Path, model: nn.Module, state: dict[str
     opened = Settled(entry.load(data_cfg))
     rows, key = [], None
     for size in sizes:
-        sized = OmegaConf.merge(data_cfg, {"image_size": list(size) if size[0] != size[1] else size[0],
+        sized = OmegaConf.merge(data_cfg, {"image_size": json_size(size),
                                            "crop_pct": pct, **streamed})
         scores, data, split, calibration, chosen = _score_checkpoint(cfg, model, state, device, sized, opened)
         key = "map" if chosen is not None else "acc"

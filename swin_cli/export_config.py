@@ -96,8 +96,7 @@ def quantize_args(cfg: Any, fmt: str) -> dict[str, Any]:
                             f"quantize: none, int8)")
     _only_with(cfg, INT8_ONLY, quantize == "int8", "quantize=int8", f"quantize={quantize}")
     mode = plain(cfg.quantize_mode) if cfg.quantize_mode is not None else DEFAULT_MODE
-    if mode != "static" and cfg.calibration_images is not None:
-        raise ArgumentError(f"calibration_images= applies only to quantize_mode=static (got quantize_mode={mode})")
+    _only_with(cfg, ("calibration_images",), mode == "static", "quantize_mode=static", f"quantize_mode={mode}")
     calibration = cfg.calibration_images if cfg.calibration_images is not None else DEFAULT_CALIBRATION_IMAGES
     return {"quantize": quantize, "quantize_mode": mode, "calibration_images": int(calibration),
             "check_images": int(cfg.check_images)}
