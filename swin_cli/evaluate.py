@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -112,6 +113,37 @@ def split_probabilities(model: nn.Module, split: Split, normalize: Normalize, de
         meter.update(logits, labels)
     probs, truth, _ = meter.gathered()
     return probs, truth
+
+
+# evaluator(model, split, full) -> Scores (metrics.py), or with data.task=multilabel MultiLabelScores
+# (multilabel_metrics.py): how the Trainer scores a model on a split (a seam for tests); full: the
+# final test (its per-class table is reported)
+Evaluator = Callable[[nn.Module, Split, bool], Scores | MultiLabelScores]
+
+
+@dataclass(frozen=True)
+class EvalSetup:
+    """How a run's evaluation passes go, whatever model and split they score: its
+    normalisation, device, batch size, test-time augmentation and autocast precision. The
+    Trainer makes one, for validation, the final test and what is fitted on validation."""
+    normalize: Normalize
+    device: torch.device
+    batch_size: int
+    num_classes: int
+    tta: str = "none"
+    precision: str = "fp32"
+
+    def logits(self, model: nn.Module, split: Split) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return eval_logits(model, split, self.normalize, self.device, self.batch_size, self.tta, self.precision)
+
+    def scores(self, model: nn.Module, split: Split, calibration: LogitCalibration = UNCALIBRATED,
+               thresholds: Optional[Sequence[float]] = None) -> Scores | MultiLabelScores:
+        return evaluate_split(model, split, self.normalize, self.device, self.batch_size, self.num_classes, self.tta,
+                              self.precision, calibration, thresholds)
+
+    def probabilities(self, model: nn.Module, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_probabilities(model, split, self.normalize, self.device, self.batch_size, self.num_classes,
+                                   self.tta, self.precision)
 
 
 def _load_model(cfg: Any) -> tuple[nn.Module, dict[str, Any], torch.device]:

@@ -7,7 +7,9 @@ any checkpoint, even one written mid-epoch by Ctrl-C, therefore replays exactly 
 random draws the uninterrupted run would have made.
 
 What one step does is step.py's TrainStep; where the loop stands, and why it stopped, is
-loop_state.py's LoopState (all of it in every checkpoint).
+loop_state.py's LoopState (all of it in every checkpoint); what follows the last epoch (the
+thresholds and temperature chosen on validation, the test, the top epochs' average) is
+final_test.py's.
 """
 
 from __future__ import annotations
@@ -23,9 +25,18 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from swin_cli import atomic_io, checkpoint, class_report, distributed, imbalance, thresholds, top_checkpoints
+from swin_cli import (
+    atomic_io,
+    checkpoint,
+    class_report,
+    distributed,
+    final_test,
+    imbalance,
+    thresholds,
+    top_checkpoints,
+)
 from swin_cli.build import batch_plan, check_pretrained, configure_device, select_device
-from swin_cli.calibration import fit_temperature, from_prior
+from swin_cli.calibration import from_prior
 from swin_cli.config import ConfigError, plain
 from swin_cli.config.checkpoint import kept_files
 from swin_cli.data import (
@@ -43,26 +54,21 @@ from swin_cli.data import (
 )
 from swin_cli.data.class_counts import class_counts, label_counts, split_labels
 from swin_cli.errors import NonFiniteLoss
-from swin_cli.evaluate import NEW_SCORES, eval_logits, evaluate_split, split_probabilities
+from swin_cli.evaluate import EvalSetup, Evaluator
 from swin_cli.interrupt import StopRequest, TrainingInterrupted
 from swin_cli.loop_state import HIGHER_IS_BETTER, LoopState, Stop, TimeLimit, choose_select_metric
 from swin_cli.metrics import ROW_SCORES, Scores, score_columns
 from swin_cli.model import count_parameters
 from swin_cli.multilabel_loss import balanced_pos_weight
-from swin_cli.multilabel_metrics import RESULT_SCORES as MULTILABEL_SCORES
 from swin_cli.multilabel_metrics import ROW_SCORES as MULTILABEL_ROW_SCORES
-from swin_cli.multilabel_metrics import MultiLabelScores, scores_from_probabilities
+from swin_cli.multilabel_metrics import MultiLabelScores
 from swin_cli.records import EpochProgress, RunRecords, clean_up_after_a_kill, prepare_run_dir
 from swin_cli.resolution import ResolutionSchedule, at_size, compiled_sizes, epoch_shapes
 from swin_cli.sizes import json_size, size_text
 from swin_cli.step import build_train_step
-from swin_cli.text import plural
 
 log = logging.getLogger("swin_cli")
 
-# evaluator(model, split, full) -> Scores (metrics.py), or with data.task=multilabel MultiLabelScores
-# (multilabel_metrics.py); full: the final test (its per-class table is reported)
-Evaluator = Callable[[nn.Module, Split, bool], Scores | MultiLabelScores]
 # The errors that end a run on purpose, and the stop reason each records in the loop state.
 STOPPING_ERRORS = ((TrainingInterrupted, "signal"), (NonFiniteLoss, "nan_loss"), (LoaderDied, "loader_died"))
 
@@ -125,6 +131,8 @@ class Trainer:
                                      class_counts=self.class_counts, pos_weight=self._pos_weight())
         self.model = self.step.model
         self.signature = checkpoint.shape_signature(cfg, self.data.in_chans, self.data.num_classes)
+        self.eval_setup = EvalSetup(self.step.prepare.normalize, self.device, eval_batch_size(cfg.data),
+                                    self.data.num_classes, plain(cfg.eval.tta), self.step.precision)
         self.evaluator: Evaluator = evaluator or self._evaluate
         self.loop = LoopState()  # where the loop stands; all of it is in checkpoints
         self.resumed_from: Optional[str] = None
@@ -159,9 +167,7 @@ class Trainer:
     def _evaluate(self, model: nn.Module, split: Split, full: bool) -> Scores | MultiLabelScores:
         # Every evaluation counts the same things (a confusion matrix is a few kernels a batch);
         # `full` only says the caller will report the per-class table.
-        return evaluate_split(model, split, self.step.prepare.normalize, self.device, eval_batch_size(self.cfg.data),
-                              self.data.num_classes, plain(self.cfg.eval.tta), self.step.precision,
-                              calibration=self.calibration, thresholds=self.thresholds)
+        return self.eval_setup.scores(model, split, self.calibration, self.thresholds)
 
     # ----------------------------------------------------------------------- checkpoints
 
@@ -381,17 +387,30 @@ class Trainer:
         raise TrainingInterrupted(signum)
 
     def _finish(self) -> dict[str, Any]:
+        """Test the best weights (final_test.py: thresholds and temperature chosen on validation
+        first, the top epochs' average after), write results.json and say the final line."""
         self.writer.close()
         distributed.barrier()  # best.pt is on disk before any rank reads it
         best_path, loop = self.run_dir / "best.pt", self.loop
         if best_path.is_file():  # the weights that scored best on validation: raw or EMA
             self.model.load_state_dict(checkpoint.best_weights(checkpoint.load(best_path)))
         if self.multilabel:
-            self._choose_thresholds()
-        uncalibrated = self._calibrate() if self.cfg.eval.calibrate else {}
+            chosen = final_test.choose_thresholds(self.model, self.data.val, self.eval_setup, self.thresholds)
+            if chosen is not None:  # kept for swin-eval, predict and swin-export
+                self.thresholds = chosen
+                final_test.amend_checkpoints(self.run_dir, {"thresholds": chosen}, ["best.pt", "last.pt"],
+                                             self.is_main)
+        uncalibrated = {}
+        if self.cfg.eval.calibrate:
+            self.calibration, uncalibrated = final_test.fit_calibration(
+                self.model, self.data.val, self.data.test, self.eval_setup, self.calibration, self.evaluator)
+            if uncalibrated:  # fitted on the best weights, so kept with them for swin-eval, predict and export
+                final_test.amend_checkpoints(self.run_dir, {"calibration": self.calibration.to_dict()}, ["best.pt"],
+                                             self.is_main)
         test = self.evaluator(self.model, self.data.test, True)
         results = {
-            **loop.results(), "select_metric": self.select_metric, **self._test_scores(test),
+            **loop.results(), "select_metric": self.select_metric,
+            **final_test.test_keys(test, loop, self.label_counts),
             "wall_time_s": round(self.wall_time(), 2),
             "wall_time_this_part_s": round(time.time() - self.start_time, 2),
             "first_step_after_s": round(self.first_step_s, 2) if self.first_step_s is not None else None,
@@ -399,104 +418,13 @@ class Trainer:
             "model": self.cfg.model.name, "data": plain(self.cfg.data.name), "data_root": self.data.where,
             "storage": self.data.storage, "test_split": self.data.test_source, "skipped_images": self.data.skipped,
             "classes": self.data.classes, "run_dir": str(self.run_dir), "resumed_from": self.resumed_from,
-            "tta": plain(self.cfg.eval.tta), **self._test_table(test),
+            "tta": plain(self.cfg.eval.tta),
             "test_per_class": class_report.named(test.per_class, self.data.classes),
             "train_class_counts": self.class_counts,  # None when unknown (streamed shards), or multi-label
             "calibration": self.calibration.to_dict(), **uncalibrated,
         }
-        results.update(self._test_average())
+        results.update(final_test.test_average(self.cfg, self.run_dir, loop, self.model, self.data.test,
+                                               self.evaluator, self.thresholds, self.is_main))
         self.records.finish(results, loop.history, test, self.total_steps, self.steps_per_epoch)
         self.records.final_line(results)
-        return results
-
-    def _test_scores(self, test: Any) -> dict[str, Any]:
-        """results.json's test_<metric> keys of the task."""
-        if isinstance(test, MultiLabelScores):
-            return {**{f"test_{key}": getattr(test, key) for key in MULTILABEL_SCORES}, "test_loss": test.loss}
-        return {"test_acc": test.acc, "test_loss": test.loss,
-                **{f"test_{key}": getattr(test, key) for key in NEW_SCORES}}
-
-    def _test_table(self, test: Any) -> dict[str, Any]:
-        """The confusion matrix of one class per image; for multi-hot labels, which have none,
-        the thresholds the test applied, the best epoch's validation mAP and the label counts."""
-        if not isinstance(test, MultiLabelScores):
-            return {"test_confusion": test.confusion.tolist()}
-        best = self.loop.history[self.loop.best_epoch - 1] if self.loop.best_epoch else {}
-        prefix = "ema_val" if self.loop.best_source == "ema" else "val"
-        return {"thresholds": test.thresholds, "best_val_map": best.get(f"{prefix}_map"),
-                "train_label_counts": self.label_counts}
-
-    def _choose_thresholds(self) -> None:
-        """Multi-label: each class's threshold chosen to maximise its F1 on the validation split
-        (the best weights loaded; thresholds.py), kept in best.pt and last.pt for swin-eval,
-        predict and swin-export."""
-        if len(self.data.val) == 0:
-            log.warning("no validation split to choose the per-class thresholds on: every class keeps 0.5")
-            return
-        probs, truth = split_probabilities(self.model, self.data.val, self.step.prepare.normalize, self.device,
-                                           eval_batch_size(self.cfg.data), self.data.num_classes,
-                                           plain(self.cfg.eval.tta), self.step.precision)
-        before = scores_from_probabilities(probs, truth, self.thresholds, 0.0).f1
-        self.thresholds = thresholds.choose(probs, truth)
-        after = scores_from_probabilities(probs, truth, self.thresholds, 0.0).f1
-        self._keep_thresholds("best.pt", "last.pt")
-        log.info(f"per-class thresholds chosen for the best F1 on {plural(len(probs), 'validation image')}: "
-                 f"{thresholds.describe(self.thresholds)}; validation F1 {before:.2f}% at 0.5, {after:.2f}% at them")
-
-    def _keep_thresholds(self, *names: str) -> None:
-        """Write the chosen thresholds into the run dir's checkpoints `names` (those that exist)."""
-        self._amend_checkpoints({"thresholds": list(self.thresholds)}, *names)
-
-    def _amend_checkpoints(self, values: dict[str, Any], *names: str) -> None:
-        """Set `values` in the run dir's checkpoints `names` (those that exist), rewritten
-        atomically by the main process; every rank waits until they are on disk."""
-        if self.is_main:
-            for path in (self.run_dir / name for name in names):
-                if path.is_file():
-                    state = {key: value for key, value in checkpoint.load(path).items() if key != "path"}
-                    checkpoint.write({**state, **values}, path)
-        distributed.barrier()
-
-    def _calibrate(self) -> dict[str, Any]:
-        """eval.calibrate: fit the temperature on the validation split (the best weights loaded),
-        keep it in best.pt, and return the test's ECE and NLL before it, for the record."""
-        if len(self.data.val) == 0:
-            log.warning("eval.calibrate: no validation split to fit a temperature on; the scores stay uncalibrated")
-            return {}
-        before = self.evaluator(self.model, self.data.test, False)
-        batches = list(eval_logits(self.model, self.data.val, self.step.prepare.normalize, self.device,
-                                   eval_batch_size(self.cfg.data), plain(self.cfg.eval.tta), self.step.precision))
-        logits = torch.cat([logits for logits, _ in batches])
-        labels = torch.cat([labels for _, labels in batches])
-        # Fitted on the logits as scored without a temperature (any logit adjustment applied).
-        temperature = fit_temperature(self.calibration.with_temperature(1.0).apply(logits), labels, self.device)
-        self.calibration = self.calibration.with_temperature(temperature)
-        # swin-eval, predict and export score as the test does.
-        self._amend_checkpoints({"calibration": self.calibration.to_dict()}, "best.pt")
-        log.info(f"temperature scaling: T = {temperature:.3f}, fitted on "
-                 f"{plural(len(self.data.val), 'validation image')}; test before it: ECE {before.ece:.2f}%, "
-                 f"NLL {before.nll:.4f} (after it: the line below)")
-        return {"test_ece_uncalibrated": before.ece, "test_nll_uncalibrated": before.nll}
-
-    def _test_average(self) -> dict[str, Any]:
-        """checkpoint.average: average the best kept epochs' weights into average.pt and test it,
-        after the best weights' test; its results as test_<metric>_average keys."""
-        count = self.cfg.checkpoint.average
-        if count is None:
-            return {}
-        path = self.run_dir / top_checkpoints.AVERAGE
-        if self.is_main:
-            path.unlink(missing_ok=True)  # one from an earlier part of a resumed run
-            weights = plain(self.cfg.checkpoint.average_weights)
-            top_checkpoints.write_average(self.run_dir, self.loop.top, count, weights)
-        distributed.barrier()  # average.pt is on disk before any rank reads it
-        if not path.is_file():
-            return {}
-        if self.multilabel:  # tested at the thresholds chosen for the best weights, and kept with it
-            self._keep_thresholds(top_checkpoints.AVERAGE)
-        self.model.load_state_dict(checkpoint.best_weights(checkpoint.load(path)))
-        results = top_checkpoints.average_results(self.evaluator(self.model, self.data.test, True))
-        key, name = ("map", "mAP") if self.multilabel else ("acc", "acc")
-        log.info(f"average of the top {min(count, len(self.loop.top))}: test {name} "
-                 f"{results[f'test_{key}_average']:.2f}% (loss {results['test_loss_average']:.4f}) | {path}")
         return results
