@@ -402,6 +402,7 @@ def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[s
     (swin-export) under ONNX Runtime, so a user sees the deployed model's answers."""
     if plain(cfg.predict_backend) == "onnx":
         from swin_cli.onnx_runtime import OnnxClassifier, default_output, resolve_checkpoint, sidecar_path
+        from swin_cli.quantize import saturation_warning
 
         # ckpt= an .onnx file (quantize=int8's best.int8.onnx, say) is run as it is.
         given = Path(cfg.ckpt).expanduser()
@@ -416,6 +417,9 @@ def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[s
                               str(sidecar_path(path))))
         view = {"crop_pct": onnx_model.meta.get("crop_pct"), "interpolation": onnx_model.meta.get("interpolation")}
         backend = f"ONNX Runtime, {onnx_model.precision} ({path.name})"
+        warning = saturation_warning(onnx_model.meta, path.name)
+        if warning:
+            log.warning(warning)
         return onnx_model, {**info, "data": view, "backend": backend}, torch.device("cpu")
     if Path(cfg.ckpt).suffix == ".onnx":
         raise SwinCliError(f"ckpt={cfg.ckpt} is an ONNX file: add predict_backend=onnx")

@@ -61,6 +61,7 @@ USAGE = f"""\
 usage: {PROGRAM} ckpt=<run dir or .pt> [format=onnx|torchscript] [out=<path>] [batch=<n>]
                    [opset=<n>] [exporter=dynamo|legacy] [quantize=none|int8]
                    [quantize_mode=static|dynamic] [calibration_images=<n>] [check_images=<n>]
+                   [weight_bits=7|8]
 
 Export a trained swin-cli checkpoint for inference outside swin-cli, and check the result
 against torch on the checkpoint's own test images (max abs diff of the logits <= {TOLERANCE:g}).
@@ -81,6 +82,8 @@ against torch on the checkpoint's own test images (max abs diff of the logits <=
             dynamic: measured on each input as it runs (slower on Swin, no calibration)
   calibration_images  static: training images to calibrate on (default 64)
   check_images  quantize=int8: at most this many test images in the accuracy check (default 1000)
+  weight_bits  quantize=int8: 8, or 7 (default on an x86 CPU without VNNI, whose int8 kernels
+            saturate on 8-bit weights; else 8)
 
 The keys ({', '.join(KEYS)}) are Hydra overrides of conf/export.yaml:
 {PROGRAM} --cfg job [key=value ...] prints the config they make.
@@ -407,20 +410,26 @@ def export_int8(state: dict[str, Any], fp32: Path, fp32_meta: dict[str, Any], ar
     out = quantize.int8_path(fp32)
     calibration, calibration_where, test, labels, test_where = int8_inputs(state, args, inputs, where)
     static = mode == "static"
+    bits, why_bits = ((args["weight_bits"], "weight_bits given") if args["weight_bits"] is not None
+                      else quantize.default_weight_bits())
     print(f"{PROGRAM}: {fp32.name} -> {out.name} (int8, quantize_mode={mode}"
-          + (f", calibrated on {len(calibration)} {calibration_where})" if static else ")"), flush=True)
+          + (f", calibrated on {len(calibration)} {calibration_where}" if static else "")
+          + f"; {bits}-bit weights: {why_bits})", flush=True)
     start = time.perf_counter()
     with atomic_path(out) as tmp:
-        quantize.quantize_onnx(fp32, tmp, mode, calibration.numpy() if static else None)
+        quantize.quantize_onnx(fp32, tmp, mode, calibration.numpy() if static else None, bits)
         seconds = time.perf_counter() - start
         result = quantize.compare(OnnxClassifier(fp32, sidecar=False), OnnxClassifier(tmp, sidecar=False),
                                   test, labels)
         print(f"{PROGRAM}: {quantize.describe(result, test_where)}", flush=True)
         why = quantize.problem(result)
         if why is not None:
-            raise SwinCliError(f"the int8 model looks broken: {why}; {out.name} not written ({fp32.name} is kept)")
+            hint = "; weight_bits=7 avoids an x86 CPU's int8 saturation" if bits == 8 else ""
+            raise SwinCliError(f"the int8 model looks broken: {why}; {out.name} not written ({fp32.name} is kept)"
+                               + hint)
     meta = {**fp32_meta, "file": out.name, "precision": "int8",
             "quantization": {"tool": "onnxruntime.quantization", "mode": mode, "weights": "int8 per channel",
+                             "weight_bits": bits, "weight_bits_why": why_bits,
                              "activations": "uint8, calibrated (QDQ)" if static else "uint8, per input",
                              "ops": "all ORT quantises (QDQ)" if static else list(quantize.DYNAMIC_OPS),
                              "from": fp32.name,

@@ -45,11 +45,14 @@ class ExportConfig:
     calibration_images: Optional[int] = None
     # quantize=int8: test images the int8 model's top-1 is compared with fp32's on (at most).
     check_images: int = 1000
+    # int8 weights' bits: 8, or 7 (ONNX Runtime's reduce_range); null: 7 on an x86 CPU without
+    # VNNI, whose int8 kernels saturate on 8-bit weights, else 8 (swin_cli/quantize.py).
+    weight_bits: Optional[int] = None
 
 
 KEYS = tuple(f.name for f in dataclasses.fields(ExportConfig))
 ONNX_ONLY = ("opset", "exporter")
-INT8_ONLY = ("quantize_mode", "calibration_images")
+INT8_ONLY = ("quantize_mode", "calibration_images", "weight_bits")
 
 
 class ArgumentError(SwinCliError):
@@ -87,8 +90,9 @@ def _only_with(cfg: Any, keys: tuple[str, ...], allowed: bool, needs: str, got: 
 
 
 def quantize_args(cfg: Any, fmt: str) -> dict[str, Any]:
-    """quantize, quantize_mode, calibration_images, check_images, defaults filled in."""
-    from swin_cli.quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MODE
+    """quantize, quantize_mode, calibration_images, check_images, defaults filled in, and
+    weight_bits (None: chosen for the CPU at export)."""
+    from swin_cli.quantize import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MODE, WEIGHT_BITS
 
     quantize = plain(cfg.quantize)
     if quantize != "none" and fmt != "onnx":
@@ -98,8 +102,10 @@ def quantize_args(cfg: Any, fmt: str) -> dict[str, Any]:
     mode = plain(cfg.quantize_mode) if cfg.quantize_mode is not None else DEFAULT_MODE
     _only_with(cfg, ("calibration_images",), mode == "static", "quantize_mode=static", f"quantize_mode={mode}")
     calibration = cfg.calibration_images if cfg.calibration_images is not None else DEFAULT_CALIBRATION_IMAGES
+    if cfg.weight_bits is not None and cfg.weight_bits not in WEIGHT_BITS:
+        raise ArgumentError(f"weight_bits must be 7 or 8 (got {cfg.weight_bits})")
     return {"quantize": quantize, "quantize_mode": mode, "calibration_images": int(calibration),
-            "check_images": int(cfg.check_images)}
+            "check_images": int(cfg.check_images), "weight_bits": cfg.weight_bits}
 
 
 def explain(line: str) -> str:

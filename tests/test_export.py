@@ -29,7 +29,8 @@ from swin_cli.onnx_runtime import OnnxClassifier, missing_extra_message  # noqa:
 pytestmark = pytest.mark.e2e
 
 # swin-export's keys, as its errors list them.
-ALL_KEYS = "ckpt, format, out, batch, opset, exporter, quantize, quantize_mode, calibration_images, check_images"
+ALL_KEYS = ("ckpt, format, out, batch, opset, exporter, quantize, quantize_mode, calibration_images, check_images, "
+            "weight_bits")
 # Image 20, patch 2: a 10x10 map, padded to 12 for window 4, shifted by 2 with a mask; after
 # merging a 5x5 map, padded to 8, shifted and masked again.
 SMALL = dict(image_size=20, patch_size=2, in_chans=3, num_classes=5, embed_dim=8, depths=[2, 2],
@@ -214,7 +215,8 @@ def test_bad_arguments_exit_2_with_one_line_and_leave_nothing(argv, message, cap
 
 
 def test_arguments_have_the_old_defaults_and_the_help_names_every_key():
-    int8_defaults = {"quantize": "none", "quantize_mode": "static", "calibration_images": 64, "check_images": 1000}
+    int8_defaults = {"quantize": "none", "quantize_mode": "static", "calibration_images": 64, "check_images": 1000,
+                     "weight_bits": None}
     assert composed_args("ckpt=run") == {"ckpt": "run", "format": "onnx", "out": None, "batch": 8, "opset": None,
                                          "exporter": "dynamo", **int8_defaults}
     assert composed_args("ckpt=run/best.pt", "out=model.onnx", "batch=32", "opset=18", "exporter=legacy") == \

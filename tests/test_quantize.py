@@ -56,6 +56,11 @@ def test_swin_export_quantize_int8_writes_a_checked_int8_file(trained_run):
     assert fp32_meta["precision"] == "fp32" and meta["precision"] == "int8" and meta["file"] == "best.int8.onnx"
     assert meta["quantization"]["mode"] == quantize.DEFAULT_MODE == "static"
     assert meta["quantization"]["calibration"] == "64 training images of data=digits"
+    # 7 bits where this CPU would saturate 8-bit weights (the check above failed on such a CPU
+    # before: 66.9% agreement).
+    bits, why = quantize.default_weight_bits()
+    assert meta["quantization"]["weight_bits"] == bits and meta["quantization"]["weight_bits_why"] == why
+    assert f"; {bits}-bit weights: {why})" in proc.stdout
     assert meta["check"]["images"] == images and meta["classes"] == fp32_meta["classes"]
     assert not list(trained_run.glob(".*.tmp"))
     clf = OnnxClassifier(trained_run / "best.int8.onnx")
@@ -86,6 +91,47 @@ def test_dynamic_mode_agrees_with_fp32_too(trained_run, tmp_path):
     assert "DynamicQuantizeLinear" in ops
 
 
+@pytest.mark.parametrize("bits", [7, 8])
+def test_weight_bits_sets_the_range_of_the_int8_weights(trained_run, tmp_path, bits):
+    import onnx
+    from onnx import numpy_helper
+
+    if not (trained_run / "best.onnx").is_file():
+        assert _swin_export(f"ckpt={trained_run}", cwd=trained_run.parent).returncode == 0
+    out = tmp_path / "int8.onnx"
+    quantize.quantize_onnx(trained_run / "best.onnx", out, "dynamic", weight_bits=bits)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and t.dims and np.prod(t.dims) > 64]
+    assert weights
+    # reduce_range maps each channel's largest weight to +-64 (7 bits), the full range to +-127.
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == (64 if bits == 7 else 127)
+
+
+@pytest.mark.parametrize("machine,flags,bits", [
+    ("x86_64", {"avx", "avx2"}, 7),                  # AVX2 without VNNI: VPMADDUBSW saturates in int16
+    ("x86_64", {"avx2", "avx512f", "avx512_vnni"}, 8),
+    ("x86_64", {"avx2", "avx_vnni"}, 8),
+    ("AMD64", None, 7),                              # flags unknown (not Linux): 7 is safe everywhere
+    ("aarch64", None, 8),
+    ("arm64", set(), 8),
+])
+def test_default_weight_bits_follow_the_cpu(machine, flags, bits, monkeypatch):
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: None)
+    chosen, why = quantize.default_weight_bits(machine, flags)
+    assert chosen == bits and why
+
+
+def test_predict_warns_before_running_8_bit_weights_on_a_cpu_that_saturates_them(monkeypatch):
+    meta8 = {"precision": "int8", "quantization": {"weight_bits": 8}}
+    monkeypatch.setattr(quantize, "saturates_8bit_weights", lambda: True)
+    assert "without VNNI saturates" in quantize.saturation_warning(meta8, "best.int8.onnx")
+    assert quantize.saturation_warning({"precision": "int8", "quantization": {}}, "x") is not None  # older files
+    assert quantize.saturation_warning({"precision": "int8", "quantization": {"weight_bits": 7}}, "x") is None
+    assert quantize.saturation_warning({"precision": "fp32"}, "x") is None
+    monkeypatch.setattr(quantize, "saturates_8bit_weights", lambda: False)
+    assert quantize.saturation_warning(meta8, "x") is None
+
+
 def test_compare_and_the_broken_model_check():
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 1, 1, 1])
@@ -94,6 +140,11 @@ def test_compare_and_the_broken_model_check():
     assert abs(same["max_abs_diff"] - 0.1) < 1e-6 and quantize.problem(same) is None
     flipped = quantize.compare(lambda x: logits[x], lambda x: -logits[x], torch.arange(4), labels)
     assert "points below fp32's" in quantize.problem(flipped)
+    # Saturated kernels: half the answers flip, top-1 unchanged; only the agreement tells.
+    swapped = torch.tensor([[2.0, 1.0], [0.0, 3.0], [0.0, 1.0], [1.0, 0.0]])
+    half = quantize.compare(lambda x: logits[x], lambda x: swapped[x], torch.arange(4), labels)
+    assert half["acc_fp32"] == half["acc_int8"] and half["agreement"] == 50.0
+    assert "agrees with fp32's on only 50.0%" in quantize.problem(half)
     nan = quantize.compare(lambda x: logits[x], lambda x: logits[x] * float("nan"), torch.arange(4), None)
     assert nan["acc_fp32"] is None and "NaN" in quantize.problem(nan)
     assert quantize.int8_path(Path("run/best.onnx")) == Path("run/best.int8.onnx")
@@ -121,6 +172,8 @@ def test_a_model_the_quantiser_cannot_take_is_one_line(tmp_path):
      "calibration_images= applies only to quantize_mode=static"),
     (["ckpt=x", "quantize=int8", "calibration_images=0"], "calibration_images must be a positive integer (got 0)"),
     (["ckpt=x", "quantize=int8", "check_images=0"], "check_images must be a positive integer (got 0)"),
+    (["ckpt=x", "quantize=int8", "weight_bits=6"], "weight_bits must be 7 or 8 (got 6)"),
+    (["ckpt=x", "weight_bits=7"], "weight_bits= applies only to quantize=int8 (got quantize=none)"),
 ])
 def test_bad_quantize_arguments_exit_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     from swin_cli import export as ex
