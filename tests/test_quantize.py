@@ -234,6 +234,32 @@ def test_predict_with_the_int8_file_names_runtime_and_precision(trained_run, tmp
         _predictor(cfg)
 
 
+def test_predict_warns_of_8_bit_weights_and_says_how_to_make_a_missing_int8_file(trained_run, tmp_path, monkeypatch,
+                                                                                 caplog):
+    import shutil
+
+    from conftest import make_config
+
+    from swin_cli.evaluate import _predictor
+
+    if not (trained_run / "best.int8.onnx").is_file():
+        assert _swin_export(f"ckpt={trained_run}", "quantize=int8", cwd=trained_run.parent).returncode == 0
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(trained_run / "best.int8.onnx", copy)
+    meta = json.loads((trained_run / "best.int8.onnx.json").read_text())
+    meta["quantization"]["weight_bits"] = 8
+    (copy / "best.int8.onnx.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(quantize, "saturates_8bit_weights", lambda: True)
+    args = ("mode=predict", f"predict_dir={tmp_path}", "predict_backend=onnx")
+    with caplog.at_level("WARNING", logger="swin_cli"):
+        _predictor(make_config(*args, f"ckpt={copy / 'best.int8.onnx'}"))
+    assert "best.int8.onnx has 8-bit int8 weights, which this x86 CPU without VNNI saturates" in caplog.text
+    with pytest.raises(SwinCliError) as info:
+        _predictor(make_config(*args, f"ckpt={tmp_path / 'other' / 'best.int8.onnx'}"))
+    assert str(info.value).endswith(f"make it with: swin-export ckpt={tmp_path / 'other'} quantize=int8")
+
+
 @pytest.mark.slow
 def test_inference_benchmark_smoke_ends_with_the_ratio():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--smoke", "--threads", "1"],
