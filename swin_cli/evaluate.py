@@ -408,10 +408,11 @@ def _predictor(cfg: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[s
         given = Path(cfg.ckpt).expanduser()
         path = given if given.suffix == ".onnx" else default_output(resolve_checkpoint(cfg.ckpt), "onnx", None)
         if not path.is_file():
-            # An .onnx ckpt= names an export of the run dir it lies in (best.int8.onnx: quantize=int8's).
-            run = f"{path.parent}{' quantize=int8' if path.name.endswith('.int8.onnx') else ''}" \
-                if given.suffix == ".onnx" else cfg.ckpt
-            raise SwinCliError(f"predict_backend=onnx needs {path}; make it with: swin-export ckpt={run}")
+            make = f"swin-export ckpt={cfg.ckpt}"
+            if given.suffix == ".onnx":  # an export of the run dir it lies in (best.int8.onnx: quantize=int8's)
+                int8 = " quantize=int8" if path.name.endswith(".int8.onnx") else ""
+                make = f"swin-export ckpt={path.parent}{int8}"
+            raise SwinCliError(f"predict_backend=onnx needs {path}; make it with: {make}")
         onnx_model = OnnxClassifier(path)
         info = {k: getattr(onnx_model, k) for k in ("image_size", "channels", "mean", "std", "classes")}
         info["calibration"] = LogitCalibration.from_dict(onnx_model.meta.get("calibration"))

@@ -424,7 +424,9 @@ def export_int8(state: dict[str, Any], fp32: Path, fp32_meta: dict[str, Any], ar
         print(f"{PROGRAM}: {quantize.describe(result, test_where)}", flush=True)
         why = quantize.problem(result)
         if why is not None:
-            hint = "; weight_bits=7 avoids an x86 CPU's int8 saturation" if bits == 8 else ""
+            # Only where saturation can be the cause: 8-bit weights on x86 without (or unknown) VNNI.
+            saturating = bits == 8 and quantize.saturates_8bit_weights() is not False
+            hint = "; weight_bits=7 avoids an x86 CPU's int8 saturation" if saturating else ""
             raise SwinCliError(f"the int8 model looks broken: {why}; {out.name} not written ({fp32.name} is kept)"
                                + hint)
     meta = {**fp32_meta, "file": out.name, "precision": "int8",
